@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from .ablation import Ablation
+from .embedded import resolve_pretrained
+from .neuron_set import load_sets
+
+
+@register_model("masked-hf")
+class MaskedHFLM(HFLM):
+    def __init__(
+        self,
+        pretrained,
+        neurons: str | None = None,
+        operation: str = "suppress",
+        factor: float | None = None,
+        mode: str = "auto",
+        **kwargs,
+    ):
+        """HFLM with neuron sets ablated: ``--model masked-hf --model_args pretrained=...,neurons=a.pt+b.pt``.
+
+        Args (besides everything ``hf`` takes):
+            pretrained: hub id, local path, or an embedded alias (``smollm2-135m``, ``gemma-3-270m``).
+            neurons: one or more neuron-set files joined with ``+``; their union is ablated.
+                Without it the model is exactly ``hf``.
+            operation: ``suppress`` (set to 0), ``enhance`` (multiply by ``factor`` > 1, default 2),
+                or ``scale`` (multiply by ``factor``).
+            mode: ``auto`` (fold into weights where exact, hooks elsewhere), ``fold`` or ``hooks``.
+
+        A neuron-set file (``.pt``, read with ``torch.load(weights_only=True)``, or its ``.json``
+        twin) is a dict::
+
+            {
+              "format": "culnig-neuron-set/1",
+              "indices": {kind: [LongTensor of neuron indices, one per layer]},
+              "meta": {"model": {"name", "model_type", "num_layers", "widths": {kind: int}},
+                       "method", "selection", "culture", "tasks", "hyperparameters",
+                       "provenance", "created", "package_version"},
+            }
+
+        where ``kind`` is ``mlp_gate``, ``mlp_up``, ``attn_q``, ``attn_k`` or ``attn_v`` and an index
+        names an output channel of that projection (see ``culnig_lm_eval.neuron_set``).  Each set is
+        checked against the loaded model (layer count, widths, index range) before anything runs.
+        Folding scales the chosen rows of ``gate_proj``/``up_proj``/``q_proj``/``k_proj``/``v_proj``
+        (or their slice of a fused projection) once, so masked evaluation costs nothing extra.
+        """
+        super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
+        self.neuron_sets = load_sets(neurons) if neurons else []
+        self.ablation = Ablation(self.model, self.neuron_sets, operation, factor, mode) if self.neuron_sets else None
