@@ -6,7 +6,8 @@ whose single line imports this module.  Importing lm-eval (and torch) here would
 every Python process, so this module only installs an import hook: when a Python process
 later imports lm-eval, the hook
 
-* registers ``masked-hf`` in lm-eval's model registry as a lazy ``module:Class`` target,
+* registers ``masked-hf`` in lm-eval's model registry as a lazy ``module:Class`` target
+  (right after ``lm_eval.models`` has registered the stock models),
 * adds this package's task folder to every ``TaskManager`` that includes the defaults
   (``--include_path`` keeps working; the same folder is never indexed twice), and
 * lets the stock ``hf`` model accept the embedded aliases (``pretrained=smollm2-135m``).
@@ -33,8 +34,11 @@ def task_dir() -> Path:
     raise FileNotFoundError(f"culnig-lm-eval task folder not found next to {here}")
 
 
-def _register_model(registry_module):
-    registry = registry_module.model_registry
+def _register_model(_models_module):
+    # after lm_eval.models, not lm_eval.api.registry: get_model() imports lm_eval.models (and so
+    # registers the stock models) only while the registry is empty
+    from lm_eval.api.registry import model_registry as registry
+
     if "masked-hf" not in registry:
         registry.register("masked-hf", target="culnig_lm_eval.masked_hf:MaskedHFLM")
 
@@ -71,6 +75,8 @@ def _patch_hflm(hf_module):
 
         if "pretrained" in kwargs:
             kwargs["pretrained"] = resolve_pretrained(kwargs["pretrained"])
+        elif args:
+            args = (resolve_pretrained(args[0]), *args[1:])
         original(self, *args, **kwargs)
 
     __init__._culnig = True
@@ -78,7 +84,7 @@ def _patch_hflm(hf_module):
 
 
 AFTER_IMPORT = {
-    "lm_eval.api.registry": _register_model,
+    "lm_eval.models": _register_model,
     "lm_eval.tasks.manager": _patch_task_manager,
     "lm_eval.models.huggingface": _patch_hflm,
 }

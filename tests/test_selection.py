@@ -1,0 +1,103 @@
+"""Selection on hand-made score tables where the right sets are known."""
+
+import pytest
+import torch
+
+from culnig_lm_eval.scoring.attribution import ScoreTable
+from culnig_lm_eval.selection import GENERAL_EXCLUSION, PAPER, Thresholds, select, top_mask
+
+L, W = 2, 50  # 100 neurons: 1% = 1 neuron, 3% = 3 neurons
+SHAPE = {"model_type": "llama", "num_layers": L, "widths": {"mlp_gate": W}}
+CULTURES = ["korea", "spain", "uk"]
+
+
+def table(per_culture_means, counts=(2, 2, 2), cultures=CULTURES):
+    """Score table whose per-culture mean is per_culture_means [L, W, C] (sums = mean * count)."""
+    counts = torch.tensor(counts)
+    sums = per_culture_means * counts.float()
+    return ScoreTable(list(cultures), {"mlp_gate": sums}, counts, {"model": SHAPE, "task": "t"})
+
+
+def flat(layer, idx):
+    return layer * W + idx
+
+
+def base():
+    return torch.zeros(L, W, len(CULTURES))
+
+
+def test_top_mask_counts_and_respects_allowed():
+    values = torch.arange(10.0)
+    assert top_mask(values, 30).nonzero().flatten().tolist() == [7, 8, 9]
+    allowed = torch.ones(10, dtype=torch.bool)
+    allowed[9] = False
+    assert top_mask(values, 30, allowed).nonzero().flatten().tolist() == [6, 7, 8]
+    assert top_mask(values, 0).sum() == 0
+
+
+def test_general_set_subtracts_control_and_excludes_crc_before_the_cut():
+    task = base()
+    task[0, 1] = 10.0   # high on the task, but also high on the control: task-format neuron
+    task[0, 2] = 8.0
+    task[1, 3] = 7.0    # the CRC neuron
+    task[1, 4] = 6.0
+    task[0, 5] = 5.0
+    task[0, 6] = 4.0
+    control = base()
+    control[0, 1] = 9.5
+    crc = base()
+    crc[1, 3] = 3.0
+    sets = select(table(task), table(control), table(crc), thresholds=Thresholds(top_mlp=3.0, crc_exclude=1.0))
+    general = sets["general"]
+    chosen = sorted(flat(layer, int(i)) for layer, idx in enumerate(general.indices["mlp_gate"]) for i in idx)
+    # diff ranks: (0,2)=8, (1,3)=7 excluded by CRC, (1,4)=6, (0,5)=5, (0,6)=4, (0,1)=0.5
+    assert chosen == sorted([flat(0, 2), flat(1, 4), flat(0, 5)])
+    assert general.meta["selection"] == PAPER
+    assert general.meta["culture"] is None
+    assert general.meta["hyperparameters"]["top_mlp"] == 3.0
+    assert general.meta["provenance"]["task"]["samples"] == {"korea": 2, "spain": 2, "uk": 2}
+
+
+def test_general_exclusion_is_opt_in_and_named():
+    task = base()
+    task[0, 0] = 9.0
+    task[0, 7] = 8.0
+    general_prose = base()
+    general_prose[0, 0] = 1.0  # the top general-language neuron
+    tables = dict(task=table(task), general=table(general_prose))
+    paper = select(**tables, thresholds=Thresholds(top_mlp=1.0))["general"]
+    assert paper.indices["mlp_gate"][0].tolist() == [0]
+    extended = select(**tables, thresholds=Thresholds(top_mlp=1.0, general_exclude=1.0))["general"]
+    assert extended.indices["mlp_gate"][0].tolist() == [7]
+    assert extended.meta["selection"] == GENERAL_EXCLUSION
+    with pytest.raises(ValueError, match="general"):
+        select(table(task), thresholds=Thresholds(general_exclude=5.0))
+
+
+def test_culture_specific_sets_use_own_crc_and_z_score_filter():
+    task = base()
+    # korea: neuron (0,10) is korea-only -> z high; neuron (0,11) is high for every culture -> z = 0
+    task[0, 10] = torch.tensor([5.0, 0.0, 0.0])
+    task[0, 11] = torch.tensor([6.0, 6.0, 6.0])
+    # spain: its best neuron (1,20) is a spain CRC neuron, the runner-up (1,21) is kept
+    task[1, 20] = torch.tensor([0.0, 9.0, 0.0])
+    task[1, 21] = torch.tensor([0.0, 4.0, 0.0])
+    crc = base()
+    crc[1, 20] = torch.tensor([0.0, 2.0, 0.0])  # only spain's CRC run lights it up
+    crc[0, 40] = torch.tensor([1.0, 0.0, 0.0])  # korea's CRC neuron, irrelevant to its task
+    # top_specific 2% = 2 neurons per culture before the z filter
+    sets = select(table(task), crc=table(crc), thresholds=Thresholds(top_specific=2.0, crc_exclude=1.0, z_min=0.5))
+    korea = {(layer, int(i)) for layer, idx in enumerate(sets["korea"].indices["mlp_gate"]) for i in idx}
+    spain = {(layer, int(i)) for layer, idx in enumerate(sets["spain"].indices["mlp_gate"]) for i in idx}
+    assert korea == {(0, 10)}          # (0,11) has z = 0 < 0.5
+    assert spain == {(1, 21)}          # (1,20) excluded by spain's CRC; (0,11) z = 0
+    assert sets["korea"].meta["culture"] == "korea"
+    # uk has no positive-z neuron among its top 2
+    assert len(sets["uk"]) == 0
+
+
+def test_tables_from_different_models_are_refused():
+    other = table(base())
+    other.meta = {"model": {**SHAPE, "num_layers": 3}}
+    with pytest.raises(ValueError, match="different models"):
+        select(table(base()), other)
