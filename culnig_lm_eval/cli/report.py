@@ -1,0 +1,88 @@
+"""``culnig-report``: compare masked and unmasked lm-eval runs and write a Markdown report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """\
+Compare masked and unmasked runs of lm-evaluation-harness and write REPORT_DIR/report.md with
+PNG figures (REPORT_DIR/figures/) and the numbers in REPORT_DIR/report.json.
+
+Each RUN_DIR is searched recursively for the files that
+`lm_eval ... --output_path DIR --log_samples` writes:
+DIR/<model>/results_<date>.json and DIR/<model>/samples_<task>_<date>.jsonl.
+Runs are identified by their model_args: without `neurons=` a run is "unmasked"; otherwise
+the neuron-set files named in `neurons=a.pt+b.pt` label it (culture, selection, random
+seed and the set a random baseline was size-matched to). Only runs of the same base model
+are compared. When the same model_args ran a task several times, the newest run counts.
+
+Sections: accuracy per task (paired differences, bootstrap CI, exact McNemar p), the
+culture x culture matrix, where the neurons are (per layer, thirds of the depth),
+instance-level scores (with --instance-scores), specificity (cultural drop vs general
+perplexity ratio and NLU controls, with a verdict per set), and tasks listed in any
+skipped.json ({task: reason}) under a RUN_DIR. Sections whose inputs are missing are
+replaced by a one-line note.
+"""
+
+EPILOG = """\
+examples:
+  culnig-report runs/ --out report/
+  culnig-report runs/unmasked runs/masked --out report/ --sets-dir neuron_sets/ \\
+      --instance-scores scores/instances.jsonl --ppl-threshold 1.05
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="culnig-report", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="lm-eval --output_path folder(s) (searched recursively) or results_*.json files")
+    p.add_argument("--out", "-o", required=True, metavar="REPORT_DIR",
+                   help="folder for report.md, report.json and figures/ (created if needed)")
+    p.add_argument("--sets-dir", metavar="DIR",
+                   help="also look here for the neuron-set files named in neurons= (by relative path and by "
+                        "file name); by default they are looked up as written, from the current folder and "
+                        "from the run folders")
+    p.add_argument("--instance-scores", metavar="FILE",
+                   help='JSONL rows {"set", "culture", "topic", "doc_id", "score"}: report the fraction of items '
+                        "whose summed score is positive, per culture and topic")
+    p.add_argument("--ppl-threshold", type=float, default=1.10, metavar="RATIO",
+                   help="largest general perplexity ratio (masked / unmasked) a set may cost and still be "
+                        "called specific (default: %(default)s)")
+    p.add_argument("--n-resamples", type=int, default=2000, metavar="N",
+                   help="paired bootstrap resamples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="1 - confidence level of the intervals (default: %(default)s, i.e. 95%%)")
+    p.add_argument("--nlu-tasks", default="qnli,mrpc,commonsense_qa", metavar="T1,T2",
+                   help="comma-separated task names treated as general NLU controls (default: %(default)s)")
+    p.add_argument("--cultures", default="", metavar="C1,C2",
+                   help="extra culture names for recognising <task>_<culture> tasks (cultures of the neuron "
+                        "sets and doc['culture'] values are always known)")
+    p.add_argument("--title", help="report title")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 0 < args.alpha < 1:
+        print("culnig-report: --alpha must be between 0 and 1", file=sys.stderr)
+        return 2
+    if args.n_resamples < 1:
+        print("culnig-report: --n-resamples must be >= 1", file=sys.stderr)
+        return 2
+    from culnig_lm_eval.report.render import build_report
+
+    path = build_report(
+        args.run_dirs, args.out, sets_dir=args.sets_dir, instance_scores=args.instance_scores,
+        ppl_threshold=args.ppl_threshold, n_resamples=args.n_resamples, seed=args.seed, alpha=args.alpha,
+        nlu_tasks=tuple(t.strip() for t in args.nlu_tasks.split(",") if t.strip()),
+        cultures=tuple(c.strip() for c in args.cultures.split(",") if c.strip()), title=args.title,
+    )
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

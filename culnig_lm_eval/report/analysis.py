@@ -1,0 +1,393 @@
+"""Comparisons between conditions of one base model, computed from per-sample records only."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import stats
+from .collect import PAIR_METRICS, Condition, TaskRecords
+
+METRIC_PRIORITY = ("acc", "acc_norm", "exact_match")
+DEFAULT_NLU_TASKS = ("qnli", "mrpc", "commonsense_qa")
+PPL_PRIORITY = ("word_perplexity", "byte_perplexity", "bits_per_byte")
+
+
+@dataclass
+class Options:
+    n_resamples: int = 2000
+    seed: int = 0
+    alpha: float = 0.05
+    ppl_threshold: float = 1.10
+    nlu_tasks: tuple[str, ...] = DEFAULT_NLU_TASKS
+    extra_cultures: tuple[str, ...] = ()
+
+
+@dataclass
+class Paired:
+    """masked (a) vs reference (b) on the same items."""
+
+    n: int
+    acc_a: float
+    acc_b: float
+    diff: float
+    ci: stats.Interval
+    b: int  # right under a only
+    c: int  # right under b only
+    p: float
+    binary: bool = True
+
+    @classmethod
+    def of(cls, a: np.ndarray, b: np.ndarray, opts: Options) -> "Paired":
+        n = int(a.size)
+        if n == 0:
+            nan = float("nan")
+            return cls(0, nan, nan, nan, stats.Interval(nan, nan), 0, 0, nan)
+        binary = bool(np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all())
+        nb, nc = stats.discordant_counts(a, b)
+        return cls(
+            n=n, acc_a=float(a.mean()), acc_b=float(b.mean()), diff=stats.paired_difference(a, b),
+            ci=stats.paired_bootstrap_ci(a, b, opts.n_resamples, opts.seed, opts.alpha),
+            b=nb, c=nc, p=stats.mcnemar_exact_counts(nb, nc) if binary else float("nan"), binary=binary,
+        )
+
+
+@dataclass
+class PplPaired:
+    task: str
+    metric: str
+    n: int
+    ppl_a: float
+    ppl_b: float
+    ratio: float
+    ci: stats.Interval
+
+
+# an item selection: task -> set of doc_ids (None = every item of the task)
+Selection = dict[str, Any]
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+
+
+def choose_metric(records: list[TaskRecords]) -> str | None:
+    common = None
+    for r in records:
+        names = set(r.metrics)
+        common = names if common is None else common & names
+    if not common:
+        return None
+    for m in METRIC_PRIORITY:
+        if m in common:
+            return m
+    return sorted(common)[0]
+
+
+def is_ppl_task(task: str, recs: list[TaskRecords]) -> bool:
+    if task == "general_ppl":
+        return True
+    for r in recs:
+        if r.output_type == "loglikelihood_rolling" or any(m in r.pairs for m in PAIR_METRICS):
+            return True
+        if any(m in r.aggregated or any(k.startswith(m + ",") for k in r.aggregated) for m in PAIR_METRICS):
+            return True
+    return False
+
+
+@dataclass
+class CultureFamily:
+    name: str  # task prefix, or the multi-culture task itself
+    kind: str  # "suffix" or "doc"
+    items: dict[str, Selection] = field(default_factory=dict)  # culture -> selection
+
+
+@dataclass
+class ModelAnalysis:
+    base_key: str
+    base_model: str
+    conditions: list[Condition]
+    unmasked: Condition | None
+    set_conds: list[Condition]
+    random_groups: dict[str, list[Condition]]  # group key -> seeds
+    tasks: list[str]
+    acc_tasks: list[str]
+    nlu_tasks: list[str]
+    ppl_tasks: list[str]
+    no_sample_tasks: list[str]
+    metric: dict[str, str]
+    families: list[CultureFamily]
+    culture_names: list[str]
+    cultural_tasks: list[str]
+    cultural_from_families: bool
+    opts: Options
+    notes: list[str] = field(default_factory=list)
+    _cache: dict = field(default_factory=dict)
+
+    # -- vectors ------------------------------------------------------------------------------
+    def paired_vectors(self, cond: Condition, ref: Condition, selection: Selection):
+        a, b = [], []
+        for task in sorted(selection):
+            ra, rb, metric = cond.tasks.get(task), ref.tasks.get(task), self.metric.get(task)
+            if ra is None or rb is None or metric is None:
+                continue
+            va, vb = ra.metrics.get(metric, {}), rb.metrics.get(metric, {})
+            ids = set(va) & set(vb)
+            if selection[task] is not None:
+                ids &= set(selection[task])
+            for d in sorted(ids, key=lambda x: (str(type(x)), x)):
+                a.append(va[d])
+                b.append(vb[d])
+        return np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+
+    def compare(self, cond: Condition, selection: Selection, ref: Condition | None = None) -> Paired | None:
+        ref = ref or self.unmasked
+        if ref is None:
+            return None
+        key = (cond.key, ref.key, tuple(sorted((t, None if s is None else tuple(sorted(s, key=str)))
+                                              for t, s in selection.items())))
+        if key not in self._cache:
+            a, b = self.paired_vectors(cond, ref, selection)
+            self._cache[key] = Paired.of(a, b, self.opts)
+        return self._cache[key]
+
+    def accuracy(self, cond: Condition, task: str) -> tuple[int, float]:
+        r, m = cond.tasks.get(task), self.metric.get(task)
+        if r is None or m is None or not r.metrics.get(m):
+            return 0, float("nan")
+        v = np.fromiter(r.metrics[m].values(), dtype=float)
+        return int(v.size), float(v.mean())
+
+    def ppl(self, cond: Condition, task: str, ref: Condition | None = None) -> PplPaired | None:
+        ref = ref or self.unmasked
+        if ref is None:
+            return None
+        ra, rb = cond.tasks.get(task), ref.tasks.get(task)
+        if ra is None or rb is None:
+            return None
+        for m in PPL_PRIORITY:
+            if m in ra.pairs and m in rb.pairs:
+                pa, pb = ra.pairs[m], rb.pairs[m]
+                ids = sorted(set(pa) & set(pb), key=lambda x: (str(type(x)), x))
+                if not ids:
+                    continue
+                lla = np.array([pa[d][0] for d in ids])
+                llb = np.array([pb[d][0] for d in ids])
+                units = np.array([pb[d][1] for d in ids])
+                return PplPaired(
+                    task=task, metric=m, n=len(ids),
+                    ppl_a=stats.weighted_perplexity(lla, units), ppl_b=stats.weighted_perplexity(llb, units),
+                    ratio=stats.perplexity_ratio(lla, llb, units),
+                    ci=stats.paired_bootstrap_ratio_ci(lla, llb, units, self.opts.n_resamples, self.opts.seed,
+                                                       self.opts.alpha),
+                )
+        return None
+
+    # -- selections ---------------------------------------------------------------------------
+    def task_selection(self, task: str) -> Selection:
+        return {task: None}
+
+    def cultural_selection(self, cultures: list[str] | None) -> tuple[Selection, str]:
+        """Items counted as "cultural" for a set of the given cultures (None/[] = all)."""
+        sel: Selection = {}
+        if self.cultural_from_families:
+            wanted = {norm(c) for c in cultures} if cultures else None
+            for fam in self.families:
+                for culture, items in fam.items.items():
+                    if wanted is None or norm(culture) in wanted:
+                        _merge(sel, items)
+            if sel:
+                what = ("items of " + ", ".join(cultures)) if cultures else "all per-culture items"
+                return sel, what
+            if cultures:
+                # the set's culture has no items: fall back to every cultural item
+                for fam in self.families:
+                    for items in fam.items.values():
+                        _merge(sel, items)
+                return sel, f"all per-culture items (no items of {', '.join(cultures)})"
+        for t in self.cultural_tasks:
+            sel[t] = None
+        return sel, "all non-NLU accuracy tasks"
+
+    def cond_cultures(self, cond: Condition) -> list[str] | None:
+        if cond.kind == "random":
+            target = next((c for c in self.set_conds if c.key == cond.group), None)
+            return self.cond_cultures(target) if target is not None else None
+        cs = [s.culture for s in cond.sets]
+        if not cs or any(c is None for c in cs):
+            return None
+        return [self.display_culture(c) for c in cs]
+
+    def display_culture(self, c: str) -> str:
+        n = norm(c)
+        return next((x for x in self.culture_names if norm(x) == n), c)
+
+
+def _merge(sel: Selection, items: Selection) -> None:
+    for t, ids in items.items():
+        if t in sel and sel[t] is None:
+            continue
+        if ids is None:
+            sel[t] = None
+        else:
+            sel[t] = set(sel.get(t) or ()) | set(ids)
+
+
+NOT_CULTURES = {"test", "ctrl", "control", "neur", "train", "val", "valid", "validation", "dev", "all",
+                "selection", "sample", "general", "mc", "mcq", "cloze"}
+
+
+def find_families(tasks: dict[str, TaskRecords], known: dict[str, str]) -> tuple[list[CultureFamily], dict[str, str]]:
+    """Group per-culture items into families (one culture x culture matrix each).
+
+    * a task whose docs carry two or more ``doc["culture"]`` values is a family of its own;
+    * a task whose docs carry one culture, or whose name ends in ``_<known culture>``, joins the
+      family ``<prefix>`` (``blend_cloze_korea`` -> ``blend_cloze``);
+    * a task ``<prefix>_<x>`` of such a family with an unknown ``x`` adds culture ``x``; a family
+      with a single member nested in a larger one (``blend_north`` + ``korea`` next to ``blend``)
+      is folded into it (``blend`` + ``north_korea``).
+
+    ``known`` maps normalised culture -> display name (from the neuron sets); it is extended
+    with doc cultures and newly recognised suffixes.
+    """
+    known = dict(known)
+    for rec in tasks.values():
+        for c in rec.cultures.values():
+            known.setdefault(norm(c), c)
+    families: dict[str, CultureFamily] = {}
+    members: dict[str, dict[str, str]] = {}  # prefix -> {task: culture}
+    loose = []
+    for task, rec in sorted(tasks.items()):
+        doc_cultures = {known[norm(c)] for c in rec.cultures.values()}
+        if len(doc_cultures) >= 2:
+            fam = CultureFamily(name=task, kind="doc")
+            for doc_id, c in rec.cultures.items():
+                fam.items.setdefault(known[norm(c)], {task: set()})[task].add(doc_id)
+            families[task] = fam
+            continue
+        if len(doc_cultures) == 1:
+            (c,) = doc_cultures
+            t = norm(task)
+            prefix = task[: len(task) - len(norm(c)) - 1] if t.endswith("_" + norm(c)) and len(t) > len(norm(c)) + 1 else task
+            members.setdefault(prefix, {})[task] = c
+            continue
+        hit = _suffix_culture(task, known)
+        if hit:
+            members.setdefault(hit[0], {})[task] = hit[1]
+        else:
+            loose.append(task)
+    # unknown last token inside a family
+    for task in list(loose):
+        prefix, _, last = task.rpartition("_")
+        if prefix in members and last and norm(last) not in NOT_CULTURES:
+            known.setdefault(norm(last), last)
+            members[prefix][task] = known[norm(last)]
+            loose.remove(task)
+    # single-member families nested in a bigger one
+    for prefix in sorted(members, key=len, reverse=True):
+        if len(members[prefix]) != 1:
+            continue
+        outer = [q for q in members if q != prefix and len(members[q]) >= 2 and prefix.startswith(q + "_")]
+        if outer:
+            q = max(outer, key=len)
+            (task, _), = members.pop(prefix).items()
+            rest = task[len(q) + 1:]
+            known.setdefault(norm(rest), rest)
+            members[q][task] = known[norm(rest)]
+    # unknown multi-word suffix of a family (blend_west_java next to blend_korea, blend_uk)
+    for task in loose:
+        outer = [q for q in members if len(members[q]) >= 2 and task.startswith(q + "_")]
+        if outer:
+            q = max(outer, key=len)
+            rest = task[len(q) + 1:]
+            if norm(rest) not in NOT_CULTURES and not any(norm(w) in NOT_CULTURES for w in rest.split("_")):
+                known.setdefault(norm(rest), rest)
+                members[q][task] = known[norm(rest)]
+    for prefix, tasks_of in sorted(members.items()):
+        fam = CultureFamily(name=prefix, kind="suffix")
+        for task, culture in sorted(tasks_of.items()):
+            fam.items.setdefault(culture, {})[task] = None
+        families[prefix] = fam
+    return [families[k] for k in sorted(families)], known
+
+
+def _suffix_culture(task: str, known: dict[str, str]) -> tuple[str, str] | None:
+    t = norm(task)
+    best = None
+    for n, display in known.items():
+        if t.endswith("_" + n) and len(t) > len(n) + 1 and (best is None or len(n) > len(norm(best[1]))):
+            best = (task[: len(task) - len(n) - 1], display)
+    return best
+
+
+def analyse(conditions: list[Condition], opts: Options) -> ModelAnalysis:
+    """Everything about one base model (all ``conditions`` share ``base_key``)."""
+    base = conditions[0]
+    unmasked = next((c for c in conditions if c.kind == "unmasked"), None)
+    set_conds = sorted((c for c in conditions if c.kind == "set"),
+                       key=lambda c: (0 if c.is_general else 1 if c.cultures else 2, c.label))
+    random_groups: dict[str, list[Condition]] = {}
+    for c in sorted((c for c in conditions if c.kind == "random"),
+                    key=lambda c: (str(c.group), _seed_key(c.seed), c.label)):
+        random_groups.setdefault(c.group, []).append(c)
+    all_tasks = sorted({t for c in conditions for t in c.tasks})
+    metric, acc_tasks, nlu, ppl_tasks, no_samples = {}, [], [], [], []
+    nlu_names = {norm(t) for t in opts.nlu_tasks}
+    for t in all_tasks:
+        recs = [c.tasks[t] for c in conditions if t in c.tasks]
+        with_samples = [r for r in recs if r.has_samples]
+        if not with_samples:
+            no_samples.append(t)
+            continue
+        if is_ppl_task(t, with_samples):
+            if any(r.pairs for r in with_samples):
+                ppl_tasks.append(t)
+            else:
+                no_samples.append(t)
+            continue
+        m = choose_metric([r for r in with_samples if r.metrics])
+        if m is None:
+            no_samples.append(t)
+            continue
+        metric[t] = m
+        (nlu if norm(t) in nlu_names else acc_tasks).append(t)
+    ppl_tasks.sort(key=lambda t: (t != "general_ppl", t))
+    known = {}
+    for c in conditions:
+        for s in c.sets:
+            if s.culture:
+                known.setdefault(norm(s.culture), s.culture)
+    for c in opts.extra_cultures:
+        known.setdefault(norm(c), c)
+    ref_tasks = {t: (unmasked.tasks[t] if unmasked and t in unmasked.tasks else
+                     next(c.tasks[t] for c in conditions if t in c.tasks)) for t in acc_tasks}
+    families, known = find_families(ref_tasks, known)
+    culture_names = sorted({c for f in families for c in f.items}, key=str.lower)
+    fam_tasks = sorted({t for f in families for sel in f.items.values() for t in sel})
+    ma = ModelAnalysis(
+        base_key=base.base_key, base_model=base.base_model, conditions=conditions, unmasked=unmasked,
+        set_conds=set_conds, random_groups=random_groups, tasks=all_tasks, acc_tasks=acc_tasks, nlu_tasks=nlu,
+        ppl_tasks=ppl_tasks, no_sample_tasks=no_samples, metric=metric, families=families,
+        culture_names=culture_names, cultural_tasks=fam_tasks or list(acc_tasks),
+        cultural_from_families=bool(fam_tasks), opts=opts,
+    )
+    return ma
+
+
+def _seed_key(seed):
+    try:
+        return (0, float(seed), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(seed))
+
+
+def summary_over(values: list[float]) -> dict:
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    if v.size == 0:
+        return {"n": 0, "mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
+    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max())}
