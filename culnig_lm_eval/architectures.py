@@ -6,11 +6,17 @@ A *neuron* is one output channel of a projection inside a decoder layer:
 * ``mlp_up``: the MLP up projection (``up_proj``);
 * ``attn_q`` / ``attn_k`` / ``attn_v``: the attention query/key/value projections.
 
-Some models fuse projections into one ``nn.Linear`` (Phi-3/Phi-4 ``gate_up_proj``
-and ``qkv_proj``); there a neuron is a row inside a slice of the fused output,
-and :class:`Projection` records the slice.  Everything that touches neurons
-(masking, scoring, set validation) goes through :func:`resolve`, so adding an
-architecture means adding one row to :data:`ADAPTERS`.
+Some models fuse projections into one ``nn.Linear`` (Phi-3/Phi-4 ``gate_up_proj`` = gate | up
+and ``qkv_proj`` = q | k | v along the output rows); there a neuron is a row inside a slice of
+the fused output, and :class:`Projection` records the slice.  Multimodal checkpoints (Gemma-3
+``Gemma3ForConditionalGeneration``, model_type ``gemma3``) keep their sizes in ``text_config``
+and their text tower under ``model.language_model`` (transformers >= 4.52; older releases
+used ``language_model.model``); only the text tower has neurons here.
+
+Everything that touches neurons (masking, scoring, set validation) goes through
+:func:`sites` / :func:`widths` / :func:`model_shape`, so adding an architecture means adding
+one row to :data:`ADAPTERS`; an unknown ``model_type`` raises
+:class:`UnsupportedArchitecture` listing the supported ones.
 """
 
 from __future__ import annotations
@@ -35,9 +41,22 @@ class Projection:
 
 @dataclass(frozen=True)
 class Adapter:
-    layers: tuple[str, ...]  # candidate paths from the top model to the decoder-layer list
+    layers: tuple[str, ...]  # candidate paths from the model to its decoder-layer list, in order
     text_config: str | None  # sub-config holding the text tower's sizes (multimodal models)
     projections: dict[str, Projection]
+
+
+def _head_dim(cfg) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def _q_width(cfg) -> int:
+    return cfg.num_attention_heads * _head_dim(cfg)
+
+
+def _kv_width(cfg) -> int:
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    return heads * _head_dim(cfg)
 
 
 def _separate(mlp: str = "mlp", attn: str = "self_attn") -> dict[str, Projection]:
@@ -50,23 +69,10 @@ def _separate(mlp: str = "mlp", attn: str = "self_attn") -> dict[str, Projection
     }
 
 
-def _head_dim(cfg) -> int:
-    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-
-
-def _q_width(cfg) -> int:
-    return cfg.num_attention_heads * _head_dim(cfg)
-
-
-def _kv_width(cfg) -> int:
-    return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-
-
 def _fused_phi3() -> dict[str, Projection]:
-    # Phi3MLP: gate, up = gate_up_proj(x).chunk(2); Phi3Attention: q | k | v along the rows.
+    # Phi3MLP: gate, up = gate_up_proj(x).chunk(2, dim=-1); Phi3Attention: q | k | v along the rows.
     inter = lambda c: c.intermediate_size  # noqa: E731
-    q = _q_width
-    kv = lambda c: _kv_width(c) * _head_dim(c)  # noqa: E731
+    q, kv = _q_width, _kv_width
     return {
         "mlp_gate": Projection("mlp.gate_up_proj", lambda c: (0, inter(c))),
         "mlp_up": Projection("mlp.gate_up_proj", lambda c: (inter(c), 2 * inter(c))),
@@ -76,13 +82,12 @@ def _fused_phi3() -> dict[str, Projection]:
     }
 
 
-_DECODER = ("model.layers",)
-# Multimodal Gemma-3 checkpoints: the text tower sits under language_model (layout differs
-# between transformers releases, so both are listed).
-_GEMMA3_MM = ("model.language_model.layers", "language_model.model.layers", "model.layers")
+# "layers" covers the bare decoder (LlamaModel ...) next to the *ForCausalLM wrapper.
+_DECODER = ("model.layers", "layers")
+_GEMMA3_MM = ("model.language_model.layers", "language_model.model.layers", "language_model.layers")
 
 ADAPTERS: dict[str, Adapter] = {
-    "llama": Adapter(_DECODER, None, _separate()),
+    "llama": Adapter(_DECODER, None, _separate()),  # Llama 2/3, SmolLM2
     "mistral": Adapter(_DECODER, None, _separate()),
     "qwen2": Adapter(_DECODER, None, _separate()),
     "qwen3": Adapter(_DECODER, None, _separate()),
@@ -95,7 +100,7 @@ ADAPTERS: dict[str, Adapter] = {
 
 
 class UnsupportedArchitecture(ValueError):
-    pass
+    """The model's architecture is not in :data:`ADAPTERS`, or does not look like its row."""
 
 
 def adapter_for(config) -> Adapter:
@@ -131,27 +136,32 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         if isinstance(layers, nn.ModuleList):
             return layers
     raise UnsupportedArchitecture(
-        f"could not find the decoder layers of {type(model).__name__} at any of {adapter.layers}"
+        f"could not find the decoder layers of {type(model).__name__} "
+        f"(model_type={model.config.model_type!r}) at any of {', '.join(adapter.layers)}"
     )
 
 
 def widths(config) -> dict[str, int]:
     """Neurons per layer for each module kind, from the (text) config."""
     cfg = text_config(config)
-    kv = _kv_width(cfg) * _head_dim(cfg)
     return {
         "mlp_gate": cfg.intermediate_size,
         "mlp_up": cfg.intermediate_size,
         "attn_q": _q_width(cfg),
-        "attn_k": kv,
-        "attn_v": kv,
+        "attn_k": _kv_width(cfg),
+        "attn_v": _kv_width(cfg),
     }
 
 
 def model_shape(config) -> dict:
-    """The identity a neuron set is checked against: layer count and width per module kind."""
+    """What a neuron set is checked against: layer count and width per module kind (+ name)."""
     cfg = text_config(config)
-    return {"model_type": config.model_type, "num_layers": cfg.num_hidden_layers, "widths": widths(config)}
+    return {
+        "name": getattr(config, "name_or_path", None) or None,
+        "model_type": config.model_type,
+        "num_layers": cfg.num_hidden_layers,
+        "widths": widths(config),
+    }
 
 
 @dataclass
@@ -166,14 +176,28 @@ class NeuronSite:
 
 
 def sites(model: nn.Module, kinds=MODULE_KINDS) -> list[NeuronSite]:
+    """Every (kind, layer) of ``model``; checks each module against the widths of its config."""
     adapter = adapter_for(model.config)
     cfg = text_config(model.config)
+    expected = widths(model.config)
     found = []
     for layer_idx, layer in enumerate(decoder_layers(model)):
         for kind in kinds:
             proj = adapter.projections[kind]
-            module = _get(layer, proj.path)
-            start, stop = proj.slice_of(cfg) if proj.slice_of else (0, module.out_features)
+            try:
+                module = _get(layer, proj.path)
+            except AttributeError:
+                raise UnsupportedArchitecture(
+                    f"{type(model).__name__} layer {layer_idx} has no {proj.path} "
+                    f"(expected for model_type={model.config.model_type!r})"
+                ) from None
+            rows = getattr(module, "out_features", None)
+            start, stop = proj.slice_of(cfg) if proj.slice_of else (0, rows)
+            if rows is None or stop - start != expected[kind] or stop > rows:
+                raise UnsupportedArchitecture(
+                    f"{type(model).__name__} layer {layer_idx} {proj.path} has {rows} output rows, which "
+                    f"does not match {kind} width {expected[kind]} from the config"
+                )
             found.append(NeuronSite(kind, layer_idx, module, start, stop))
     return found
 

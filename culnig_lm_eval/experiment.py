@@ -87,8 +87,9 @@ class Experiment:
         for role in ("control", "crc", "general"):
             if s.get(role):
                 argv += [f"--{role}", ",".join(s[role])]
-        if s.get("limit"):
-            argv += ["--limit", str(s["limit"])]
+        for option in ("limit", "window", "stride"):
+            if s.get(option):
+                argv += [f"--{option}", str(s[option])]
         if s.get("attention"):
             argv.append("--attention")
         if self.force:

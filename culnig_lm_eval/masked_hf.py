@@ -1,11 +1,13 @@
+"""``masked-hf``: the stock ``hf`` model with culture neurons ablated (see :class:`MaskedHFLM`)."""
+
 from __future__ import annotations
 
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from .ablation import Ablation
+from .ablation import MODES, Ablation, operation_factor
 from .embedded import resolve_pretrained
-from .neuron_set import load_sets
+from .neuron_set import file_sha256, load_sets
 
 
 @register_model("masked-hf")
@@ -41,11 +43,27 @@ class MaskedHFLM(HFLM):
             }
 
         where ``kind`` is ``mlp_gate``, ``mlp_up``, ``attn_q``, ``attn_k`` or ``attn_v`` and an index
-        names an output channel of that projection (see ``culnig_lm_eval.neuron_set``).  Each set is
-        checked against the loaded model (layer count, widths, index range) before anything runs.
-        Folding scales the chosen rows of ``gate_proj``/``up_proj``/``q_proj``/``k_proj``/``v_proj``
-        (or their slice of a fused projection) once, so masked evaluation costs nothing extra.
+        names an output channel of that projection (see ``culnig_lm_eval.neuron_set``).  The files
+        are read and the arguments checked before the model loads; each set is then checked against
+        the loaded model (layer count, widths, index range) before anything is changed.  Folding
+        scales the chosen rows of ``gate_proj``/``up_proj``/``q_proj``/``k_proj``/``v_proj`` (or
+        their slice of a fused projection) once, so masked evaluation costs nothing extra.
         """
-        super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
+        operation_factor(operation, factor)  # bad arguments fail before the model loads
         self.neuron_sets = load_sets(neurons) if neurons else []
-        self.ablation = Ablation(self.model, self.neuron_sets, operation, factor, mode) if self.neuron_sets else None
+        super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
+        self.ablation = (
+            Ablation(self.model, self.neuron_sets, operation, factor, mode) if self.neuron_sets else None
+        )
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info["culnig_ablation"] = {
+            **(self.ablation.describe() if self.ablation else {"neurons": 0}),
+            "neuron_sets": [
+                {"path": s.source, "sha256": file_sha256(s.source), "counts": s.counts()} for s in self.neuron_sets
+            ],
+        }
+        return info

@@ -11,6 +11,8 @@ Per module kind, with every table normalised by its sample count (per culture wh
 * **Culture-specific** for culture ``c``: the top ``t_s``% by ``S_c`` (that culture's samples
   only) among those not excluded by ``c``'s own CRC score, kept only where the z-score of
   ``S_c`` across cultures, ``(S_c - mean) / std`` (population std), is at least ``z``.
+  Cultures with fewer than ``min_samples`` task samples get no specific set (they still
+  count in the z-score).
 
 Percentages are of all neurons of the kind (layers x width); ties are broken by ``topk``.
 """
@@ -36,6 +38,7 @@ class Thresholds:
     crc_exclude: float = 1.0  # r, % by CRC score
     general_exclude: float | None = None  # r_g, % by general-prose score; None = paper method
     z_min: float = 0.5
+    min_samples: int = 5  # a culture with fewer task samples gets no culture-specific set
 
     def top_for(self, kind: str) -> float:
         return self.top_mlp if kind.startswith("mlp") else self.top_attention
@@ -95,11 +98,12 @@ def select(
     if thresholds.general_exclude is not None and general is None:
         raise ValueError("general_exclude was set but no general-prose score table was given")
     cultures = [c for c in task.cultures if task.counts[task.cultures.index(c)] > 0]
+    specific = [c for c in cultures if task.counts[task.cultures.index(c)] >= thresholds.min_samples]
     shape = dict(task.meta.get("model") or {})
     shape["name"] = model_name or shape.get("name", "")
     selection = GENERAL_EXCLUSION if thresholds.general_exclude is not None else PAPER
 
-    general_masks, specific_masks = {}, {c: {} for c in cultures}
+    general_masks, specific_masks = {}, {c: {} for c in specific}
     for kind in task.scores:
         diff = _mean(task, kind) - (_mean(control, kind) if control is not None else 0)
         per_c = _per_culture(task, kind, cultures)
@@ -116,6 +120,8 @@ def select(
         z = (per_c - mean[..., None]) / std[..., None].clamp(min=1e-30)
         crc_c = _per_culture(crc, kind, cultures) if crc is not None else None
         for i, c in enumerate(cultures):
+            if c not in specific:
+                continue
             allowed = ~excluded
             if crc_c is not None:
                 allowed &= ~top_mask(crc_c[..., i], thresholds.crc_exclude)
@@ -136,7 +142,7 @@ def select(
     tasks = [t.meta.get("task") for t in (task, control, crc, general) if t is not None]
     common = dict(method="culnig", selection=selection, tasks=tasks, hyperparameters=asdict(thresholds))
     sets = {"general": NeuronSet.from_masks(general_masks, {**new_meta(shape, **common), "provenance": provenance})}
-    for c in cultures:
+    for c in specific:
         meta = {**new_meta(shape, culture=c, **common), "provenance": provenance}
         sets[c] = NeuronSet.from_masks(specific_masks[c], meta)
     return sets

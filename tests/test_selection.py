@@ -86,7 +86,8 @@ def test_culture_specific_sets_use_own_crc_and_z_score_filter():
     crc[1, 20] = torch.tensor([0.0, 2.0, 0.0])  # only spain's CRC run lights it up
     crc[0, 40] = torch.tensor([1.0, 0.0, 0.0])  # korea's CRC neuron, irrelevant to its task
     # top_specific 2% = 2 neurons per culture before the z filter
-    sets = select(table(task), crc=table(crc), thresholds=Thresholds(top_specific=2.0, crc_exclude=1.0, z_min=0.5))
+    thresholds = Thresholds(top_specific=2.0, crc_exclude=1.0, z_min=0.5, min_samples=2)
+    sets = select(table(task), crc=table(crc), thresholds=thresholds)
     korea = {(layer, int(i)) for layer, idx in enumerate(sets["korea"].indices["mlp_gate"]) for i in idx}
     spain = {(layer, int(i)) for layer, idx in enumerate(sets["spain"].indices["mlp_gate"]) for i in idx}
     assert korea == {(0, 10)}          # (0,11) has z = 0 < 0.5
@@ -101,3 +102,10 @@ def test_tables_from_different_models_are_refused():
     other.meta = {"model": {**SHAPE, "num_layers": 3}}
     with pytest.raises(ValueError, match="different models"):
         select(table(base()), other)
+
+
+def test_cultures_with_too_few_samples_get_no_specific_set():
+    task = base()
+    task[0, 10] = torch.tensor([5.0, 0.0, 0.0])
+    sets = select(table(task, counts=(6, 6, 2)), thresholds=Thresholds(min_samples=5))
+    assert set(sets) == {"general", "korea", "spain"}

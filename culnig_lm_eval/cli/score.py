@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default="hf", help="harness model class used to load the model (hf or masked-hf)")
     run.add_argument("--model_args", default="pretrained=smollm2-135m",
                      help="as lm_eval's --model_args; embedded aliases smollm2-135m and gemma-3-270m work")
-    run.add_argument("--tasks", type=_comma, required=True, help="comma-separated harness tasks to find neurons on")
+    run.add_argument("--tasks", type=_comma, required=True,
+                     help="comma-separated harness tasks to find neurons on; TASK:N limits one task to N documents")
     run.add_argument("--control", type=_comma, default=[], help="control tasks (question removed), e.g. blend_cloze_ctrl")
     run.add_argument("--crc", type=_comma, default=[], help="country reading-comprehension tasks to exclude, e.g. crc")
     run.add_argument("--general", type=_comma, default=[],
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--apply_chat_template", action="store_true")
     run.add_argument("--fewshot_as_multiturn", action="store_true")
     run.add_argument("--culture-field", default="culture", help="document field naming the culture")
+    run.add_argument("--window", type=int, default=96, help="general prose: tokens of preceding text per sample")
+    run.add_argument("--stride", type=int, default=16, help="general prose: score every STRIDE-th token")
     run.add_argument("--force", action="store_true", help="recompute score files that already exist")
     run.add_argument("--no-select", action="store_true", help="only write score files")
     _selection_args(run)
@@ -77,13 +80,15 @@ def _selection_args(p):
     p.add_argument("--exclude-general", type=float, nargs="?", const=5.0, default=None, metavar="R_G",
                    help="opt-in extension: exclude the top R_G%% (default 5) neurons by general-prose score")
     p.add_argument("--z-min", type=float, default=d.z_min, help="culture-specific z-score threshold")
+    p.add_argument("--min-samples", type=int, default=d.min_samples,
+                   help="cultures with fewer task samples get no culture-specific set")
 
 
 def _thresholds(args):
     from ..selection import Thresholds
 
     return Thresholds(args.top_mlp, args.top_attention, args.top_specific, args.crc_exclude,
-                      args.exclude_general, args.z_min)
+                      args.exclude_general, args.z_min, args.min_samples)
 
 
 def score_file(out: Path, role: str) -> Path:
@@ -101,13 +106,19 @@ def run_scoring(args) -> dict[str, Path]:
     from ..scoring.samples import load_tasks, samples_from_task
 
     role_tasks = {role: getattr(args, flag) for role, flag in ROLE_FLAGS.items() if getattr(args, flag)}
-    tasks = load_tasks(sorted({t for ts in role_tasks.values() for t in ts}), num_fewshot=args.num_fewshot,
+    limits = {}
+    for names in role_tasks.values():
+        for spec in names:
+            name, _, n = spec.partition(":")
+            limits[spec] = (name, int(n) if n else args.limit)
+    tasks = load_tasks(sorted({name for name, _ in limits.values()}), num_fewshot=args.num_fewshot,
                        fewshot_seed=args.fewshot_seed)
     kinds = ("mlp_gate",) + (("mlp_up",) if args.up_proj else ()) + (("attn_q", "attn_k", "attn_v") if args.attention else ())
     kinds = tuple(k for k in MODULE_KINDS if k in kinds)
     settings = {"model_args": args.model_args, "kinds": list(kinds), "limit": args.limit,
                 "num_fewshot": args.num_fewshot, "apply_chat_template": args.apply_chat_template,
-                "fewshot_as_multiturn": args.fewshot_as_multiturn, "culture_field": args.culture_field}
+                "fewshot_as_multiturn": args.fewshot_as_multiturn, "culture_field": args.culture_field,
+                "window": args.window, "stride": args.stride}
 
     todo = {role: score_file(args.out, role) for role in role_tasks}
     done = {}
@@ -138,10 +149,12 @@ def run_scoring(args) -> dict[str, Path]:
         if role in done:
             continue
         samples = []
-        for task_name in task_names:
+        for spec in task_names:
+            task_name, limit = limits[spec]
             samples += samples_from_task(
-                task_name, tasks[task_name], lm, limit=args.limit, apply_chat_template=args.apply_chat_template,
+                task_name, tasks[task_name], lm, limit=limit, apply_chat_template=args.apply_chat_template,
                 fewshot_as_multiturn=args.fewshot_as_multiturn, culture_field=args.culture_field,
+                window=args.window, stride=args.stride,
             )
         with torch.inference_mode(False):
             table = score_samples(scorer, samples, role=role, batch_size=args.batch_size, pad_id=pad_id,
