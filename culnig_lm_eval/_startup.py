@@ -10,7 +10,8 @@ later imports lm-eval, the hook
   (right after ``lm_eval.models`` has registered the stock models),
 * adds this package's task folder to every ``TaskManager`` that includes the defaults
   (``--include_path`` keeps working; the same folder is never indexed twice), and
-* lets the stock ``hf`` model accept the embedded aliases (``pretrained=smollm2-135m``).
+* lets the stock ``hf`` model accept the embedded aliases (``pretrained=smollm2-135m``) and,
+  on a machine without CUDA, default to ``device=cpu`` instead of failing on ``cuda``.
 
 Set ``CULNIG_LM_EVAL_DISABLE=1`` to switch all of it off.
 """
@@ -71,13 +72,11 @@ def _patch_hflm(hf_module):
 
     @functools.wraps(original)
     def __init__(self, *args, **kwargs):
-        from culnig_lm_eval.embedded import resolve_pretrained
+        from culnig_lm_eval.embedded import hf_kwargs
 
-        if "pretrained" in kwargs:
-            kwargs["pretrained"] = resolve_pretrained(kwargs["pretrained"])
-        elif args:
-            args = (resolve_pretrained(args[0]), *args[1:])
-        original(self, *args, **kwargs)
+        if args and "pretrained" not in kwargs:
+            kwargs["pretrained"], args = args[0], args[1:]
+        original(self, *args, **hf_kwargs(kwargs))
 
     __init__._culnig = True
     cls.__init__ = __init__

@@ -101,3 +101,17 @@ def checkpoint_dir(alias: str) -> Path:
 def resolve_pretrained(name):
     """An embedded alias -> its cached checkpoint folder; anything else unchanged."""
     return str(checkpoint_dir(name)) if is_alias(name) else name
+
+
+def hf_kwargs(kwargs: dict) -> dict:
+    """HFLM keyword arguments with an embedded alias resolved and, on a machine without CUDA,
+    ``device`` defaulting to ``cpu`` (HFLM's default ``cuda`` would fail while loading)."""
+    kwargs = dict(kwargs)
+    if "pretrained" in kwargs:
+        kwargs["pretrained"] = resolve_pretrained(kwargs["pretrained"])
+    if kwargs.get("device") is None and not kwargs.get("parallelize"):
+        import torch
+
+        if not torch.cuda.is_available():
+            kwargs["device"] = "cpu"
+    return kwargs

@@ -133,9 +133,14 @@ class Experiment:
         shared = list(ev.get("cultural", [])) + list(ev.get("general", [])) + list(ev.get("nlu", []))
         everything = list(dict.fromkeys(shared + list(ev.get("per_culture", []))))
         out = [(Condition("unmasked", []), everything)]
+        per_culture = list(dict.fromkeys(list(ev.get("per_culture", [])) + list(ev.get("general", []))))
+        culture_selections = ev.get("culture_sets_for", list(self.sets))
         for name, sets in self.sets.items():
             for label, path in sets.items():
-                tasks = shared if label == "general" or label.startswith("random") else list(ev.get("per_culture", []))
+                if label == "general" or label.startswith("random"):
+                    tasks = shared
+                else:  # a culture-specific set: its culture's items (and the general cost)
+                    tasks = per_culture if name in culture_selections else []
                 if tasks:
                     out.append((Condition(f"{name}/{label}", [Path(path)]), tasks))
         return out

@@ -6,7 +6,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from .ablation import MODES, Ablation, operation_factor
-from .embedded import resolve_pretrained
+from .embedded import hf_kwargs
 from .neuron_set import file_sha256, load_sets
 
 
@@ -53,7 +53,7 @@ class MaskedHFLM(HFLM):
             raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
         operation_factor(operation, factor)  # bad arguments fail before the model loads
         self.neuron_sets = load_sets(neurons) if neurons else []
-        super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
+        super().__init__(**hf_kwargs({"pretrained": pretrained, **kwargs}))
         self.ablation = (
             Ablation(self.model, self.neuron_sets, operation, factor, mode) if self.neuron_sets else None
         )

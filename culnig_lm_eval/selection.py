@@ -14,7 +14,8 @@ Per module kind, with every table normalised by its sample count (per culture wh
   Cultures with fewer than ``min_samples`` task samples get no specific set (they still
   count in the z-score).
 
-Percentages are of all neurons of the kind (layers x width); ties are broken by ``topk``.
+Percentages are of all neurons of the kind (layers x width), rounded down; ties are broken by
+``topk``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _per_culture(table: ScoreTable, kind: str, cultures: list[str]) -> torch.Ten
 
 def top_mask(values: torch.Tensor, percent: float, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean mask of the top ``percent``% of all entries of ``values`` (among ``allowed``)."""
-    k = int(round(values.numel() * percent / 100))
+    k = int(values.numel() * percent / 100 + 1e-9)  # never more than percent%
     mask = torch.zeros(values.numel(), dtype=torch.bool)
     if k == 0:
         return mask.view_as(values)

@@ -446,8 +446,7 @@ def _same_file(summary: dict, b: SetInfo) -> bool:
         try:
             from culnig_lm_eval.neuron_set import file_sha256
 
-            if file_sha256(b.path) == sha:
-                return True
+            return file_sha256(b.path) == sha  # a recorded hash settles it: names repeat across folders
         except (OSError, ImportError):
             pass
     a = summary.get("source")
@@ -459,6 +458,8 @@ def _same_file(summary: dict, b: SetInfo) -> bool:
             return True
     except OSError:
         pass
+    if pa.exists():  # the recorded file is there, and it is another one
+        return False
     return pa.name == b.path.name or pa.name == Path(b.spec).name
 
 

@@ -1,0 +1,91 @@
+"""culnig-experiment end to end on a tiny model and the shipped sample data: steps, skipping, --force,
+a missing task, and the report built from the lm-eval output folders it wrote."""
+
+import json
+
+import pytest
+
+import culnig_lm_eval.experiment as experiment_module
+from culnig_lm_eval.experiment import Experiment
+from culnig_lm_eval.neuron_set import NeuronSet
+from tiny_models import save_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny"), num_hidden_layers=2, intermediate_size=200)
+
+
+def config_for(checkpoint):
+    return {
+        "name": "tiny",
+        "model_args": f"pretrained={checkpoint},dtype=float32",
+        "data": "sample",
+        "scoring": {"tasks": ["blend_cloze_neur:24"], "control": ["blend_cloze_ctrl:24"], "crc": ["crc:16"],
+                    "general": ["general_ppl_selection:1"], "batch_size": 8, "window": 32, "stride": 32},
+        "thresholds": {"top_mlp": 1.0, "top_specific": 1.0, "min_samples": 2},
+        "selections": {"paper": {}, "general-excluded": {"general_exclude": 5.0}},
+        "random_seeds": [0, 1],
+        "evaluate": {"batch_size": 8, "limit": 8, "cultural": ["blend_cloze_test"], "per_culture": ["blend_cloze_test"],
+                     "general": ["general_ppl"], "nlu": ["no_such_task_here"], "instance_task": "blend_cloze_test"},
+    }
+
+
+def count_evaluations(monkeypatch):
+    import lm_eval
+
+    calls = []
+    real = lm_eval.simple_evaluate
+
+    def counting(*args, **kwargs):
+        calls.append((kwargs["tasks"], kwargs["model_args"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", counting)
+    return calls
+
+
+def test_experiment_runs_skips_and_forces(tiny_checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = count_evaluations(monkeypatch)
+    report = Experiment(config_for(tiny_checkpoint), out).run()
+
+    # every selection wrote a general set, size-matched random sets and culture sets
+    for selection in ("paper", "general-excluded"):
+        general = NeuronSet.load(out / "sets" / selection / "general.pt")
+        random0 = NeuronSet.load(out / "sets" / selection / "random0.pt")
+        assert general.per_layer() == random0.per_layer()
+        assert len(general) == int(2 * 200 * 0.01)
+    assert NeuronSet.load(out / "sets" / "general-excluded" / "general.pt").meta["selection"].endswith("general-exclusion")
+
+    # lm-eval's own output layout with per-sample logs, for every condition and task
+    results = sorted(out.glob("eval/**/results_*.json"))
+    samples = sorted(out.glob("eval/**/samples_*.jsonl"))
+    assert results and len(samples) == len(results)
+    first = json.loads(results[0].read_text())
+    assert "model_args" in first["config"]
+
+    # the unknown task is skipped with its reason, and the report says so
+    skipped = json.loads((out / "eval" / "skipped.json").read_text())
+    assert "no_such_task_here" in skipped
+    text = report.read_text()
+    assert "no_such_task_here" in text
+    assert list((out / "report").rglob("*.png"))
+    n_first = len(calls)
+    assert n_first > 0
+
+    # a re-run skips every finished evaluation ...
+    Experiment(config_for(tiny_checkpoint), out).run()
+    assert len(calls) == n_first
+    # ... and --force redoes them
+    Experiment(config_for(tiny_checkpoint), out, force=True).run()
+    assert len(calls) == 2 * n_first
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    with pytest.raises(ValueError, match="missing section"):
+        experiment_module.load_config(bad)
+    with pytest.raises(FileNotFoundError):
+        experiment_module.load_config(tmp_path / "nope.yaml")
