@@ -44,42 +44,43 @@ def _register_model(_models_module):
         registry.register("masked-hf", target="culnig_lm_eval.masked_hf:MaskedHFLM")
 
 
-def _patch_task_manager(manager_module):
-    cls = manager_module.TaskManager
+def _wrap_init(cls, make_init):
+    """Replace ``cls.__init__`` by ``make_init(original)``, once."""
     if getattr(cls.__init__, "_culnig", False):
         return
-    original = cls.__init__
+    wrapped = functools.wraps(cls.__init__)(make_init(cls.__init__))
+    wrapped._culnig = True
+    cls.__init__ = wrapped
 
-    @functools.wraps(original)
-    def __init__(self, *args, include_path=None, include_defaults=True, **kwargs):
-        if include_defaults:
-            ours = task_dir()
-            paths = list(include_path) if isinstance(include_path, (list, tuple)) else ([include_path] if include_path else [])
-            if all(Path(p).resolve() != ours for p in paths):
-                paths.insert(0, ours)  # user paths come later and may override our tasks
-            include_path = paths
-        original(self, *args, include_path=include_path, include_defaults=include_defaults, **kwargs)
 
-    __init__._culnig = True
-    cls.__init__ = __init__
+def _patch_task_manager(manager_module):
+    def make_init(original):
+        def __init__(self, *args, include_path=None, include_defaults=True, **kwargs):
+            if include_defaults:
+                ours = task_dir()
+                paths = list(include_path) if isinstance(include_path, (list, tuple)) else ([include_path] if include_path else [])
+                if all(Path(p).resolve() != ours for p in paths):
+                    paths.insert(0, ours)  # user paths come later and may override our tasks
+                include_path = paths
+            original(self, *args, include_path=include_path, include_defaults=include_defaults, **kwargs)
+
+        return __init__
+
+    _wrap_init(manager_module.TaskManager, make_init)
 
 
 def _patch_hflm(hf_module):
-    cls = hf_module.HFLM
-    if getattr(cls.__init__, "_culnig", False):
-        return
-    original = cls.__init__
+    def make_init(original):
+        def __init__(self, *args, **kwargs):
+            from culnig_lm_eval.embedded import hf_kwargs
 
-    @functools.wraps(original)
-    def __init__(self, *args, **kwargs):
-        from culnig_lm_eval.embedded import hf_kwargs
+            if args and "pretrained" not in kwargs:
+                kwargs["pretrained"], args = args[0], args[1:]
+            original(self, *args, **hf_kwargs(kwargs))
 
-        if args and "pretrained" not in kwargs:
-            kwargs["pretrained"], args = args[0], args[1:]
-        original(self, *args, **hf_kwargs(kwargs))
+        return __init__
 
-    __init__._culnig = True
-    cls.__init__ = __init__
+    _wrap_init(hf_module.HFLM, make_init)
 
 
 AFTER_IMPORT = {

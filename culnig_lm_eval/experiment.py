@@ -99,16 +99,16 @@ class Experiment:
 
     def select(self) -> dict[str, dict[str, Path]]:
         """{selection name: {set label: path}} for every selection in the config."""
-        from .neuron_set import NeuronSet
+        from .neuron_set import NeuronSet, file_sha256
         from .scoring.run import load_table
         from .selection import Thresholds, select
-        from .neuron_set import file_sha256
 
         tables = {}
         for role, path in self.score_files.items():
             tables[role] = load_table(path)
             tables[role].meta["sha256"] = file_sha256(path)
         base = self.config.get("thresholds", {})
+        seeds = list(self.config.get("random_seeds", [0, 1, 2]))
         written = {}
         for name, overrides in (self.config.get("selections") or {"paper": {}}).items():
             folder = self.out / "sets" / name
@@ -116,14 +116,24 @@ class Experiment:
             if thresholds.general_exclude is not None and "general" not in tables:
                 self.skipped[f"selection {name}"] = "needs a general-prose score table (scoring.general)"
                 continue
+            # same score files, thresholds and seeds -> keep the sets (and so the finished evaluations)
+            stamp = folder / "done.json"
+            expected = {"scores": {r: t.meta["sha256"] for r, t in tables.items()},
+                        "thresholds": vars(thresholds), "seeds": seeds}
+            if stamp.exists() and not self.force and json.loads(stamp.read_text()) == expected:
+                written[name] = json.loads((folder / "sets.json").read_text())
+                continue
             sets = select(tables["task"], tables.get("control"), tables.get("crc"), tables.get("general"),
                           thresholds, model_name=self.config.get("name", ""))
             written[name] = {}
             for label, neuron_set in sets.items():
                 written[name][label] = neuron_set.save(folder / f"{label}.pt")
-            for seed in self.config.get("random_seeds", [0, 1, 2]):
+            for seed in seeds:
                 general = NeuronSet.load(written[name]["general"])
                 written[name][f"random{seed}"] = general.random_like(seed).save(folder / f"random{seed}.pt")
+            written[name] = {label: str(path) for label, path in written[name].items()}
+            (folder / "sets.json").write_text(json.dumps(written[name], indent=1))
+            stamp.write_text(json.dumps(expected))
         self.sets = written
         return written
 

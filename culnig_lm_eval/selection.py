@@ -12,7 +12,9 @@ Per module kind, with every table normalised by its sample count (per culture wh
   only) among those not excluded by ``c``'s own CRC score, kept only where the z-score of
   ``S_c`` across cultures, ``(S_c - mean) / std`` (population std), is at least ``z``.
   Cultures with fewer than ``min_samples`` task samples get no specific set (they still
-  count in the z-score).
+  count in the z-score).  Opt-in ``normalise_z``: each culture's ``S_c`` is divided by its
+  mean ``|S_c|`` before the z-score (the ``P^2`` weight lets a culture whose answers the model
+  finds likely dominate every neuron's z-score; the paper's method does not normalise).
 
 Percentages are of all neurons of the kind (layers x width), rounded down; ties are broken by
 ``topk``.
@@ -29,6 +31,7 @@ from .scoring.attribution import ScoreTable
 
 PAPER = "culnig-paper"
 GENERAL_EXCLUSION = "culnig-paper+general-exclusion"
+NORMALISED_Z = "+normalised-z"
 
 
 @dataclass
@@ -40,6 +43,9 @@ class Thresholds:
     general_exclude: float | None = None  # r_g, % by general-prose score; None = paper method
     z_min: float = 0.5
     min_samples: int = 5  # a culture with fewer task samples gets no culture-specific set
+    # opt-in: divide each culture's S_c by its mean |S_c| before the z-score, so one culture whose
+    # answers the model finds likely (P^2 weighting) does not dominate every neuron's z-score
+    normalise_z: bool = False
 
     def top_for(self, kind: str) -> float:
         return self.top_mlp if kind.startswith("mlp") else self.top_attention
@@ -98,11 +104,14 @@ def select(
     _check_shapes({"task": task, "control": control, "crc": crc, "general": general})
     if thresholds.general_exclude is not None and general is None:
         raise ValueError("general_exclude was set but no general-prose score table was given")
+    if thresholds.general_exclude is None:
+        general = None  # unused by the paper's method: keep it out of the provenance too
     cultures = [c for c in task.cultures if task.counts[task.cultures.index(c)] > 0]
     specific = [c for c in cultures if task.counts[task.cultures.index(c)] >= thresholds.min_samples]
     shape = dict(task.meta.get("model") or {})
     shape["name"] = model_name or shape.get("name", "")
     selection = GENERAL_EXCLUSION if thresholds.general_exclude is not None else PAPER
+    selection += NORMALISED_Z if thresholds.normalise_z else ""
 
     general_masks, specific_masks = {}, {c: {} for c in specific}
     for kind in task.scores:
@@ -117,8 +126,9 @@ def select(
         crc_general = top_mask(_mean(crc, kind), thresholds.crc_exclude) if crc is not None else excluded
         general_masks[kind] = top_mask(diff, thresholds.top_for(kind), ~(excluded | crc_general))
 
-        std, mean = torch.std_mean(per_c, dim=-1, correction=0)
-        z = (per_c - mean[..., None]) / std[..., None].clamp(min=1e-30)
+        for_z = per_c / per_c.abs().mean(dim=(0, 1), keepdim=True).clamp(min=1e-30) if thresholds.normalise_z else per_c
+        std, mean = torch.std_mean(for_z, dim=-1, correction=0)
+        z = (for_z - mean[..., None]) / std[..., None].clamp(min=1e-30)
         crc_c = _per_culture(crc, kind, cultures) if crc is not None else None
         for i, c in enumerate(cultures):
             if c not in specific:

@@ -109,3 +109,20 @@ def test_cultures_with_too_few_samples_get_no_specific_set():
     task[0, 10] = torch.tensor([5.0, 0.0, 0.0])
     sets = select(table(task, counts=(6, 6, 2)), thresholds=Thresholds(min_samples=5))
     assert set(sets) == {"general", "korea", "spain"}
+
+
+def test_normalised_z_stops_one_loud_culture_from_owning_every_z_score():
+    task = base()
+    task[0, 10] = torch.tensor([1.0, 0.0, 0.0])       # korea's own neuron, in korea's units
+    task[0, 12] = torch.tensor([0.0, 0.0, 1000.0])    # uk is 1000x louder everywhere
+    task[0, 13] = torch.tensor([0.9, 0.0, 900.0])
+    common = dict(top_specific=1.0, z_min=0.5, min_samples=1)
+    paper = select(table(task), thresholds=Thresholds(**common))
+    assert paper["korea"].indices["mlp_gate"][0].tolist() == [10]
+    # korea's second neuron (0,13) has z < 0 in raw units (uk dominates) but is korea's in relative terms
+    two = dict(common, top_specific=2.0)
+    raw = select(table(task), thresholds=Thresholds(**two))["korea"]
+    normalised = select(table(task), thresholds=Thresholds(**two, normalise_z=True))["korea"]
+    assert 13 not in raw.indices["mlp_gate"][0].tolist()
+    assert 13 in normalised.indices["mlp_gate"][0].tolist()
+    assert normalised.meta["selection"].endswith("normalised-z")

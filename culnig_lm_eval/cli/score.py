@@ -80,6 +80,8 @@ def _selection_args(p):
     p.add_argument("--exclude-general", type=float, nargs="?", const=5.0, default=None, metavar="R_G",
                    help="opt-in extension: exclude the top R_G%% (default 5) neurons by general-prose score")
     p.add_argument("--z-min", type=float, default=d.z_min, help="culture-specific z-score threshold")
+    p.add_argument("--normalise-z", action="store_true",
+                   help="opt-in: scale each culture's scores to mean |score| 1 before the z-score filter")
     p.add_argument("--min-samples", type=int, default=d.min_samples,
                    help="cultures with fewer task samples get no culture-specific set")
 
@@ -88,7 +90,7 @@ def _thresholds(args):
     from ..selection import Thresholds
 
     return Thresholds(args.top_mlp, args.top_attention, args.top_specific, args.crc_exclude,
-                      args.exclude_general, args.z_min, args.min_samples)
+                      args.exclude_general, args.z_min, args.min_samples, args.normalise_z)
 
 
 def score_file(out: Path, role: str) -> Path:

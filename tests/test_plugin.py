@@ -1,0 +1,48 @@
+"""The installed start-up hook: the stock lm-eval finds masked-hf and our tasks, nothing else changes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TASKS = Path(__file__).resolve().parents[1] / "tasks"
+
+
+def run_python(code: str, **env) -> dict:
+    import os
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **env}, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_startup_is_light_and_registers_lazily():
+    result = run_python(
+        "import sys, json; "
+        "light = 'torch' not in sys.modules and 'lm_eval' not in sys.modules; "
+        "from lm_eval.api.registry import get_model; "
+        "names = [get_model(n).__name__ for n in ('masked-hf', 'hf', 'steered')]; "
+        "print(json.dumps({'hook': 'culnig_lm_eval._startup' in sys.modules, 'light': light, 'names': names}))"
+    )
+    assert result == {"hook": True, "light": True, "names": ["MaskedHFLM", "HFLM", "SteeredModel"]}
+
+
+def test_task_manager_indexes_our_folder_once_and_can_be_switched_off():
+    code = (
+        "import json; from lm_eval.tasks import TaskManager; "
+        f"a = TaskManager(); b = TaskManager(include_path={str(TASKS)!r}); "
+        "print(json.dumps({'default': [str(p) for p in a.include_path], 'explicit': [str(p) for p in b.include_path], "
+        "'blend': 'blend_cloze_test' in a.all_tasks and 'crc' in a.all_tasks and 'general_ppl' in a.all_tasks, "
+        "'stock': 'hellaswag' in a.all_tasks}))"
+    )
+    result = run_python(code)
+    assert result["default"] == [str(TASKS)]
+    assert result["explicit"] == [str(TASKS)]  # --include_path on the same folder: indexed once
+    assert result["blend"] and result["stock"]
+    off = run_python(
+        "import json, sys; from lm_eval.api.registry import get_model\n"
+        "try:\n get_model('masked-hf'); found = True\nexcept ValueError:\n found = False\n"
+        "print(json.dumps({'found': found}))",
+        CULNIG_LM_EVAL_DISABLE="1",
+    )
+    assert off == {"found": False}
