@@ -108,3 +108,26 @@ def test_empty_table_shape():
     table = ScoreTable.empty(scorer, ["a", "b"], "cpu")
     assert table.scores["mlp_gate"].shape == (3, 48, 2)
     assert table.scores["attn_q"].shape == (3, 32, 2)
+
+
+def _rank_worker(rank, world_size, init_file, out_file):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    scorer = AttributionScorer(tiny_llama(4))
+    table = score_samples(scorer, random_samples(11, seed=2), role="task", batch_size=2, rank=rank, world_size=world_size)
+    if rank == 0:
+        torch.save({"scores": table.scores["mlp_gate"], "counts": table.counts}, out_file)
+    dist.destroy_process_group()
+
+
+def test_data_parallel_ranks_share_batches_and_reduce_to_the_single_process_result(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_rank_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    parallel = torch.load(out, weights_only=True)
+    single = score_samples(AttributionScorer(tiny_llama(4)), random_samples(11, seed=2), role="task", batch_size=2)
+    assert parallel["counts"].tolist() == single.counts.tolist()
+    torch.testing.assert_close(parallel["scores"], single.scores["mlp_gate"], rtol=1e-5, atol=1e-12)

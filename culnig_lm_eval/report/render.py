@@ -624,8 +624,11 @@ def _verdict(p: Paired, rd: dict, ppl, threshold: float, has_random: bool, ppl_t
         reasons.append(f"general perplexity ratio {ppl.ratio:.4f} > {threshold:g}")
     if reasons:
         return "not specific: " + "; ".join(reasons)
+    caveat = ""
+    if p.ci is not None and _ok(p.ci.high) and p.ci.high >= 0:
+        caveat = " (but the drop's 95% CI includes 0: not significant on these items)"
     return (f"specific: drop {drop:.4f} > random {(-rd['mean']):.4f}, perplexity ratio {ppl.ratio:.4f} "
-            f"<= {threshold:g}")
+            f"<= {threshold:g}{caveat}")
 
 
 # ----------------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def score_samples(
             table.add(scorer.sample_scores(batch), ids, clamp_at_zero=role != "task")
             bar.update(len(chunk))
             bar.set_postfix(samples_per_s=f"{bar.n / (time.perf_counter() - started):.2f}")
-    table.all_reduce()
+    if world_size > 1:  # the harness model's ranks, not merely an initialised process group
+        table.all_reduce()
     table.meta.update(
         {
             "role": role,
