@@ -131,7 +131,7 @@ def run_scoring(args) -> dict[str, Path]:
                 log.warning("%s: %s exists with the same settings; skipping (use --force to redo)", role, path)
                 done[role] = path
             else:
-                raise SystemExit(f"culnig-score: {path} was made with other settings; use --force or another --out")
+                raise ValueError(f"{path} was made with other settings; use --force or another --out")
     if len(done) == len(todo):
         return done
 
@@ -177,7 +177,7 @@ def run_selection(paths: dict, args) -> dict:
     from ..selection import select
 
     if "task" not in paths:
-        raise SystemExit("culnig-score select: a task score file is needed (--task-scores or --scores-dir)")
+        raise ValueError("a task score file is needed: --task-scores FILE, or --scores-dir with task.scores.pt in it")
     tables = {}
     for role, path in paths.items():
         table = load_table(path)
