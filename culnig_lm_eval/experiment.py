@@ -225,7 +225,9 @@ class Experiment:
 
     def instance_scores(self) -> Path | None:
         """Per test item, the summed attribution of each set's neurons (the report's instance view)."""
-        from .neuron_set import NeuronSet
+        import torch
+
+        from .neuron_set import NeuronSet, atomic_write
         from .scoring.attribution import AttributionScorer, collate
         from .scoring.run import batches
         from .scoring.samples import load_tasks, samples_from_task
@@ -238,21 +240,25 @@ class Experiment:
         samples = samples_from_task(task_name, tasks[task_name], lm, limit=self.config["evaluate"].get("limit"))
         kinds = ("mlp_gate",) + (("attn_q", "attn_k", "attn_v") if self.config["scoring"].get("attention") else ())
         scorer = AttributionScorer(lm.model, kinds)
-        masks = {}
+        labels, per_set = [], []
         for name, sets in self.sets.items():
             for label, path in sets.items():
-                masks[f"{name}/{label}"] = NeuronSet.load(path).masks(scorer.widths)
+                labels.append(f"{name}/{label}")
+                per_set.append(NeuronSet.load(path).masks(scorer.widths))
+        # [sets, layers, width] per kind: one contraction per batch gives every set's summed score
+        empty = {k: torch.zeros(scorer.num_layers, w, dtype=torch.bool) for k, w in scorer.widths.items()}
+        stacked = {k: torch.stack([m.get(k, empty[k]) for m in per_set]).float() for k in kinds}
         rows = []
         pad = lm.tokenizer.pad_token_id or 0
         for chunk in batches(samples, self.config["evaluate"].get("batch_size", 8)):
             per_sample = scorer.sample_scores(collate(chunk, pad))  # {kind: [L, B, W]}
-            for label, mask in masks.items():
-                total = sum((per_sample[k] * mask[k][:, None, :]).sum(dim=(0, 2)) for k in mask)
-                for s, value in zip(chunk, total.tolist()):
-                    rows.append({"set": label, "culture": s.culture, "topic": s.topic, "doc_id": s.doc_id,
-                                 "score": value})
+            totals = sum(torch.einsum("lbw,slw->sb", per_sample[k], m.to(per_sample[k].device)) for k, m in stacked.items())
+            for label, values in zip(labels, totals.tolist()):
+                rows += [{"set": label, "culture": s.culture, "topic": s.topic, "doc_id": s.doc_id, "score": v}
+                         for s, v in zip(chunk, values)]
         path = self.out / "instance_scores.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
         return path
 
     def report(self, instance_scores: Path | None) -> Path:
