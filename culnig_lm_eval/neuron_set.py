@@ -30,8 +30,6 @@ the file.
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import json
 import os
 import tempfile
@@ -41,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from ._io import _umask, atomic_write, file_sha256, now_iso, package_version  # noqa: F401 (re-exported)
 from .architectures import MODULE_KINDS
 
 FORMAT = "culnig-neuron-set/1"
@@ -49,53 +48,6 @@ SUFFIXES = (".pt", ".json")
 
 class NeuronSetError(ValueError):
     """A neuron set file is missing, corrupt, inconsistent, or made for another model."""
-
-
-def package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("culnig-lm-eval")
-    except Exception:  # running from a source tree that is not installed
-        return "0+unknown"
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(tmp_path)`` then rename into place: readers never see a partial file.
-
-    The temporary file sits next to ``path`` (same file system, so the rename is atomic) and is
-    removed if ``write`` or the rename fails; the final file gets the usual umask permissions.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _as_index(value, where: str, fail) -> torch.Tensor:

@@ -1,0 +1,36 @@
+"""Shared fixtures and markers.
+
+* ``slow`` marks tests that load an embedded model or run a whole pipeline (seconds to a
+  minute each); ``pytest -m "not slow"`` skips them for a quick loop.
+* ``real_blend``: the real BLEnD folder ``../shared/data/blend`` beside the checkout (the
+  project's CI has it); tests that need it skip with the reason when it is absent.
+* ``tiny_llama_dir``: a saved tiny Llama (see ``tiny_models.py``) that ``hf``/``masked-hf`` load.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_BLEND = Path(os.environ.get("CULNIG_REAL_BLEND", REPO.parent / "shared" / "data" / "blend"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: loads an embedded model or runs a whole pipeline")
+
+
+@pytest.fixture(scope="session")
+def real_blend() -> Path:
+    if not (REAL_BLEND / "mc_questions.csv").is_file():
+        pytest.skip(f"real BLEnD data not found at {REAL_BLEND} (set CULNIG_REAL_BLEND or place ../shared beside the clone)")
+    return REAL_BLEND
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    from tiny_models import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
