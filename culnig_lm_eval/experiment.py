@@ -1,276 +1,317 @@
 """The whole study from one config: score -> select -> evaluate masked vs unmasked -> report.
 
-Every evaluation goes through lm-eval's ``simple_evaluate`` with ``log_samples`` and is saved
-by lm-eval's own ``EvaluationTracker``, so the output folders are exactly what
-``lm_eval --output_path ... --log_samples`` writes and ``culnig-report`` reads them the same
-way.  One model is loaded once; each condition folds its neuron set into the weights and
-restores them afterwards.  A finished (condition, task) folder is skipped on re-runs, keyed
-by model, neuron-set file hash and task; ``force`` redoes everything.
+:class:`ExperimentConfig` is read from YAML and checked before anything loads;
+:func:`run_experiment` loads the model ONCE (``lm.load_lm``) and passes it to the library
+steps: ``scoring.run.score_roles``, ``selection.select_and_save``, then one lm-eval
+``simple_evaluate`` per (condition, task) with ``log_samples``, saved by lm-eval's own
+``EvaluationTracker`` (so the folders are exactly what ``lm_eval --output_path ...
+--log_samples`` writes), the per-item set scores, and ``report.build_report``.  Each
+condition applies its neuron set with ``MaskedHFLM.masked`` (folded into the weights and
+restored afterwards), so the results file records the set that was applied.  A finished
+step is skipped on re-runs when its stamp (model, set-file hashes, task, limit; for
+selection the score hashes, thresholds and seeds) matches; ``force`` redoes everything.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
+from ._io import check_writable_folder, file_sha256, safe_name, write_text
+
 log = logging.getLogger("culnig-experiment")
 
 DEFAULT_CONFIG = Path(__file__).parent / "experiments" / "smollm2-135m.yaml"
+SCORING_KEYS = {"tasks", "control", "crc", "general", "limit", "window", "stride", "batch_size", "attention",
+                "up_proj", "apply_chat_template", "num_fewshot", "culture_field"}
+EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu", "instance_task"}
 
 
-def load_config(path: str | Path | None) -> dict:
-    path = Path(path) if path else DEFAULT_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment config {path}: no such file (the default is {DEFAULT_CONFIG})")
-    config = yaml.safe_load(path.read_text()) or {}
-    missing = [k for k in ("model_args", "scoring", "evaluate") if k not in config]
-    if missing:
-        raise ValueError(f"experiment config {path}: missing section(s) {', '.join(missing)}")
-    return config
+class ConfigError(ValueError):
+    """The experiment YAML is missing, malformed or names impossible settings."""
+
+
+def _str_list(value, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of task names")
+    return list(value)
+
+
+@dataclass
+class EvaluationPlan:
+    """What is evaluated, for every condition (see :func:`conditions`)."""
+
+    batch_size: int = 8
+    limit: int | None = None
+    cultural: list[str] = field(default_factory=list)  # every set
+    per_culture: list[str] = field(default_factory=list)  # culture-specific sets (split by culture)
+    culture_sets_for: list[str] | None = None  # selections whose culture sets are evaluated (None: all)
+    general: list[str] = field(default_factory=list)  # general perplexity (every set)
+    nlu: list[str] = field(default_factory=list)  # lm-eval's own general NLU
+    instance_task: str | None = None  # per-item summed set scores (the report's instance view)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    model_args: str
+    role_tasks: dict[str, list[str]]  # scoring roles -> tasks
+    scoring: "ScoringSettings"  # noqa: F821 (imported lazily: torch)
+    thresholds: dict = field(default_factory=dict)  # shared by every selection
+    selections: dict[str, dict] = field(default_factory=lambda: {"paper": {}})  # name -> threshold overrides
+    random_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    evaluate: EvaluationPlan = field(default_factory=EvaluationPlan)
+    data: str = "auto"  # CULNIG_DATA for the run
+    offline: bool = True  # HF_HUB_OFFLINE=1 for the run
+    source: str = ""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None) -> "ExperimentConfig":
+        path = Path(path) if path else DEFAULT_CONFIG
+        if not path.is_file():
+            raise ConfigError(f"experiment config {path}: no such file (the default is {DEFAULT_CONFIG})")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where else ""
+            raise ConfigError(f"experiment config {path}: not valid YAML{at}; fix the file") from None
+        return cls.from_mapping(raw, path)
+
+    @classmethod
+    def from_mapping(cls, raw, path: str | Path = "<config>") -> "ExperimentConfig":
+        from .scoring.run import ScoringSettings
+        from .selection import Thresholds
+
+        if not isinstance(raw, dict):
+            raise ConfigError(f"experiment config {path}: must be a mapping with model_args, scoring and evaluate")
+        missing = [k for k in ("model_args", "scoring", "evaluate") if k not in raw]
+        if missing:
+            raise ConfigError(f"experiment config {path}: missing section(s) {', '.join(missing)}")
+        scoring, evaluate = raw["scoring"], raw["evaluate"]
+        for section, value, known in (("scoring", scoring, SCORING_KEYS), ("evaluate", evaluate, EVALUATE_KEYS)):
+            if not isinstance(value, dict):
+                raise ConfigError(f"experiment config {path}: '{section}' must be a mapping")
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ConfigError(f"experiment config {path}: unknown {section} key(s) {', '.join(unknown)} "
+                                  f"(known: {', '.join(sorted(known))})")
+        role_tasks = {role: _str_list(scoring.get(key), f"{path}: scoring.{key}")
+                      for role, key in (("task", "tasks"), ("control", "control"), ("crc", "crc"), ("general", "general"))}
+        role_tasks = {role: tasks for role, tasks in role_tasks.items() if tasks}
+        if "task" not in role_tasks:
+            raise ConfigError(f"experiment config {path}: scoring.tasks names no task")
+        try:
+            kinds = ("mlp_gate",) + (("mlp_up",) if scoring.get("up_proj") else ()) + (
+                ("attn_q", "attn_k", "attn_v") if scoring.get("attention") else ())
+            settings = ScoringSettings(
+                model_args=str(raw["model_args"]), kinds=kinds, batch_size=int(scoring.get("batch_size", 8)),
+                limit=scoring.get("limit"), window=int(scoring.get("window", 96)), stride=int(scoring.get("stride", 16)),
+                num_fewshot=scoring.get("num_fewshot"), apply_chat_template=bool(scoring.get("apply_chat_template")),
+                culture_field=str(scoring.get("culture_field", "culture")),
+            )
+            plan = EvaluationPlan(**{k: evaluate[k] for k in EVALUATE_KEYS if k in evaluate})
+            for key in ("cultural", "per_culture", "general", "nlu"):
+                _str_list(getattr(plan, key), f"{path}: evaluate.{key}")
+            thresholds = dict(raw.get("thresholds") or {})
+            selections = {safe_name(name, "selection name"): dict(overrides or {})
+                          for name, overrides in (raw.get("selections") or {"paper": {}}).items()}
+            for name, overrides in selections.items():
+                Thresholds(**{**thresholds, **overrides})  # every selection's thresholds are valid
+            seeds = [int(s) for s in raw.get("random_seeds", [0, 1, 2])]
+            if any(s < 0 or s > 2**63 - 1 for s in seeds):
+                raise ValueError("random_seeds must be integers from 0 to 2**63-1")
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"experiment config {path}: {err}") from None
+        data = str(raw.get("data", "auto"))
+        if data not in ("auto", "hub", "sample"):
+            raise ConfigError(f"experiment config {path}: data must be auto, hub or sample (got {data!r})")
+        return cls(name=safe_name(raw.get("name", "experiment"), "name"), model_args=str(raw["model_args"]),
+                   role_tasks=role_tasks, scoring=settings, thresholds=thresholds, selections=selections,
+                   random_seeds=seeds, evaluate=plan, data=data, offline=bool(raw.get("offline", True)),
+                   source=str(path))
+
+
+def load_config(path: str | Path | None) -> ExperimentConfig:
+    return ExperimentConfig.from_yaml(path)
 
 
 @dataclass
 class Condition:
-    label: str  # folder name
-    set_paths: list[Path]  # empty: unmasked
+    """One evaluated model state: ``label`` names its folder; no set files = unmasked."""
+
+    label: str
+    set_paths: list[Path]
+    tasks: list[str]
 
     @property
     def neurons_arg(self) -> str:
         return "+".join(str(p) for p in self.set_paths)
 
 
-def _set_key(paths: list[Path]) -> str:
-    from .neuron_set import file_sha256
+# -- stamps: a finished step is skipped when what produced it is unchanged ---------------------
+def _stamp_matches(stamp: Path, expected: dict) -> bool:
+    try:
+        return json.loads(stamp.read_text()) == json.loads(json.dumps(expected))
+    except (OSError, ValueError):
+        return False
 
-    return "+".join(file_sha256(p)[:12] for p in paths) or "unmasked"
+
+def _write_stamp(stamp: Path, expected: dict):
+    write_text(stamp, json.dumps(expected, indent=1))
 
 
-class Experiment:
-    def __init__(self, config: dict, out: Path, force: bool = False):
-        self.config, self.out, self.force = config, Path(out), force
-        self.skipped: dict[str, str] = {}
-        self._lm = None
+@contextlib.contextmanager
+def data_environment(config: ExperimentConfig):
+    """Offline and data-source settings for the whole run (restored afterwards)."""
+    env = {"CULNIG_DATA": config.data}
+    if config.offline:
+        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
-    # -- environment ------------------------------------------------------------------
-    @contextlib.contextmanager
-    def environment(self):
-        """Offline and data-source settings for the whole run (restored afterwards)."""
-        env = {"CULNIG_DATA": str(self.config.get("data", "auto"))}
-        if self.config.get("offline", True):
-            env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
+
+def select_all(config: ExperimentConfig, score_files: dict[str, Path], out: Path, force: bool,
+               skipped: dict[str, str]) -> dict[str, dict[str, Path]]:
+    """{selection name: {set label: path}}: ``select_and_save`` for each configured selection."""
+    from .scoring.run import load_table
+    from .selection import Thresholds, select_and_save
+
+    tables = {role: load_table(path) for role, path in score_files.items()}
+    for role, table in tables.items():
+        table.meta["sha256"] = file_sha256(score_files[role])
+    written = {}
+    for name, overrides in config.selections.items():
+        thresholds = Thresholds(**{**config.thresholds, **overrides})
+        if thresholds.general_exclude is not None and "general" not in tables:
+            skipped[f"selection {name}"] = "needs a general-prose score table (scoring.general)"
+            continue
+        folder, stamp = out / name, out / f".{name}.done.json"
+        expected = {"scores": {r: t.meta["sha256"] for r, t in sorted(tables.items())},
+                    "thresholds": asdict(thresholds), "seeds": config.random_seeds}
+        if not force and folder.is_dir() and _stamp_matches(stamp, expected):
+            files = json.loads((folder / "selection.json").read_text())["files"]
+            written[name] = {label: folder / Path(path).name for label, path in files.items()}
+            continue
+        written[name] = select_and_save(tables, thresholds, folder, model_name=config.name,
+                                        random_seeds=config.random_seeds)
+        _write_stamp(stamp, expected)
+    return written
+
+
+def _is_random(label: str) -> bool:
+    return label.startswith("random")
+
+
+def conditions(plan: EvaluationPlan, sets: dict[str, dict[str, Path]]) -> list[Condition]:
+    """Unmasked on everything; culture-general and random sets on the shared tasks; culture sets
+    (of the selections in ``culture_sets_for``) on the per-culture tasks and general perplexity."""
+    shared = list(dict.fromkeys(plan.cultural + plan.general + plan.nlu))
+    everything = list(dict.fromkeys(shared + plan.per_culture))
+    per_culture = list(dict.fromkeys(plan.per_culture + plan.general))
+    culture_selections = plan.culture_sets_for if plan.culture_sets_for is not None else list(sets)
+    out = [Condition("unmasked", [], everything)]
+    for name, labelled in sets.items():
+        for label, path in labelled.items():
+            if label == "general" or _is_random(label):
+                tasks = shared
+            else:
+                tasks = per_culture if name in culture_selections else []
+            if tasks:
+                out.append(Condition(f"{name}/{label}", [Path(path)], tasks))
+    return out
+
+
+def loadable_tasks(tasks: list[str], manager, skipped: dict[str, str]) -> list[str]:
+    """Drop tasks whose data cannot be loaded, recording why in ``skipped``."""
+    ok = []
+    for task in tasks:
+        if task in skipped:
+            continue
+        if task not in manager.all_tasks:
+            skipped[task] = "unknown task name"
+            continue
         try:
-            yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            manager.load([task])
+            ok.append(task)
+        except Exception as err:  # data missing offline, hub unreachable ...
+            skipped[task] = f"{type(err).__name__}: {str(err).splitlines()[0][:240] if str(err) else ''}"
+            log.warning("skipping %s: %s", task, skipped[task])
+    return ok
 
-    # -- steps ----------------------------------------------------------------------------
-    def score(self) -> Path:
-        from .cli.score import build_parser, run_scoring
 
-        s = self.config["scoring"]
-        argv = ["run", "--model_args", self.config["model_args"], "--out", str(self.out / "scores"),
-                "--batch_size", str(s.get("batch_size", 8)), "--tasks", ",".join(s["tasks"]), "--no-select"]
-        for role in ("control", "crc", "general"):
-            if s.get(role):
-                argv += [f"--{role}", ",".join(s[role])]
-        for option in ("limit", "window", "stride"):
-            if s.get(option):
-                argv += [f"--{option}", str(s[option])]
-        if s.get("attention"):
-            argv.append("--attention")
-        if self.force:
-            argv.append("--force")
-        self.score_files = run_scoring(build_parser().parse_args(argv))
-        return self.out / "scores"
+def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bool, skipped: dict[str, str]):
+    """One ``simple_evaluate`` per (condition, task), saved as lm-eval saves it."""
+    from lm_eval import simple_evaluate
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.tasks import TaskManager
 
-    def select(self) -> dict[str, dict[str, Path]]:
-        """{selection name: {set label: path}} for every selection in the config."""
-        from .neuron_set import NeuronSet, file_sha256
-        from .scoring.run import load_table
-        from .selection import Thresholds, select
+    from .neuron_set import load_sets
 
-        tables = {}
-        for role, path in self.score_files.items():
-            tables[role] = load_table(path)
-            tables[role].meta["sha256"] = file_sha256(path)
-        base = self.config.get("thresholds", {})
-        seeds = list(self.config.get("random_seeds", [0, 1, 2]))
-        written = {}
-        for name, overrides in (self.config.get("selections") or {"paper": {}}).items():
-            folder = self.out / "sets" / name
-            thresholds = Thresholds(**{**base, **(overrides or {})})
-            if thresholds.general_exclude is not None and "general" not in tables:
-                self.skipped[f"selection {name}"] = "needs a general-prose score table (scoring.general)"
-                continue
-            # same score files, thresholds and seeds -> keep the sets (and so the finished evaluations)
+    manager = TaskManager()
+    plan = config.evaluate
+    for condition in conditions(plan, sets):
+        key = "+".join(file_sha256(p)[:12] for p in condition.set_paths) or "unmasked"
+        for task in loadable_tasks(condition.tasks, manager, skipped):
+            folder = out / condition.label / task
             stamp = folder / "done.json"
-            expected = {"scores": {r: t.meta["sha256"] for r, t in tables.items()},
-                        "thresholds": vars(thresholds), "seeds": seeds}
-            if stamp.exists() and not self.force and json.loads(stamp.read_text()) == expected:
-                written[name] = json.loads((folder / "sets.json").read_text())
+            expected = {"model_args": config.model_args, "sets": key, "task": task, "limit": plan.limit}
+            if not force and _stamp_matches(stamp, expected):
                 continue
-            sets = select(tables["task"], tables.get("control"), tables.get("crc"), tables.get("general"),
-                          thresholds, model_name=self.config.get("name", ""))
-            written[name] = {}
-            for label, neuron_set in sets.items():
-                written[name][label] = neuron_set.save(folder / f"{label}.pt")
-            for seed in seeds:
-                general = NeuronSet.load(written[name]["general"])
-                written[name][f"random{seed}"] = general.random_like(seed).save(folder / f"random{seed}.pt")
-            written[name] = {label: str(path) for label, path in written[name].items()}
-            (folder / "sets.json").write_text(json.dumps(written[name], indent=1))
-            stamp.write_text(json.dumps(expected))
-        self.sets = written
-        return written
+            shutil.rmtree(folder, ignore_errors=True)
+            neuron_sets = load_sets(condition.neurons_arg) if condition.set_paths else []
+            # model_args as the lm_eval command would have them: the report labels runs by neurons=
+            model_args = config.model_args + (f",neurons={condition.neurons_arg}" if neuron_sets else "")
+            tracker = EvaluationTracker(output_path=str(folder))
+            with lm.masked(neuron_sets):
+                results = simple_evaluate(
+                    model=lm, model_args=model_args, tasks=[task], task_manager=manager, limit=plan.limit,
+                    log_samples=True, evaluation_tracker=tracker, bootstrap_iters=0,
+                    random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                )
+            samples = results.pop("samples")
+            tracker.save_results_aggregated(results=results, samples=samples)
+            for name in results["configs"]:
+                tracker.save_results_samples(task_name=name, samples=samples[name])
+            _write_stamp(stamp, expected)
+    write_text(out / "skipped.json", json.dumps(skipped, indent=1))
 
-    def conditions(self) -> list[tuple[Condition, list[str]]]:
-        """(condition, tasks) pairs: every set on the cultural + general tasks, culture sets on per-culture ones."""
-        ev = self.config["evaluate"]
-        shared = list(ev.get("cultural", [])) + list(ev.get("general", [])) + list(ev.get("nlu", []))
-        everything = list(dict.fromkeys(shared + list(ev.get("per_culture", []))))
-        out = [(Condition("unmasked", []), everything)]
-        per_culture = list(dict.fromkeys(list(ev.get("per_culture", [])) + list(ev.get("general", []))))
-        culture_selections = ev.get("culture_sets_for", list(self.sets))
-        for name, sets in self.sets.items():
-            for label, path in sets.items():
-                if label == "general" or label.startswith("random"):
-                    tasks = shared
-                else:  # a culture-specific set: its culture's items (and the general cost)
-                    tasks = per_culture if name in culture_selections else []
-                if tasks:
-                    out.append((Condition(f"{name}/{label}", [Path(path)]), tasks))
-        return out
 
-    def _model(self):
-        if self._lm is None:
-            from .masked_hf import MaskedHFLM
+def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = False) -> Path:
+    """Score, select, evaluate and report; returns the report's path."""
+    from .lm import load_lm
+    from .report import build_report
+    from .scoring.instances import write_instance_scores
+    from .scoring.run import load_role_tasks, score_roles
 
-            args = dict(kv.split("=", 1) for kv in self.config["model_args"].split(",") if kv)
-            args.setdefault("device", "cpu")
-            self._lm = MaskedHFLM(batch_size=self.config["evaluate"].get("batch_size", 8), **args)
-        return self._lm
-
-    def _available(self, tasks: list[str], manager) -> list[str]:
-        """Drop tasks whose data cannot be loaded, recording why."""
-        ok = []
-        for task in tasks:
-            if task in self.skipped:
-                continue
-            if task not in manager.all_tasks:
-                self.skipped[task] = "unknown task name"
-                continue
-            try:
-                manager.load([task])
-                ok.append(task)
-            except Exception as err:  # data missing offline, hub unreachable ...
-                self.skipped[task] = f"{type(err).__name__}: {str(err).splitlines()[0][:240]}"
-                log.warning("skipping %s: %s", task, self.skipped[task])
-        return ok
-
-    def evaluate(self):
-        from lm_eval import simple_evaluate
-        from lm_eval.loggers import EvaluationTracker
-        from lm_eval.tasks import TaskManager
-
-        from .ablation import Ablation
-        from .neuron_set import load_sets
-
-        manager = TaskManager()
-        ev = self.config["evaluate"]
-        for condition, tasks in self.conditions():
-            tasks = self._available(tasks, manager)
-            key = _set_key(condition.set_paths)
-            for task in tasks:
-                folder = self.out / "eval" / condition.label / task
-                stamp = folder / "done.json"
-                expected = {"model_args": self.config["model_args"], "sets": key, "task": task,
-                            "limit": ev.get("limit")}
-                if stamp.exists() and not self.force and json.loads(stamp.read_text()) == expected:
-                    continue
-                shutil.rmtree(folder, ignore_errors=True)
-                lm = self._model()
-                ablation = Ablation(lm.model, load_sets(condition.neurons_arg)) if condition.set_paths else None
-                try:
-                    model_args = self.config["model_args"] + (f",neurons={condition.neurons_arg}" if ablation else "")
-                    tracker = EvaluationTracker(output_path=str(folder))
-                    results = simple_evaluate(
-                        model=lm, model_args=model_args, tasks=[task], task_manager=manager,
-                        limit=ev.get("limit"), log_samples=True, evaluation_tracker=tracker,
-                        bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
-                    )
-                finally:
-                    if ablation is not None:
-                        ablation.remove()
-                samples = results.pop("samples")
-                tracker.save_results_aggregated(results=results, samples=samples)
-                for name in results["configs"]:
-                    tracker.save_results_samples(task_name=name, samples=samples[name])
-                stamp.write_text(json.dumps(expected))
-        (self.out / "eval").mkdir(parents=True, exist_ok=True)
-        (self.out / "eval" / "skipped.json").write_text(json.dumps(self.skipped, indent=1))
-
-    def instance_scores(self) -> Path | None:
-        """Per test item, the summed attribution of each set's neurons (the report's instance view)."""
-        import torch
-
-        from .neuron_set import NeuronSet, atomic_write
-        from .scoring.attribution import AttributionScorer, collate
-        from .scoring.run import batches
-        from .scoring.samples import load_tasks, samples_from_task
-
-        task_name = self.config["evaluate"].get("instance_task")
-        if not task_name or task_name in self.skipped:
-            return None
-        lm = self._model()
-        tasks = load_tasks([task_name])
-        samples = samples_from_task(task_name, tasks[task_name], lm, limit=self.config["evaluate"].get("limit"))
-        kinds = ("mlp_gate",) + (("attn_q", "attn_k", "attn_v") if self.config["scoring"].get("attention") else ())
-        scorer = AttributionScorer(lm.model, kinds)
-        labels, per_set = [], []
-        for name, sets in self.sets.items():
-            for label, path in sets.items():
-                labels.append(f"{name}/{label}")
-                per_set.append(NeuronSet.load(path).masks(scorer.widths))
-        # [sets, layers, width] per kind: one contraction per batch gives every set's summed score
-        empty = {k: torch.zeros(scorer.num_layers, w, dtype=torch.bool) for k, w in scorer.widths.items()}
-        stacked = {k: torch.stack([m.get(k, empty[k]) for m in per_set]).float() for k in kinds}
-        rows = []
-        pad = lm.tokenizer.pad_token_id or 0
-        for chunk in batches(samples, self.config["evaluate"].get("batch_size", 8)):
-            per_sample = scorer.sample_scores(collate(chunk, pad))  # {kind: [L, B, W]}
-            totals = sum(torch.einsum("lbw,slw->sb", per_sample[k], m.to(per_sample[k].device)) for k, m in stacked.items())
-            for label, values in zip(labels, totals.tolist()):
-                rows += [{"set": label, "culture": s.culture, "topic": s.topic, "doc_id": s.doc_id, "score": v}
-                         for s, v in zip(chunk, values)]
-        path = self.out / "instance_scores.jsonl"
-        text = "".join(json.dumps(r) + "\n" for r in rows)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-        return path
-
-    def report(self, instance_scores: Path | None) -> Path:
-        from .report import build_report
-
-        return build_report([self.out / "eval"], self.out / "report", instance_scores=instance_scores)
-
-    def run(self) -> Path:
-        self.out.mkdir(parents=True, exist_ok=True)
-        with self.environment():
-            self.score()
-            self.select()
-            self.evaluate()
-            instance = self.instance_scores()
-            return self.report(instance)
+    out = check_writable_folder(out, "--out")
+    skipped: dict[str, str] = {}
+    with data_environment(config):
+        tasks = load_role_tasks(config.role_tasks, config.scoring)  # data errors before the model loads
+        lm = load_lm(config.model_args, batch_size=config.evaluate.batch_size)
+        score_files = score_roles(lm, config.role_tasks, config.scoring, out / "scores", tasks=tasks)
+        sets = select_all(config, score_files, out / "sets", force, skipped)
+        evaluate_conditions(lm, config, sets, out / "eval", force, skipped)
+        instances = None
+        if config.evaluate.instance_task and config.evaluate.instance_task not in skipped:
+            instances = write_instance_scores(lm, config.evaluate.instance_task, sets, config.scoring,
+                                              out / "instance_scores.jsonl", limit=config.evaluate.limit,
+                                              batch_size=config.evaluate.batch_size)
+        return build_report([out / "eval"], out / "report", instance_scores=instances)

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
+from lm_eval import utils as lm_eval_utils
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from ._io import file_sha256
 from .ablation import MODES, Ablation, operation_factor
 from .embedded import hf_kwargs
-from .neuron_set import file_sha256, load_sets
+from .neuron_set import NeuronSet, load_sets
+
+log = logging.getLogger("culnig-lm-eval")
+
+
+def _warn_if_empty(neuron_sets: list[NeuronSet]):
+    for s in neuron_sets:
+        if len(s) == 0:
+            # a masked run that masks nothing would report "no effect" as if it were a finding
+            log.warning("WARNING: neuron set %s holds 0 neurons: this run masks nothing", s.source)
 
 
 @register_model("masked-hf")
@@ -26,44 +40,65 @@ class MaskedHFLM(HFLM):
         Args (besides everything ``hf`` takes):
             pretrained: hub id, local path, or an embedded alias (``smollm2-135m``, ``gemma-3-270m``).
             neurons: one or more neuron-set files joined with ``+``; their union is ablated.
-                Without it the model is exactly ``hf``.
+                Without it the model is exactly ``hf`` (plus the aliases and a CPU default
+                where there is no CUDA).
             operation: ``suppress`` (set to 0), ``enhance`` (multiply by ``factor`` > 1, default 2),
-                or ``scale`` (multiply by ``factor``).
+                or ``scale`` (multiply by a finite ``factor``).
             mode: ``auto`` (fold into weights where exact, hooks elsewhere), ``fold`` or ``hooks``.
 
-        A neuron-set file (``.pt``, read with ``torch.load(weights_only=True)``, or its ``.json``
-        twin) is a dict::
-
-            {
-              "format": "culnig-neuron-set/1",
-              "indices": {kind: [LongTensor of neuron indices, one per layer]},
-              "meta": {"model": {"name", "model_type", "num_layers", "widths": {kind: int}},
-                       "method", "selection", "culture", "tasks", "hyperparameters",
-                       "provenance", "created", "package_version"},
-            }
-
-        where ``kind`` is ``mlp_gate``, ``mlp_up``, ``attn_q``, ``attn_k`` or ``attn_v`` and an index
-        names an output channel of that projection (see ``culnig_lm_eval.neuron_set``).  The files
-        are read and the arguments checked before the model loads; each set is then checked against
-        the loaded model (layer count, widths, index range) before anything is changed.  Folding
-        scales the chosen rows of ``gate_proj``/``up_proj``/``q_proj``/``k_proj``/``v_proj`` (or
-        their slice of a fused projection) once, so masked evaluation costs nothing extra.
+        The set files (format: ``culnig_lm_eval.neuron_set``) are read and the arguments checked
+        before the model loads; each set is checked against the loaded model before anything
+        changes.  Folding scales the chosen projection rows once, so masked evaluation costs
+        nothing extra.
         """
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
         operation_factor(operation, factor)  # bad arguments fail before the model loads
+        self.operation, self.factor, self.mode = operation, factor, mode
         self.neuron_sets = load_sets(neurons) if neurons else []
+        _warn_if_empty(self.neuron_sets)
         super().__init__(**hf_kwargs({"pretrained": pretrained, **kwargs}))
         self.ablation = (
             Ablation(self.model, self.neuron_sets, operation, factor, mode) if self.neuron_sets else None
         )
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """As ``LM.create_from_arg_string``, but ``--model_args`` win over the CLI's defaults.
+
+        lm-eval passes ``device`` (default ``cuda:0``) and ``batch_size`` beside the parsed
+        ``--model_args``; the stock method then fails with "got multiple values for keyword
+        argument 'device'" when ``device=`` is also in ``--model_args``.
+        """
+        args = lm_eval_utils.simple_parse_args_string(arg_string)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
+        return cls(**args, **extra)
+
+    @contextlib.contextmanager
+    def masked(self, neuron_sets: list[NeuronSet]):
+        """Apply ``neuron_sets`` (with this model's operation, factor and mode) for the block only.
+
+        The experiment loads one model and evaluates many sets on it: inside the block
+        ``get_model_info`` (and so lm-eval's results file) records exactly the sets applied.
+        """
+        if self.ablation is not None:
+            raise RuntimeError("masked() needs an unmasked model: this one was loaded with neurons=")
+        _warn_if_empty(neuron_sets)
+        self.ablation = Ablation(self.model, neuron_sets, self.operation, self.factor, self.mode) if neuron_sets else None
+        self.neuron_sets = list(neuron_sets)
+        try:
+            yield self
+        finally:
+            if self.ablation is not None:
+                self.ablation.remove()
+            self.ablation, self.neuron_sets = None, []
+
     def get_model_info(self) -> dict:
         info = super().get_model_info()
-        info["culnig_ablation"] = {
-            **(self.ablation.describe() if self.ablation else {"neurons": 0}),
-            "neuron_sets": [
-                {"path": s.source, "sha256": file_sha256(s.source), "counts": s.counts()} for s in self.neuron_sets
-            ],
-        }
+        sets = [
+            {"path": s.source, "sha256": file_sha256(s.source) if s.source != "<memory>" else None, "counts": s.counts()}
+            for s in self.neuron_sets
+        ]
+        applied = self.ablation.describe() if self.ablation else {"neurons": 0}
+        info["culnig_ablation"] = {**applied, "neuron_sets": sets}
         return info

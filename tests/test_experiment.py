@@ -6,7 +6,7 @@ import json
 import pytest
 
 import culnig_lm_eval.experiment as experiment_module
-from culnig_lm_eval.experiment import Experiment
+from culnig_lm_eval.experiment import ExperimentConfig, run_experiment
 from culnig_lm_eval.neuron_set import NeuronSet
 from tiny_models import save_tiny_llama
 
@@ -17,7 +17,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def config_for(checkpoint):
-    return {
+    return ExperimentConfig.from_mapping({
         "name": "tiny",
         "model_args": f"pretrained={checkpoint},dtype=float32",
         "data": "sample",
@@ -28,7 +28,7 @@ def config_for(checkpoint):
         "random_seeds": [0, 1],
         "evaluate": {"batch_size": 8, "limit": 8, "cultural": ["blend_cloze_test"], "per_culture": ["blend_cloze_test"],
                      "general": ["general_ppl"], "nlu": ["no_such_task_here"], "instance_task": "blend_cloze_test"},
-    }
+    })
 
 
 def count_evaluations(monkeypatch):
@@ -48,7 +48,7 @@ def count_evaluations(monkeypatch):
 def test_experiment_runs_skips_and_forces(tiny_checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = count_evaluations(monkeypatch)
-    report = Experiment(config_for(tiny_checkpoint), out).run()
+    report = run_experiment(config_for(tiny_checkpoint), out)
 
     # every selection wrote a general set, size-matched random sets and culture sets
     for selection in ("paper", "general-excluded"):
@@ -75,10 +75,10 @@ def test_experiment_runs_skips_and_forces(tiny_checkpoint, tmp_path, monkeypatch
     assert n_first > 0
 
     # a re-run skips every finished evaluation ...
-    Experiment(config_for(tiny_checkpoint), out).run()
+    run_experiment(config_for(tiny_checkpoint), out)
     assert len(calls) == n_first
     # ... and --force redoes them
-    Experiment(config_for(tiny_checkpoint), out, force=True).run()
+    run_experiment(config_for(tiny_checkpoint), out, force=True)
     assert len(calls) == 2 * n_first
 
 

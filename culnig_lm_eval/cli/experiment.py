@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from ._common import run
 
-def main(argv=None) -> int:
+PROG = "culnig-experiment"
+
+
+def build_parser() -> argparse.ArgumentParser:
     from ..experiment import DEFAULT_CONFIG
 
     parser = argparse.ArgumentParser(
-        prog="culnig-experiment",
+        prog=PROG,
         description="Score neurons, select culture-general/-specific sets (and size-matched random sets), "
         "evaluate masked vs unmasked through lm-eval with per-sample logs, and write report.md with figures. "
         "Finished steps are skipped on re-runs.",
@@ -21,20 +24,20 @@ def main(argv=None) -> int:
     parser.add_argument("--config", type=Path, default=None, help=f"experiment YAML (default: {DEFAULT_CONFIG})")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<config name>)")
     parser.add_argument("--force", action="store_true", help="redo every step")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    return parser
 
-    from ..experiment import Experiment, load_config
 
-    try:
-        config = load_config(args.config)
-        out = args.out or Path("runs") / str(config.get("name", "experiment"))
-        report = Experiment(config, out, force=args.force).run()
-    except (FileNotFoundError, ValueError) as err:
-        print(f"culnig-experiment: error: {err}", file=sys.stderr)
-        return 2
+def _main(args) -> int:
+    from ..experiment import load_config, run_experiment
+
+    config = load_config(args.config)
+    report = run_experiment(config, args.out or Path("runs") / config.name, force=args.force)
     print(f"report: {report}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run(PROG, _main, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,160 @@
-"""Score whole tasks: batches of samples -> one ScoreTable per task, saved atomically."""
+"""Score whole tasks: batches of samples -> one ScoreTable per role, saved atomically.
+
+:func:`score_roles` is the library entry point (``culnig-score run`` and ``culnig-experiment``
+both call it with a loaded harness model and a :class:`ScoringSettings`).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..neuron_set import atomic_write, now_iso, package_version
+from .._io import atomic_write, now_iso, package_version
+from ..architectures import MODULE_KINDS
 from .attribution import AttributionScorer, ScoreTable, collate
-from .samples import Sample
+from .samples import Sample, load_tasks, samples_from_task
+
+log = logging.getLogger("culnig-score")
 
 ROLES = ("task", "control", "crc", "general")
+
+
+@dataclass
+class ScoringSettings:
+    """How samples are built and scored; stored in every score file and compared on re-runs."""
+
+    model_args: str = "pretrained=smollm2-135m"
+    kinds: tuple[str, ...] = ("mlp_gate",)  # module kinds scored (see architectures.MODULE_KINDS)
+    batch_size: int = 8
+    limit: int | None = None  # documents per task; TASK:N in a task list overrides it for one task
+    num_fewshot: int | None = None
+    fewshot_seed: int = 1234
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = False
+    culture_field: str = "culture"
+    window: int = 96  # general prose: tokens of preceding text per sample
+    stride: int = 16  # general prose: every stride-th token is a sample
+    force: bool = False  # recompute score files that exist
+
+    def __post_init__(self):
+        unknown = set(self.kinds) - set(MODULE_KINDS)
+        self.kinds = tuple(k for k in MODULE_KINDS if k in self.kinds)  # canonical order
+        if not self.kinds or unknown:
+            raise ValueError(f"module kinds must be some of {', '.join(MODULE_KINDS)}")
+        for name in ("batch_size", "window", "stride"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)})")
+        if self.limit is not None and int(self.limit) < 1:
+            raise ValueError(f"--limit must be >= 1 (got {self.limit})")
+
+    def stamp(self) -> dict:
+        """What makes two score files comparable (batch size and force do not change scores)."""
+        keep = asdict(self)
+        for volatile in ("batch_size", "force"):
+            keep.pop(volatile)
+        keep["kinds"] = list(self.kinds)
+        return keep
+
+
+def parse_task_specs(specs: list[str], default_limit: int | None) -> list[tuple[str, int | None]]:
+    """``["blend_cloze_neur", "crc:96"]`` -> [(name, limit)]; ``TASK:N`` limits one task to N documents."""
+    out = []
+    for spec in specs:
+        name, sep, n = spec.partition(":")
+        if sep and not (n.isdigit() and int(n) > 0):
+            raise ValueError(f"task {spec!r}: write TASK:N with N a positive number of documents")
+        out.append((name, int(n) if sep else default_limit))
+    return out
+
+
+def score_file(out: Path, role: str) -> Path:
+    return Path(out) / f"{role}.scores.pt"
+
+
+def reusable_score_files(role_tasks: dict[str, list[str]], settings: ScoringSettings, out: Path) -> dict[str, Path]:
+    """Score files in ``out`` made with the same settings and tasks (kept unless ``force``).
+
+    A file made with other settings is an error rather than silently mixed with new ones.
+    """
+    done = {}
+    for role, specs in role_tasks.items():
+        path = score_file(out, role)
+        if not path.exists() or settings.force:
+            continue
+        meta = load_table(path).meta
+        if meta.get("settings") == settings.stamp() and meta.get("tasks") == list(specs):
+            log.warning("%s: %s exists with the same settings; reusing it (--force recomputes)", role, path)
+            done[role] = path
+        else:
+            raise ValueError(f"{path} was made with other settings or tasks; use --force or another --out")
+    return done
+
+
+def load_role_tasks(role_tasks: dict[str, list[str]], settings: ScoringSettings) -> dict:
+    """The harness Task objects of every role (reading their data: call it before loading a model)."""
+    unknown = set(role_tasks) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown scoring role(s) {sorted(unknown)}; roles are {', '.join(ROLES)}")
+    if not role_tasks.get("task"):
+        raise ValueError("no task to find neurons on: give --tasks (e.g. blend_cloze_neur)")
+    names = sorted({name for specs in role_tasks.values() for name, _ in parse_task_specs(specs, settings.limit)})
+    return load_tasks(names, num_fewshot=settings.num_fewshot, fewshot_seed=settings.fewshot_seed)
+
+
+def score_roles(lm, role_tasks: dict[str, list[str]], settings: ScoringSettings, out: Path,
+                tasks: dict | None = None) -> dict[str, Path]:
+    """Score every role's tasks with the loaded harness model ``lm``; {role: score file}.
+
+    ``role_tasks``: {"task": [...], "control": [...], "crc": [...], "general": [...]} (harness
+    task names, ``TASK:N`` for a per-task limit); ``tasks``: from :func:`load_role_tasks` when
+    the caller checked the data before loading the model.  Files already in ``out`` with the
+    same settings are reused.  Under ``accelerate launch`` the harness model's ranks share the
+    batches and rank 0 writes the files.
+    """
+    out = Path(out)
+    tasks = tasks if tasks is not None else load_role_tasks(role_tasks, settings)
+    done = reusable_score_files(role_tasks, settings, out)
+    todo = {role: specs for role, specs in role_tasks.items() if role not in done}
+    if not todo:
+        return done
+    parsed = {role: parse_task_specs(specs, settings.limit) for role, specs in todo.items()}
+    # every role's samples are built (and so every document checked) before the first backward pass
+    samples = {
+        role: [
+            sample
+            for name, limit in specs
+            for sample in samples_from_task(
+                name, tasks[name], lm, limit=limit, apply_chat_template=settings.apply_chat_template,
+                fewshot_as_multiturn=settings.fewshot_as_multiturn, culture_field=settings.culture_field,
+                window=settings.window, stride=settings.stride,
+            )
+        ]
+        for role, specs in parsed.items()
+    }
+    model = lm.model.eval()
+    scorer = AttributionScorer(model, settings.kinds)
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    from ..lm import model_label
+
+    for role, role_samples in samples.items():
+        with torch.inference_mode(False):
+            table = score_samples(scorer, role_samples, role=role, batch_size=settings.batch_size, pad_id=pad_id,
+                                  device=device, rank=lm.rank, world_size=lm.world_size,
+                                  desc=f"{role}: {','.join(todo[role])}")
+        table.meta.update({"task": ",".join(todo[role]), "tasks": list(todo[role]), "settings": settings.stamp()})
+        table.meta["model"]["name"] = model_label(settings.model_args)
+        if lm.rank == 0:
+            save_table(table, score_file(out, role))
+            log.warning("%s: %d samples -> %s", role, len(role_samples), score_file(out, role))
+        done[role] = score_file(out, role)
+    return done
 
 
 def batches(samples: list[Sample], batch_size: int, rank: int = 0, world_size: int = 1) -> list[list[Sample]]:
@@ -91,6 +232,31 @@ def load_table(path: str | Path) -> ScoreTable:
         raise ScoreFileError(f"score file {path}: cannot be read ({type(err).__name__}: {str(err)[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != "culnig-scores/1":
         raise ScoreFileError(f"score file {path}: not a culnig-scores/1 file written by culnig-score run")
-    table = ScoreTable.from_payload(payload)
+    try:
+        table = ScoreTable.from_payload(payload)
+        _check_table(table)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ScoreFileError(f"score file {path}: malformed ({err})") from None
     table.meta["path"] = str(path)
     return table
+
+
+def _check_table(table: ScoreTable):
+    """Shapes and values that selection relies on; a mismatch would silently shift cultures."""
+    cultures = table.cultures
+    if not isinstance(cultures, list) or not all(isinstance(c, str) for c in cultures):
+        raise ValueError("'cultures' must be a list of names")
+    if not isinstance(table.counts, torch.Tensor) or table.counts.shape != (len(cultures),):
+        raise ValueError(f"'counts' must hold one number per culture ({len(cultures)} cultures)")
+    if (table.counts < 0).any():
+        raise ValueError("'counts' holds a negative sample count")
+    if not isinstance(table.scores, dict) or not table.scores:
+        raise ValueError("'scores' must map module kinds to tensors")
+    for kind, scores in table.scores.items():
+        if kind not in MODULE_KINDS:
+            raise ValueError(f"unknown module kind {kind!r}")
+        if not isinstance(scores, torch.Tensor) or scores.dim() != 3 or scores.shape[-1] != len(cultures):
+            raise ValueError(f"{kind} scores must be [layers, width, {len(cultures)} cultures], "
+                             f"found {tuple(getattr(scores, 'shape', ()))}")
+        if not torch.isfinite(scores).all():
+            raise ValueError(f"{kind} scores hold NaN or infinite values")
