@@ -201,7 +201,3 @@ def sites(model: nn.Module, kinds=MODULE_KINDS) -> list[NeuronSite]:
             found.append(NeuronSite(kind, layer_idx, module, start, stop))
     return found
 
-
-def output_rows(site: NeuronSite, index: torch.Tensor) -> torch.Tensor:
-    """Neuron indices of a site -> row indices of its (possibly fused) module output."""
-    return index + site.start

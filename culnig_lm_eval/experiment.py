@@ -146,7 +146,7 @@ def load_config(path: str | Path | None) -> ExperimentConfig:
 
 
 @dataclass
-class Condition:
+class ConditionPlan:
     """One evaluated model state: ``label`` names its folder; no set files = unmasked."""
 
     label: str
@@ -220,14 +220,14 @@ def _is_random(label: str) -> bool:
     return label.startswith("random")
 
 
-def conditions(plan: EvaluationPlan, sets: dict[str, dict[str, Path]]) -> list[Condition]:
+def conditions(plan: EvaluationPlan, sets: dict[str, dict[str, Path]]) -> list[ConditionPlan]:
     """Unmasked on everything; culture-general and random sets on the shared tasks; culture sets
     (of the selections in ``culture_sets_for``) on the per-culture tasks and general perplexity."""
     shared = list(dict.fromkeys(plan.cultural + plan.general + plan.nlu))
     everything = list(dict.fromkeys(shared + plan.per_culture))
     per_culture = list(dict.fromkeys(plan.per_culture + plan.general))
     culture_selections = plan.culture_sets_for if plan.culture_sets_for is not None else list(sets)
-    out = [Condition("unmasked", [], everything)]
+    out = [ConditionPlan("unmasked", [], everything)]
     for name, labelled in sets.items():
         for label, path in labelled.items():
             if label == "general" or _is_random(label):
@@ -235,7 +235,7 @@ def conditions(plan: EvaluationPlan, sets: dict[str, dict[str, Path]]) -> list[C
             else:
                 tasks = per_culture if name in culture_selections else []
             if tasks:
-                out.append(Condition(f"{name}/{label}", [Path(path)], tasks))
+                out.append(ConditionPlan(f"{name}/{label}", [Path(path)], tasks))
     return out
 
 

@@ -218,7 +218,7 @@ def test_score_select_bad_seeds_and_missing_folder(tmp_path):
 
 def test_results_record_the_applied_set(tmp_path, checkpoint, monkeypatch):
     """An experiment's masked results name the set file, its hash and counts (not neurons: 0)."""
-    from culnig_lm_eval.experiment import Condition, ExperimentConfig, evaluate_conditions
+    from culnig_lm_eval.experiment import ExperimentConfig, evaluate_conditions
     from culnig_lm_eval.lm import load_lm
 
     monkeypatch.setenv("CULNIG_DATA", "sample")
