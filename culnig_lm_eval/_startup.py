@@ -9,20 +9,22 @@ later imports lm-eval, the hook
 * registers ``masked-hf`` in lm-eval's model registry as a lazy ``module:Class`` target
   (right after ``lm_eval.models`` has registered the stock models),
 * adds this package's task folder to every ``TaskManager`` that includes the defaults
-  (``--include_path`` keeps working; the same folder is never indexed twice), and
-* lets the stock ``hf`` model accept the embedded aliases (``pretrained=smollm2-135m``) and,
-  on a machine without CUDA, default to ``device=cpu`` instead of failing on ``cuda``.
+  (``--include_path`` keeps working; the same folder is never indexed twice).
 
-Set ``CULNIG_LM_EVAL_DISABLE=1`` to switch all of it off.
+The stock ``hf`` model is left untouched: embedded aliases and the CPU default belong to
+``masked-hf``.  A failing hook warns once and switches the plugin off, so stock lm_eval keeps
+working.  Set ``CULNIG_LM_EVAL_DISABLE=1`` to switch all of it off.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import importlib.abc
 import importlib.machinery
 import os
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -55,38 +57,44 @@ def _wrap_init(cls, make_init):
 
 def _patch_task_manager(manager_module):
     def make_init(original):
-        def __init__(self, *args, include_path=None, include_defaults=True, **kwargs):
-            if include_defaults:
+        signature = inspect.signature(original)
+
+        def __init__(self, *args, **kwargs):
+            # bind against the real signature so a positional include_path works too
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            if bound.arguments.get("include_defaults", True):
                 ours = task_dir()
+                include_path = bound.arguments.get("include_path")
                 paths = list(include_path) if isinstance(include_path, (list, tuple)) else ([include_path] if include_path else [])
                 if all(Path(p).resolve() != ours for p in paths):
                     paths.insert(0, ours)  # user paths come later and may override our tasks
-                include_path = paths
-            original(self, *args, include_path=include_path, include_defaults=include_defaults, **kwargs)
+                bound.arguments["include_path"] = paths
+            original(*bound.args, **bound.kwargs)
 
         return __init__
 
     _wrap_init(manager_module.TaskManager, make_init)
 
 
-def _patch_hflm(hf_module):
-    def make_init(original):
-        def __init__(self, *args, **kwargs):
-            from culnig_lm_eval.embedded import hf_kwargs
+_disabled_reason: str | None = None
 
-            if args and "pretrained" not in kwargs:
-                kwargs["pretrained"], args = args[0], args[1:]
-            original(self, *args, **hf_kwargs(kwargs))
 
-        return __init__
-
-    _wrap_init(hf_module.HFLM, make_init)
+def _run_callback(name, module):
+    """Run one hook; a failure disables the plugin with one warning instead of breaking lm_eval."""
+    global _disabled_reason
+    if _disabled_reason is not None:
+        return
+    try:
+        AFTER_IMPORT[name](module)
+    except Exception as error:  # noqa: BLE001 - never break `import lm_eval` for the environment
+        _disabled_reason = f"{name}: {type(error).__name__}: {error}"
+        warnings.warn(f"culnig-lm-eval disabled: {_disabled_reason}", RuntimeWarning, stacklevel=2)
 
 
 AFTER_IMPORT = {
     "lm_eval.models": _register_model,
     "lm_eval.tasks.manager": _patch_task_manager,
-    "lm_eval.models.huggingface": _patch_hflm,
 }
 
 
@@ -106,7 +114,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
                 def exec_module(module, _exec=original_exec, _name=name):
                     _exec(module)
-                    AFTER_IMPORT[_name](module)
+                    _run_callback(_name, module)
 
                 loader.exec_module = exec_module
                 return spec
@@ -118,9 +126,9 @@ def install():
         return
     if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _AfterImport())
-    for name, callback in AFTER_IMPORT.items():  # already imported (e.g. installed late in a session)
+    for name in list(AFTER_IMPORT):  # already imported (e.g. installed late in a session)
         if name in sys.modules:
-            callback(sys.modules[name])
+            _run_callback(name, sys.modules[name])
 
 
 install()

@@ -19,6 +19,12 @@ Where the rows come from (:func:`load_rows`, shared by every dataset), first mat
 
 Local files: ``.csv``/``.tsv`` (read as text), ``.jsonl``, ``.json`` (a list of rows) or
 ``.parquet``; a folder means every such file in it, one part per file stem.
+
+A file that cannot serve as its dataset (not UTF-8, not parseable, no rows, a required column
+missing, a BLEnD row whose choices or answer make no sense) raises :class:`DataError` (a
+``ValueError``) naming the file, the row where one is at fault, and what to do.  The builders
+run while lm-eval loads the tasks, so ``culnig-score``/``culnig-experiment`` stop with that one
+line before any model is loaded.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ from typing import Any, Iterable
 from culnig_lm_eval._startup import task_dir
 
 log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A data file (or hub split) that cannot serve as its dataset; the message names the file and row."""
 
 
 # ------------------------------------------------------------------------------------ cultures
@@ -93,19 +103,23 @@ class Source:
     key: str  # metadata key; the environment variable is CULNIG_<KEY>
     hub: dict[str, str] | None  # None: no hub copy, the shipped file is the data
     sample: str  # relative to the task folder
+    columns: tuple[str, ...] = ()  # every row must have these (checked when the data is read)
 
 
 SOURCES = {
     s.key: s
     for s in (
         Source("blend_mcq", {"path": "nayeon212/BLEnD", "name": "multiple-choice-questions", "split": "test"},
-               "blend/sample/mc_questions.csv"),
+               "blend/sample/mc_questions.csv", ("MCQID", "ID", "country", "prompt", "choices", "answer_idx")),
         # every split (one per country) at once; split names go through culture_id()
         Source("blend_questions", {"path": "nayeon212/BLEnD", "name": "short-answer-questions"},
-               "blend/sample/questions"),
-        Source("normad", {"path": "akhilayerukola/NormAd", "split": "train"}, "cultural_norm/sample/normad.csv"),
+               "blend/sample/questions", ("ID", "Topic")),
+        Source("normad", {"path": "akhilayerukola/NormAd", "split": "train"}, "cultural_norm/sample/normad.csv",
+               ("Country", "Story", "Gold Label")),
         Source("culturalbench", {"path": "kellycyy/CulturalBench", "name": "CulturalBench-Easy", "split": "test"},
-               "culturalbench/sample/culturalbench.csv"),
+               "culturalbench/sample/culturalbench.csv",
+               ("country", "prompt_question", "prompt_option_a", "prompt_option_b", "prompt_option_c",
+                "prompt_option_d", "answer")),
         Source("crc", None, "crc/passages.json"),
     )
 }
@@ -176,56 +190,167 @@ def locate(key: str, options: dict[str, Any]) -> tuple[str, Path | None]:
     return "sample", sample
 
 
-def load_rows(key: str, options: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The rows of dataset ``key`` as {part: rows}; parts are hub splits or local file stems."""
+def load_rows(key: str, options: dict[str, Any]) -> dict[str, "Part"]:
+    """The rows of dataset ``key`` as {part: rows}; parts are hub splits or local file stems.
+
+    Every part is a :class:`Part` (a list of row dicts that knows its file); each has rows and
+    every column of ``SOURCES[key].columns``, or :class:`DataError` says which file does not.
+    """
     kind, path = locate(key, options)
     return _read(key, kind, str(path) if path else "")
 
 
+class Part(list):
+    """The rows of one file or hub split, with where they came from (for error messages)."""
+
+    def __init__(self, rows: Iterable[dict], source: str, columns: Iterable[str] | None = None,
+                 lines: list[int] | None = None, line_rows: bool = False):
+        super().__init__(rows)
+        self.source = source  # the file's path, or "hub <path> (<name>) split <split>"
+        self.columns = list(columns) if columns is not None else None  # header / schema; None: per row
+        self.lines = lines  # line in the file where each row starts (CSV, JSONL)
+        self.line_rows = line_rows  # one row per line (JSONL): name the line only
+
+    def where(self, index: int) -> str:
+        """'<file> row 3 (line 7)': where row ``index`` (0-based) is, for an error message."""
+        if self.lines is None:
+            return f"{self.source} row {index + 1}"
+        if self.line_rows:
+            return f"{self.source} line {self.lines[index]}"
+        return f"{self.source} row {index + 1} (line {self.lines[index]})"
+
+
 @lru_cache(maxsize=32)
-def _read(key: str, kind: str, path: str) -> dict[str, list[dict[str, Any]]]:
+def _read(key: str, kind: str, path: str) -> dict[str, Part]:
     if kind == "hub":
         import datasets
 
-        loaded = datasets.load_dataset(**SOURCES[key].hub)
+        hub = SOURCES[key].hub
+        label = "hub " + hub["path"] + (f" ({hub['name']})" if hub.get("name") else "")
+        loaded = datasets.load_dataset(**hub)
         if isinstance(loaded, datasets.Dataset):
-            return {str(loaded.split or SOURCES[key].hub.get("split", "data")): loaded.to_list()}
-        return {str(name): split.to_list() for name, split in loaded.items()}
-    p = Path(path)
-    files = sorted(f for f in p.iterdir() if f.suffix in _READERS) if p.is_dir() else [p]
-    if not files or files[0].suffix not in _READERS:
-        raise ValueError(f"{key}: {p} is not, or holds no, {'/'.join(_READERS)} file")
-    log.info("%s: reading %s", key, p)
-    return {f.stem: _READERS[f.suffix](f) for f in files}
+            loaded = {str(loaded.split or hub.get("split", "data")): loaded}
+        parts = {str(name): Part(split.to_list(), f"{label} split {name}", split.column_names)
+                 for name, split in loaded.items()}
+    else:
+        p = Path(path)
+        files = sorted(f for f in p.iterdir() if f.suffix in _READERS) if p.is_dir() else [p]
+        if not files or files[0].suffix not in _READERS:
+            raise DataError(f"{key}: {p} is not, or holds no, {'/'.join(_READERS)} file")
+        log.info("%s: reading %s", key, p)
+        parts = {f.stem: _READERS[f.suffix](f) for f in files}
+        for part in parts.values():
+            if not part:
+                raise DataError(f"{part.source}: no rows ({key} needs at least one); point at the full data file"
+                                + (", or remove this file from the folder" if p.is_dir() else ""))
+    for part in parts.values():
+        _check_columns(key, part)
+    return parts
 
 
-def _read_csv(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        return list(csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ","))
+def _check_columns(key: str, part: Part) -> None:
+    need = SOURCES[key].columns
+    if part.columns is not None:
+        missing = [c for c in need if c not in part.columns]
+        if missing:
+            raise DataError(f"{part.source}: missing column(s) {', '.join(missing)} (it has: "
+                            f"{', '.join(map(str, part.columns)) or 'none'}); {key} needs {', '.join(need)}")
+    csv_part = part.lines is not None and not part.line_rows
+    for i, row in enumerate(part):
+        missing = [c for c in need if row.get(c) is None]
+        if missing:
+            what = (f"fewer fields than the header, so no {', '.join(missing)} (check the quoting)" if csv_part
+                    else f"no value for {', '.join(missing)}")
+            raise DataError(f"{part.where(i)}: {what}; {key} needs {', '.join(need)} in every row")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line}); "
+                        f"save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`") from None
 
 
-def _read_json(path: Path) -> list[dict]:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, list) else data["data"]
+def _read_csv(path: Path) -> Part:
+    import io
+
+    reader = csv.DictReader(io.StringIO(_decode(path), newline=""), delimiter="\t" if path.suffix == ".tsv" else ",")
+    rows, lines = [], []
+    try:
+        header = reader.fieldnames  # reads the header line
+        if header is None:
+            raise DataError(f"{path}: empty file (no header, no rows); point at the full data file")
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            if None in row:  # more fields than the header
+                raise DataError(f"{path} row {len(rows) + 1} (line {start}): more fields than the header "
+                                f"({len(header)}); check the quoting of fields that contain commas")
+            rows.append(row)
+            lines.append(start)
+    except csv.Error as err:
+        raise DataError(f"{path} line {reader.line_num}: not readable as CSV ({err}); "
+                        "check the quoting, or that the file is a UTF-8 text CSV") from None
+    return Part(rows, str(path), header, lines)
 
 
-def _read_parquet(path: Path) -> list[dict]:
+def _read_jsonl(path: Path) -> Part:
+    rows, lines = [], []
+    for number, line in enumerate(_decode(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {number}: not valid JSON ({err.msg} at column {err.colno}); "
+                            "a .jsonl file holds one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {number}: a {type(row).__name__}, not a JSON object; "
+                            "a .jsonl file holds one JSON object per line")
+        rows.append(row)
+        lines.append(number)
+    return Part(rows, str(path), lines=lines, line_rows=True)
+
+
+def _read_json(path: Path) -> Part:
+    try:
+        data = json.loads(_decode(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataError(f'{path}: expected a JSON list of row objects (or {{"data": [...]}}), found a {type(data).__name__}')
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise DataError(f"{path} row {i + 1}: a {type(row).__name__}, not a JSON object; rows must be objects")
+    return Part(data, str(path))
+
+
+def _read_parquet(path: Path) -> Part:
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist()
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises its own error classes for a damaged or foreign file
+        raise DataError(f"{path}: not readable as Parquet ({' '.join(str(err).split())})") from None
+    return Part(table.to_pylist(), str(path), table.column_names)
 
 
 _READERS = {".csv": _read_csv, ".tsv": _read_csv, ".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet}
 
 
-def _all(parts: dict[str, list[dict]]) -> Iterable[dict]:
-    for rows in parts.values():
-        yield from rows
+def _located(parts: dict[str, Part]) -> Iterable[tuple[Part, int, dict]]:
+    """(part, index, row) for every row: ``part.where(index)`` names the row in an error message."""
+    for part in parts.values():
+        for index, row in enumerate(part):
+            yield part, index, row
 
 
 def _text(value: Any) -> str:
@@ -238,7 +363,8 @@ def _as_splits(docs: list[dict], what: str):
     import datasets
 
     if not docs:
-        raise ValueError(f"no documents for {what}")
+        raise DataError(f"no documents for {what}: check the culture and topics, and the data file it read "
+                        "(CULNIG_DATA / CULNIG_<KEY> / --metadata)")
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
@@ -252,17 +378,33 @@ def _topic_key(topic: str) -> str:
     return " ".join(str(topic).lower().split())
 
 
-def _gold(answer: Any, letters: list[str]) -> int:
-    """Index of the gold answer: a letter ('B') or an int / digit string (0-based)."""
-    if isinstance(answer, int) or str(answer).strip().isdigit():
-        return int(answer)
-    return letters.index(str(answer).strip().upper())
+def _gold(answer: Any, letters: list[str], part: Part, index: int, column: str) -> int:
+    """Index of the gold answer: a letter ('B') or an int / digit string (0-based index into ``letters``)."""
+    text = str(answer).strip()
+    if isinstance(answer, int) and not isinstance(answer, bool) or text.isdigit():
+        if 0 <= int(text) < len(letters):
+            return int(text)
+    elif text.upper() in letters:
+        return letters.index(text.upper())
+    raise DataError(f"{part.where(index)}: {column} {answer!r} is neither one of the choice letters "
+                    f"{', '.join(letters)} nor a 0-based index below {len(letters)}; fix or remove the row")
+
+
+def _whole_number(name: str, value: Any) -> int | None:
+    """A builder option that is a whole number >= 0, or None (from YAML, --metadata JSON, or a string)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not re.fullmatch(r"\s*\d+\s*", str(value)):
+        raise ValueError(f"{name} must be a whole number >= 0 or null, not {value!r} "
+                         f"(set it with --metadata '{{\"{name}\": 5}}' or the task's dataset_kwargs)")
+    return int(value)
 
 
 # ----------------------------------------------------------------------------------- BLEnD
 
 
-def blend(culture: str | list[str] | None = None, topics: list[str] | None = None, **options) -> Any:
+def blend(culture: str | list[str] | None = None, topics: list[str] | None = None, per_question: int | None = 5,
+          sample_seed: int | None = None, **options) -> Any:
     """BLEnD multiple-choice questions, optionally one culture and some topics.
 
     Adds to the official columns: ``culture``; ``topic`` (joined on ``ID`` with the
@@ -270,22 +412,47 @@ def blend(culture: str | list[str] | None = None, topics: list[str] | None = Non
     question: the prompt up to " Without any explanation"); ``ctrl_prompt`` (the prompt without
     the question: instructions, options and "Answer:"); ``options`` (the four answer texts in
     letter order) and ``gold`` (index of the answer letter).
+
+    ``per_question``: at most this many items per (country, question ID), as the CULNIG
+    reference does (``dataset.py``: 5, for neuron finding and evaluation alike): the official
+    file holds up to hundreds of option variants of one question, and per-culture counts feed
+    the z-scores.  0 or None keeps every item.  ``sample_seed``: None (default, the reference's
+    choice) keeps the first ``per_question`` variants in file order; a whole number draws them
+    at random instead, seeded per (seed, country, ID) from the variants sorted by ``MCQID``, so
+    the draw does not depend on row order or on the other questions.  Kept items stay in file
+    order.  Every BLEnD task (neuron finding, control, evaluation, per country) applies the
+    same cap, so the control sees exactly the task's items.  Set either with
+    ``--metadata '{"per_question": 0}'`` or in a task's ``dataset_kwargs``.
+
+    Rows of the requested cultures are checked: ``choices`` must be a mapping of letters to
+    answers and ``answer_idx`` one of its letters (or a 0-based index below their number);
+    otherwise :class:`DataError` names the file and row.  Items without exactly four choices
+    are skipped with a warning.
     """
     cultures = _wanted(culture)
     topic_keys = {_topic_key(t) for t in _wanted(topics) or ()}
-    mcq = list(_all(load_rows("blend_mcq", options)))
-    topic_of = _blend_topics(options)
-    docs, seen, unjoined, unsplit, skipped = [], 0, 0, 0, 0
-    for row in mcq:
+    cap = _whole_number("per_question", per_question)
+    seed = _whole_number("sample_seed", sample_seed)
+    items, skipped = [], 0
+    for part, index, row in _located(load_rows("blend_mcq", options)):
         cid = culture_id(row["country"])
         if cultures and cid not in cultures:
             continue
-        seen += 1
-        choices = _mapping(row["choices"])
+        choices = _choices(row["choices"], part, index)
         letters = sorted(choices)
+        gold = _gold(row["answer_idx"], letters, part, index, "answer_idx")
         if len(letters) != 4:
             skipped += 1
             continue
+        items.append((cid, row, choices, letters, gold))
+    total = len(items)
+    items = _cap_per_question(items, cap, seed)
+    if len(items) < total:
+        log.info("BLEnD: kept %d of %d items (at most %d per country and question ID, %s)", len(items), total, cap,
+                 "the first in file order" if seed is None else f"drawn with seed {seed}")
+    topic_of = _blend_topics(options)
+    docs, unjoined, unsplit = [], 0, 0
+    for cid, row, choices, letters, gold in items:
         topic = topic_of.get((cid, str(row["ID"]))) or topic_of.get(str(row["ID"]))
         unjoined += topic is None
         if topic_keys and _topic_key(topic or "unknown") not in topic_keys:
@@ -299,11 +466,11 @@ def blend(culture: str | list[str] | None = None, topics: list[str] | None = Non
             "question": question,
             "ctrl_prompt": ctrl_prompt,
             "options": [str(choices[k]) for k in letters],
-            "gold": _gold(row["answer_idx"], letters),
+            "gold": gold,
         })
     if unjoined:
         log.warning("BLEnD topic join: %d of %d items have an ID missing from the question metadata (topic 'unknown'); "
-                    "set CULNIG_BLEND_QUESTIONS to the folder of the official <CODE>_questions.csv files", unjoined, seen)
+                    "set CULNIG_BLEND_QUESTIONS to the folder of the official <CODE>_questions.csv files", unjoined, len(items))
     if unsplit:
         log.warning("BLEnD: %d prompts lack ' Without any explanation'; their first line was taken as the question", unsplit)
     if skipped:
@@ -311,20 +478,47 @@ def blend(culture: str | list[str] | None = None, topics: list[str] | None = Non
     return _as_splits(docs, f"BLEnD culture={culture} topics={topics}")
 
 
-def _mapping(value: Any) -> dict:
-    """A dict stored as itself, as JSON, or as a Python literal."""
-    if isinstance(value, dict):
-        return value
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return ast.literal_eval(value)
+def _cap_per_question(items: list[tuple], cap: int | None, seed: int | None) -> list[tuple]:
+    """At most ``cap`` of ``items`` (culture, row, ...) per (culture, ID); see :func:`blend`."""
+    if not cap:
+        return items
+    groups: dict[tuple[str, str], list[int]] = {}
+    for n, (cid, row, *_) in enumerate(items):
+        groups.setdefault((cid, str(row["ID"])), []).append(n)
+    keep: set[int] = set()
+    for (cid, qid), members in groups.items():
+        if len(members) <= cap:
+            keep.update(members)
+        elif seed is None:
+            keep.update(members[:cap])
+        else:
+            ordered = sorted(members, key=lambda n: (str(items[n][1]["MCQID"]), n))
+            keep.update(random.Random(f"{seed}:{cid}:{qid}").sample(ordered, cap))
+    return [item for n, item in enumerate(items) if n in keep]
+
+
+def _choices(value: Any, part: Part, index: int) -> dict:
+    """The ``choices`` mapping, stored as itself, as JSON, or as a Python literal; letters as keys."""
+    parsed = value
+    if not isinstance(value, dict):
+        try:
+            parsed = json.loads(value)
+        except (TypeError, ValueError):
+            try:
+                parsed = ast.literal_eval(str(value))
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                parsed = None
+    if not isinstance(parsed, dict) or not parsed or not all(isinstance(k, str) and k.strip() for k in parsed):
+        shown = str(value) if len(str(value)) <= 60 else str(value)[:57] + "..."
+        raise DataError(f"{part.where(index)}: choices {shown!r} is not a mapping of letters to answers "
+                        """(expected JSON such as {"A": "...", "B": "...", "C": "...", "D": "..."}); fix or remove the row""")
+    return {k.strip().upper(): v for k, v in parsed.items()}
 
 
 def _blend_topics(options: dict[str, Any]) -> dict[Any, str]:
     """{(culture, ID): Topic} and {ID: Topic} from the per-country short-answer question tables."""
     table: dict[Any, str] = {}
-    for part, rows in load_rows("blend_questions", options).items():
+    for part, rows in load_rows("blend_questions", options).items():  # columns ID and Topic are checked
         cid = culture_id(re.sub(r"_questions$", "", part))
         for row in rows:
             if row.get("ID") and row.get("Topic"):
@@ -354,7 +548,13 @@ def crc(**options) -> Any:
     the order of the others.
     """
     _, path = locate("crc", options)
-    spec = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        spec = json.loads(_decode(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+    missing = [k for k in ("seed", "passages", "countries", "instructions") if not isinstance(spec, dict) or k not in spec]
+    if missing:
+        raise DataError(f"{path}: not a CountryRC spec: no {', '.join(missing)} (see tasks/crc/passages.json)")
     docs = []
     for i, passage in enumerate(spec["passages"]):
         for country in spec["countries"]:
@@ -381,7 +581,7 @@ def crc(**options) -> Any:
 def normad(**options) -> Any:
     """NormAd stories, with ``culture``, ``topic`` (the Axis), ``country_name`` and ``label`` in yes/no/neutral."""
     docs, skipped = [], 0
-    for row in _all(load_rows("normad", options)):
+    for _, _, row in _located(load_rows("normad", options)):
         label = str(row["Gold Label"]).strip().lower().replace("neither", "neutral")
         if label not in {"yes", "no", "neutral"}:
             skipped += 1
@@ -415,8 +615,8 @@ def culturalbench(**options) -> Any:
             **{col: _text(v) for col, v in row.items()},
             "culture": culture_id(row["country"]),
             "topic": "unknown",
-            "gold": _gold(row["answer"], ["A", "B", "C", "D"]),
+            "gold": _gold(row["answer"], ["A", "B", "C", "D"], part, index, "answer"),
         }
-        for row in _all(load_rows("culturalbench", options))
+        for part, index, row in _located(load_rows("culturalbench", options))
     ]
     return _as_splits(docs, "CulturalBench")

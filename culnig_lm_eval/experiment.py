@@ -31,7 +31,7 @@ log = logging.getLogger("culnig-experiment")
 DEFAULT_CONFIG = Path(__file__).parent / "experiments" / "smollm2-135m.yaml"
 SCORING_KEYS = {"tasks", "control", "crc", "general", "limit", "window", "stride", "batch_size", "attention",
                 "up_proj", "apply_chat_template", "num_fewshot", "culture_field"}
-EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu", "instance_task"}
+EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu", "instance_task", "random_draws"}
 
 
 class ConfigError(ValueError):
@@ -58,6 +58,10 @@ class EvaluationPlan:
     general: list[str] = field(default_factory=list)  # general perplexity (every set)
     nlu: list[str] = field(default_factory=list)  # lm-eval's own general NLU
     instance_task: str | None = None  # per-item summed set scores (the report's instance view)
+    # random baselines evaluated: "layer-matched" (random<seed>.pt, the same count per layer and
+    # module kind) and/or "uniform" (random-uniform<seed>.pt, the reference's pooled draw).  The
+    # report pools the evaluated draws matched to the same set into one baseline.
+    random_draws: list[str] = field(default_factory=lambda: ["layer-matched"])
 
 
 @dataclass
@@ -122,6 +126,9 @@ class ExperimentConfig:
             plan = EvaluationPlan(**{k: evaluate[k] for k in EVALUATE_KEYS if k in evaluate})
             for key in ("cultural", "per_culture", "general", "nlu"):
                 _str_list(getattr(plan, key), f"{path}: evaluate.{key}")
+            draws = _str_list(plan.random_draws, f"{path}: evaluate.random_draws")
+            if not set(draws) <= set(RANDOM_DRAWS):
+                raise ValueError(f"evaluate.random_draws must list {' and/or '.join(RANDOM_DRAWS)}, not {draws}")
             thresholds = dict(raw.get("thresholds") or {})
             selections = {safe_name(name, "selection name"): dict(overrides or {})
                           for name, overrides in (raw.get("selections") or {"paper": {}}).items()}
@@ -135,7 +142,11 @@ class ExperimentConfig:
         data = str(raw.get("data", "auto"))
         if data not in ("auto", "hub", "sample"):
             raise ConfigError(f"experiment config {path}: data must be auto, hub or sample (got {data!r})")
-        return cls(name=safe_name(raw.get("name", "experiment"), "name"), model_args=str(raw["model_args"]),
+        try:
+            name = safe_name(raw.get("name", "experiment"), "name")
+        except ValueError as err:
+            raise ConfigError(f"experiment config {path}: {err}") from None
+        return cls(name=name, model_args=str(raw["model_args"]),
                    role_tasks=role_tasks, scoring=settings, thresholds=thresholds, selections=selections,
                    random_seeds=seeds, evaluate=plan, data=data, offline=bool(raw.get("offline", True)),
                    source=str(path))
@@ -216,8 +227,15 @@ def select_all(config: ExperimentConfig, score_files: dict[str, Path], out: Path
     return written
 
 
-def _is_random(label: str) -> bool:
-    return label.startswith("random")
+RANDOM_DRAWS = {"layer-matched": "random", "uniform": "random-uniform"}  # draw -> file prefix (selection.py)
+
+
+def _random_draw(label: str) -> str | None:
+    """"uniform" for ``random-uniform<seed>``, "layer-matched" for ``random<seed>``, else None."""
+    for draw, prefix in sorted(RANDOM_DRAWS.items(), key=lambda kv: -len(kv[1])):
+        if label.startswith(prefix) and label[len(prefix):].isdigit():
+            return draw
+    return None
 
 
 def conditions(plan: EvaluationPlan, sets: dict[str, dict[str, Path]]) -> list[ConditionPlan]:
@@ -230,7 +248,10 @@ def conditions(plan: EvaluationPlan, sets: dict[str, dict[str, Path]]) -> list[C
     out = [ConditionPlan("unmasked", [], everything)]
     for name, labelled in sets.items():
         for label, path in labelled.items():
-            if label == "general" or _is_random(label):
+            draw = _random_draw(label)
+            if draw is not None:
+                tasks = shared if draw in plan.random_draws else []
+            elif label == "general":
                 tasks = shared
             else:
                 tasks = per_culture if name in culture_selections else []

@@ -70,7 +70,13 @@ class MaskedHFLM(HFLM):
         ``--model_args``; the stock method then fails with "got multiple values for keyword
         argument 'device'" when ``device=`` is also in ``--model_args``.
         """
-        args = lm_eval_utils.simple_parse_args_string(arg_string)
+        return cls.create_from_arg_obj(lm_eval_utils.simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """As ``LM.create_from_arg_obj`` (the path of ``lm_eval --model_args`` on lm-eval 0.4.13,
+        which parses the string first), with ``--model_args`` winning over the CLI's defaults."""
+        args = dict(arg_dict or {})
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
         return cls(**args, **extra)
 

@@ -1,7 +1,10 @@
 """Neuron sets: which neurons of which model, and where they came from.
 
-File format (``.pt``, read with ``torch.load(weights_only=True)``; a ``.json`` twin holds
-the same structure with lists instead of tensors)::
+This docstring is the one description of the neuron-set file format; everything else refers
+to it.
+
+File format ``culnig-neuron-set/1``: a ``.pt`` file read with ``torch.load(weights_only=True)``,
+or its ``.json`` twin holding the same structure with lists instead of tensors::
 
     {
       "format": "culnig-neuron-set/1",
@@ -17,21 +20,28 @@ the same structure with lists instead of tensors)::
         "culture": str | None,     # None for culture-general sets
         "tasks": [str, ...],
         "hyperparameters": {...},
-        "provenance": {...},       # scores file hash, sample counts, parent sets ...
+        "provenance": {...},       # scores file hash, sample counts, parent sets, import layout ...
         "created": ISO-8601 str, "package_version": str,
       },
     }
 
 An index ``i`` in ``indices[kind][layer]`` is output channel ``i`` of that layer's projection
-(inside the right slice for fused projections).  Sets are validated when read and again
-against the model they are applied to; every problem is a :class:`NeuronSetError` naming
-the file.
+(inside the right slice for fused projections).  Indices are integers (never booleans or
+floats), unique per layer and inside the layer's width; ``num_layers`` and the widths are
+positive integers.  A file holds only tensors, lists, dicts, numbers and strings: pickled
+Python objects are refused without being run.  Set file names never contain ``+``, which
+joins several files in ``neurons=a.pt+b.pt``.  Sets are validated when read and again
+against the model they are applied to; every problem is a :class:`NeuronSetError` naming the
+file.  Published CULNIG JSON and LAPE files are imported by :mod:`culnig_lm_eval.importers`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import operator
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from functools import reduce
@@ -39,15 +49,94 @@ from pathlib import Path
 
 import torch
 
-from ._io import _umask, atomic_write, file_sha256, now_iso, package_version  # noqa: F401 (re-exported)
+# re-exported for modules that imported them from here before _io existed; new code imports _io
+from ._io import (
+    _umask,
+    atomic_write,
+    file_sha256,
+    now_iso,
+    package_version,
+    signals_deferred,
+)
 from .architectures import MODULE_KINDS
 
 FORMAT = "culnig-neuron-set/1"
 SUFFIXES = (".pt", ".json")
+JOIN = "+"  # joins several set files in neurons=a.pt+b.pt, so never part of a set file's name
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's signed 64-bit range
 
 
 class NeuronSetError(ValueError):
     """A neuron set file is missing, corrupt, inconsistent, or made for another model."""
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """``seed`` as an int in 0 .. 2**63-1; booleans, floats and out-of-range numbers are refused."""
+    try:
+        if isinstance(seed, bool):
+            raise TypeError
+        value = operator.index(seed)
+    except TypeError:
+        raise ValueError(f"{what}={seed!r} is not an integer; give a whole number from 0 to {MAX_SEED}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{what}={value} is out of range; give a whole number from 0 to {MAX_SEED}")
+    return value
+
+
+def _refuse_join_in_name(path: Path):
+    if JOIN in path.name:  # the name only: a '+' in a parent folder is the user's to keep
+        raise NeuronSetError(
+            f"cannot write {path}: '{JOIN}' joins several set files in neurons=a.pt{JOIN}b.pt, so a set file's "
+            f"name must not contain it; choose a name without '{JOIN}'"
+        )
+
+
+@contextlib.contextmanager
+def _naming_target(path: Path):
+    """Re-raise an OSError (full disk, no permission) naming the file the user asked for."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+
+
+def _unreadable_torch_file(path: Path, what: str, err: Exception, hint: str) -> str:
+    """One line for a file ``torch.load(weights_only=True)`` refused; never advises weights_only=False."""
+    text = str(err)
+    pickled = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if pickled:
+        return (
+            f"{what} {path}: refused: the file holds pickled Python objects (loading it would call "
+            f"{pickled.group(1)}), but neuron sets contain only tensors, lists, dicts, numbers and strings; "
+            "rebuild it with culnig-score, or import a published CULNIG/LAPE file with culnig-sets convert"
+        )
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    reason = " ".join(x for x in sentences if "weights_only" not in x and "documentation" not in x)[:160]
+    return f"{what} {path}: cannot be read, the file is corrupt or not {hint} ({type(err).__name__}: {reason})"
+
+
+def load_torch_file(path: str | Path, what: str, hint: str):
+    """``torch.load(path, weights_only=True)``; a refusal or corrupt file is one NeuronSetError line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise NeuronSetError(_unreadable_torch_file(Path(path), what, err, hint)) from None
+
+
+def _check_model_numbers(model: dict, fail):
+    """``num_layers`` and widths must be positive integers: a float or NaN would pass every range check."""
+    layers = model.get("num_layers")
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers <= 0):
+        fail(f"meta.model.num_layers={layers!r} must be a positive integer")
+    widths = model.get("widths") or {}
+    if not isinstance(widths, dict):
+        fail("meta.model.widths must map module kinds to widths")
+    bad = {k: w for k, w in widths.items() if isinstance(w, bool) or not isinstance(w, int) or w <= 0}
+    if bad:
+        fail(f"meta.model.widths {bad} must be positive integers")
 
 
 def _as_index(value, where: str, fail) -> torch.Tensor:
@@ -80,6 +169,7 @@ class NeuronSet:
             self._fail("'meta' must be a dict")
         if not isinstance(self.meta.get("model", {}) or {}, dict):
             self._fail("'meta.model' must be a dict")
+        _check_model_numbers(self.meta.get("model") or {}, self._fail)
         clean = {}
         for kind, per_layer in self.indices.items():
             if kind not in MODULE_KINDS:
@@ -156,6 +246,11 @@ class NeuronSet:
     def __len__(self) -> int:
         return sum(self.counts().values())
 
+    @property
+    def is_empty(self) -> bool:
+        """True when the set holds no neuron: masking it changes nothing, which callers should say."""
+        return len(self) == 0
+
     def per_layer(self) -> dict[str, list[int]]:
         """Histogram: neurons per layer for each module kind."""
         return {k: [t.numel() for t in v] for k, v in self.indices.items()}
@@ -181,12 +276,12 @@ class NeuronSet:
         return out
 
     @classmethod
-    def from_masks(cls, masks: dict[str, torch.Tensor], meta: dict, source="<memory>") -> "NeuronSet":
+    def from_masks(cls, masks: dict[str, torch.Tensor], meta: dict, source="<memory>") -> NeuronSet:
         indices = {k: [row.nonzero().flatten() for row in m] for k, m in masks.items()}
         return cls(indices, meta, source)
 
     # -- set algebra ----------------------------------------------------------------------
-    def _combine(self, others, op, name: str) -> "NeuronSet":
+    def _combine(self, others, op, name: str) -> NeuronSet:
         operands = [self, *others]
         kinds = [k for k in MODULE_KINDS if any(k in s.indices for s in operands)]
         model = dict(self.meta.get("model") or {})
@@ -209,7 +304,7 @@ class NeuronSet:
         none = {k: torch.zeros(layers, widths[k], dtype=torch.bool) for k in kinds}
         all_masks = [{**none, **s.masks(widths)} for s in operands]
         masks = {k: reduce(op, [m[k] for m in all_masks]) for k in kinds}
-        shared = lambda key: self.meta.get(key) if all(s.meta.get(key) == self.meta.get(key) for s in operands) else None  # noqa: E731
+        shared = lambda key: self.meta.get(key) if all(s.meta.get(key) == self.meta.get(key) for s in operands) else None
         meta = new_meta(
             model,
             method="set-algebra",
@@ -220,17 +315,17 @@ class NeuronSet:
         )
         return NeuronSet.from_masks(masks, meta)
 
-    def union(self, *others: "NeuronSet") -> "NeuronSet":
+    def union(self, *others: NeuronSet) -> NeuronSet:
         return self._combine(others, torch.logical_or, "union")
 
-    def intersect(self, *others: "NeuronSet") -> "NeuronSet":
+    def intersect(self, *others: NeuronSet) -> NeuronSet:
         return self._combine(others, torch.logical_and, "intersect")
 
-    def subtract(self, *others: "NeuronSet") -> "NeuronSet":
+    def subtract(self, *others: NeuronSet) -> NeuronSet:
         """Neurons of this set that are in none of ``others``."""
         return self._combine(others, lambda x, y: x & ~y, "subtract")
 
-    def random_like(self, seed: int) -> "NeuronSet":
+    def random_like(self, seed: int) -> NeuronSet:
         """Same number of neurons in every (module kind, layer), drawn uniformly: the paper's baseline."""
         model = self.meta.get("model") or {}
         widths = model.get("widths") or {}
@@ -240,7 +335,8 @@ class NeuronSet:
                 f"has no width for {', '.join(missing)} in its metadata, so a random set of the same "
                 "shape cannot be drawn"
             )
-        gen = torch.Generator().manual_seed(int(seed))
+        seed = check_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
         indices = {
             kind: [torch.randperm(widths[kind], generator=gen)[: t.numel()] for t in per_layer]
             for kind, per_layer in self.indices.items()
@@ -250,7 +346,7 @@ class NeuronSet:
             method="random",
             selection=f"random-like:{self.meta.get('selection') or self.meta.get('method') or 'set'}",
             tasks=list(self.meta.get("tasks") or []),
-            hyperparameters={"seed": int(seed)},
+            hyperparameters={"seed": seed},
             provenance={"size_matched_to": self.summary_meta()},
         )
         return NeuronSet(indices, meta)
@@ -273,43 +369,44 @@ class NeuronSet:
         self.validate()
         if suffix == ".json":
             try:
-                text = json.dumps(self.to_payload(as_lists=True), indent=1, sort_keys=True)
-            except TypeError as err:
+                text = json.dumps(self.to_payload(as_lists=True), indent=1, sort_keys=True, allow_nan=False)
+            except (TypeError, ValueError) as err:  # ValueError: NaN or infinity in the metadata
                 self._fail(f"metadata cannot be written as JSON ({err})")
             return lambda tmp: Path(tmp).write_text(text)
         payload = self.to_payload()
         return lambda tmp: torch.save(payload, tmp)
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically: ``.json`` gives the JSON twin, anything else a torch ``.pt`` file."""
+        """Write atomically: ``.json`` gives the JSON twin, anything else a torch ``.pt`` file.
+
+        A failure (full disk, unwritable folder) is an OSError naming ``path``; the previous file,
+        if any, is left as it was and no temporary file remains.
+        """
         path = Path(path)
-        return atomic_write(path, self._writer(path.suffix))
+        _refuse_join_in_name(path)
+        write = self._writer(path.suffix)
+        with _naming_target(path):
+            return atomic_write(path, write)
 
     @classmethod
-    def load(cls, path: str | Path) -> "NeuronSet":
+    def load(cls, path: str | Path) -> NeuronSet:
         path = Path(path)
         if not path.is_file():
             raise NeuronSetError(f"neuron set {path}: no such file")
-        try:
-            if path.suffix == ".json":
+        hint = (
+            "a neuron set; neuron sets are written by culnig-score or culnig-sets, and published CULNIG/LAPE "
+            "files must first be imported with `culnig-sets convert`"
+        )
+        if path.suffix == ".json":
+            try:
                 payload = json.loads(path.read_text())
-            else:
-                payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            text = str(err)
-            if "WeightsUnpickler error:" in text:  # keep torch's one-line reason, drop its advice
-                text = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0].split(" Please use")[0]
-            if "Unsupported global" in text:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise NeuronSetError(
-                    f"neuron set {path}: refused, the file holds pickled Python objects ({text[:160]}) that "
-                    "torch.load(weights_only=True) will not run. Neuron sets hold only tensors, lists, dicts, "
-                    "numbers and strings; rebuild it with culnig-score or culnig-sets."
+                    f"neuron set {path}: cannot be read, the file is corrupt or not {hint} "
+                    f"({type(err).__name__}: {' '.join(str(err).split())[:160]})"
                 ) from None
-            raise NeuronSetError(
-                f"neuron set {path}: cannot be read, the file is corrupt or not a neuron set "
-                f"({type(err).__name__}: {' '.join(text.split())[:160]}). Neuron sets are written by culnig-score "
-                "or culnig-sets; published CULNIG/LAPE files must first be imported with `culnig-sets convert`."
-            ) from None
+        else:
+            payload = load_torch_file(path, "neuron set", hint)
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             what = type(payload).__name__ if not isinstance(payload, dict) else f"dict without format={FORMAT!r}"
             raise NeuronSetError(
@@ -326,21 +423,31 @@ class NeuronSet:
 
 
 def save_many(items: list[tuple[NeuronSet, str | Path]]) -> list[Path]:
-    """Save several sets together: each is written to a temporary file next to its target, and
-    the files are renamed into place only once every one of them was written (a failure leaves
-    none of them and no temporary file)."""
+    """Save several sets as a unit: all of them, or none.
+
+    Each set is written to a temporary file next to its target; the files are renamed into
+    place only once every one of them was written, with SIGINT/SIGTERM held during the renames
+    so an interruption cannot leave some new and some old.  A failure or interruption before
+    that leaves the previous files untouched and no temporary file; an OSError names the target.
+    """
     staged: list[tuple[str, Path]] = []
     try:
-        writers = [(neuron_set._writer(Path(path).suffix), Path(path)) for neuron_set, path in items]
+        targets = [Path(path) for _, path in items]
+        for path in targets:
+            _refuse_join_in_name(path)
+        writers = [(neuron_set._writer(path.suffix), path) for (neuron_set, _), path in zip(items, targets, strict=True)]
         for write, path in writers:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            staged.append((tmp, path))
-            write(tmp)
-            os.chmod(tmp, 0o666 & ~_umask())
-        for tmp, path in staged:
-            os.replace(tmp, path)
+            with _naming_target(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                os.close(fd)
+                staged.append((tmp, path))
+                write(tmp)
+                os.chmod(tmp, 0o666 & ~_umask())
+        with signals_deferred():
+            for tmp, path in staged:
+                with _naming_target(path):
+                    os.replace(tmp, path)
     except BaseException:
         for tmp, _ in staged:
             Path(tmp).unlink(missing_ok=True)
@@ -366,7 +473,14 @@ def new_meta(model: dict, method: str, **extra) -> dict:
 
 def load_sets(spec: str) -> list[NeuronSet]:
     """``a.pt+b.pt`` -> the sets, in order (the harness model_args join files with ``+``)."""
-    paths = [p.strip() for p in str(spec).split("+") if p.strip()]
+    paths = [p.strip() for p in str(spec).split(JOIN) if p.strip()]
     if not paths:
         raise NeuronSetError("neurons= names no file")
+    whole = Path(str(spec).strip())
+    missing = [p for p in paths if not Path(p).is_file()]
+    if len(paths) > 1 and missing and whole.is_file():
+        raise NeuronSetError(
+            f"neurons={spec}: '{JOIN}' joins several set files, so this names {' and '.join(map(repr, paths))}, "
+            f"and {missing[0]!r} does not exist; the file {whole} does: rename {whole.name} to a name without '{JOIN}'"
+        )
     return [NeuronSet.load(p) for p in paths]

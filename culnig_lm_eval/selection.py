@@ -1,37 +1,126 @@
 """Score tables -> culture-general and culture-specific neuron sets (the CULNIG selection).
 
-Per module kind, with every table normalised by its sample count (per culture where noted):
+Two rules, picked by ``Thresholds.rule``; each set names its rule in ``meta["selection"]``.
 
-* ``S = task / n_task - control / n_control``: the task-format neurons fall out.
-* **Excluded** before any cut: the top ``r``% of neurons by CRC score (they only help find a
-  country name in a passage) and, with the opt-in general-text extension, the top ``r_g``% by
-  the general-prose score.
-* **Culture-general**: the top ``t``% of all neurons of that kind by ``S`` (summed over
-  cultures) among those not excluded.
-* **Culture-specific** for culture ``c``: the top ``t_s``% by ``S_c`` (that culture's samples
-  only) among those not excluded by ``c``'s own CRC score, kept only where the z-score of
-  ``S_c`` across cultures, ``(S_c - mean) / std`` (population std), is at least ``z``.
-  Cultures with fewer than ``min_samples`` task samples get no specific set (they still
-  count in the z-score).  Opt-in ``normalise_z``: each culture's ``S_c`` is divided by its
-  mean ``|S_c|`` before the z-score (the ``P^2`` weight lets a culture whose answers the model
-  finds likely dominate every neuron's z-score; the paper's method does not normalise).
+``rule="paper"`` -- selection name ``culnig-paper``: the published code (ynklab/CULNIG,
+``CULNIG/decide_culture_general_neurons.py`` and ``decide_culture_specific_neuron.py``), rule for rule:
 
-Percentages are of all neurons of the kind (layers x width), rounded down; ties are broken by
-``topk``.
+* Every table is divided by its **total** sample count ``N`` (all cultures together), also the
+  per-culture sums: ``S_c = task_c / N_task - control_c / N_control`` and ``S = sum_c S_c``.
+  (The reference's comment says "normalize by country probability", but it divides by the
+  dataset's sample count; the per-country probability totals it stores are never used.)
+* **Culture-general**: the MLP ``gate_proj`` neurons are ranked alone and the top ``t`` = 1%
+  of them taken; attention q, k and v are pooled into ONE ranking and the top ``t`` = 0.2% of
+  all attention neurons taken.  THEN the CRC neurons are removed: the top ``r`` = 1% by the
+  CRC score summed over countries, MLP ranked alone and attention q/k/v pooled, like the cut.
+  So a set holds at most ``t``% (fewer where CRC neurons fell inside the cut).
+* **Culture-specific** for culture ``c``: ``gate_proj`` + q + k + v pooled into ONE ranking
+  by ``S_c``; the top ``t_s`` = 0.3% of the pooled neurons, THEN minus ``c``'s own CRC top
+  ``r`` = 1% (pooled the same way, ranked by ``c``'s CRC sum), THEN kept where the z-score of
+  ``S_c`` across the cultures with task samples, ``(S_c - mean) / std`` with the population
+  std (z = 0 where std = 0), is at least ``z``.  Only cultures that have CRC samples get a set
+  (the reference has no CRC ranking for any other); without a CRC table every culture gets one,
+  with nothing excluded.
+* Percentages are of the neurons in the ranking, rounded down (``int(n * t / 100)``).
+
+``rule="crc-first"`` -- selection name ``culnig-crc-first``: this package's earlier rule, kept
+for comparison.  Per module kind (no pooling), each culture normalised by its own sample
+count, the top ``r``% CRC neurons are excluded BEFORE the cut, so every set holds exactly
+``t``% (specific sets: exactly ``t_s``% before the z filter).
+
+Options for both rules:
+
+* ``general_exclude`` (``+general-exclusion``): the top ``r_g``% by the general-prose score,
+  in the same groups as the cut, are excluded before the cut (a pre-cut exclusion keeps the
+  set size; it is our extension, not in the reference).
+* ``normalise_z`` (``+normalised-z``): each culture's ``S_c`` is divided by its mean ``|S_c|``
+  before the z-score (the ``P^2`` weight lets a culture whose answers the model finds likely
+  dominate every neuron's z-score; the reference does not normalise).
+* ``min_samples``: a culture with fewer task samples gets no specific set (it still counts in
+  the z-score).  Set 0 to follow the reference (every culture).
+* ``mlp_up`` (scored only with ``--up-proj``; the reference never scores it) is ranked alone
+  with the MLP percentages, in the general and the specific selection.
+
+Where we differ from the reference on purpose:
+
+* Scores: the reference's max over token positions includes padding positions (set to 0), so
+  a neuron whose real-token scores are all negative scores 0 in a padded batch and its real
+  maximum alone: a score depends on its batch.  Ours maxes over real tokens only.
+* The reference counts a data set's samples by unique id (``dataset_ids``); ours counts the
+  samples actually scored.
+* Ties: the reference's ``sorted`` keeps the neurons' dictionary order among equal scores;
+  ours breaks ties by ``torch.topk``.  Score ties of fp32 attribution sums are rare.
+* A culture missing from the control table contributes 0 there (the reference raises).
+* ``min_samples`` defaults to 5 (the reference has no minimum: pass 0 for its behaviour).
+* The reference can add up ``S`` over several task data sets (one score file each); we take one
+  task table (score the tasks together into it).
+
+Kept as the reference does it, though worth knowing: dividing every culture's sum by the
+total sample count makes ``S_c`` proportional to the culture's sample count, so the z-score
+favours cultures with more samples (``normalise_z`` removes that scale).
+
+Random baselines (``select_and_save(random_seeds=...)``), both size-matched to the
+culture-general set:
+
+* ``random<seed>.pt`` -- ``NeuronSet.random_like``: the same number of neurons in every
+  (module kind, layer), drawn uniformly; selection ``random-like:<rule>``.
+* ``random-uniform<seed>.pt`` -- :func:`random_uniform`, the reference's
+  ``decide_random_neuron.py``: the same total number drawn uniformly from all neurons of the
+  set's module kinds pooled (so layers and kinds are not matched); selection
+  ``random-uniform:<rule>``.  Seeded with torch's generator, so the draw is not the
+  reference's ``random.sample`` draw for the same seed.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
+from ._io import atomic_folder, safe_name, write_text
 from .neuron_set import NeuronSet, new_meta
 from .scoring.attribution import ScoreTable
 
 PAPER = "culnig-paper"
-GENERAL_EXCLUSION = "culnig-paper+general-exclusion"
+CRC_FIRST = "culnig-crc-first"
+RULES = {"paper": PAPER, "crc-first": CRC_FIRST}
+GENERAL_EXCLUSION = PAPER + "+general-exclusion"
 NORMALISED_Z = "+normalised-z"
+
+# rankings of the paper rule: module kinds pooled into one ranking
+GENERAL_GROUPS = (("mlp_gate",), ("mlp_up",), ("attn_q", "attn_k", "attn_v"))
+SPECIFIC_GROUPS = (("mlp_gate", "attn_q", "attn_k", "attn_v"), ("mlp_up",))
+# labels select_and_save uses itself; a culture may not take them
+RESERVED_LABELS = ("general", "selection")
+RANDOM_PREFIX = "random"
+# test-only: seconds to sleep inside the staging block, so a test can interrupt a write
+PAUSE_ENV = "CULNIG_TEST_SELECTION_PAUSE"
+
+
+class ThresholdError(ValueError):
+    """A selection threshold out of its range."""
+
+
+class ScoreTableError(ValueError):
+    """A score table selection cannot use."""
+
+
+def _percent(name: str, value, allow_zero: bool = False) -> float:
+    low = "[0" if allow_zero else "(0"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    in_range = 0 <= number <= 100 and (number > 0 or allow_zero)
+    if isinstance(value, bool) or not math.isfinite(number) or not in_range:
+        raise ThresholdError(f"{name}={value!r}: must be a finite percentage in {low}, 100]")
+    return number
 
 
 @dataclass
@@ -39,18 +128,202 @@ class Thresholds:
     top_mlp: float = 1.0  # t, % of MLP neurons (culture-general)
     top_attention: float = 0.2  # t, % of attention neurons (culture-general)
     top_specific: float = 0.3  # t_s, % per culture
-    crc_exclude: float = 1.0  # r, % by CRC score
+    crc_exclude: float = 1.0  # r, % by CRC score; 0 = exclude nothing
     general_exclude: float | None = None  # r_g, % by general-prose score; None = paper method
     z_min: float = 0.5
     min_samples: int = 5  # a culture with fewer task samples gets no culture-specific set
     # opt-in: divide each culture's S_c by its mean |S_c| before the z-score, so one culture whose
     # answers the model finds likely (P^2 weighting) does not dominate every neuron's z-score
     normalise_z: bool = False
+    rule: str = "paper"  # "paper" (the published code) or "crc-first" (CRC excluded before the cut)
+
+    def __post_init__(self):
+        self.top_mlp = _percent("top_mlp", self.top_mlp)
+        self.top_attention = _percent("top_attention", self.top_attention)
+        self.top_specific = _percent("top_specific", self.top_specific)
+        self.crc_exclude = _percent("crc_exclude", self.crc_exclude, allow_zero=True)
+        if self.general_exclude is not None:
+            self.general_exclude = _percent("general_exclude", self.general_exclude)
+        try:
+            z_min = float(self.z_min)
+        except (TypeError, ValueError):
+            z_min = math.nan
+        if isinstance(self.z_min, bool) or not math.isfinite(z_min):
+            raise ThresholdError(f"z_min={self.z_min!r}: must be a finite number")
+        self.z_min = z_min
+        if isinstance(self.min_samples, bool) or not isinstance(self.min_samples, int) or self.min_samples < 0:
+            raise ThresholdError(f"min_samples={self.min_samples!r}: must be an integer >= 0")
+        if not isinstance(self.normalise_z, bool):
+            raise ThresholdError(f"normalise_z={self.normalise_z!r}: must be true or false")
+        if self.rule not in RULES:
+            raise ThresholdError(f"rule={self.rule!r}: must be one of {', '.join(RULES)}")
 
     def top_for(self, kind: str) -> float:
         return self.top_mlp if kind.startswith("mlp") else self.top_attention
 
+    @property
+    def selection_name(self) -> str:
+        name = RULES[self.rule]
+        name += "+general-exclusion" if self.general_exclude is not None else ""
+        return name + (NORMALISED_Z if self.normalise_z else "")
 
+
+# -- checks ------------------------------------------------------------------------------
+def _where(table: ScoreTable, role: str) -> str:
+    return f"{role} score table {table.meta.get('path') or '<memory>'}"
+
+
+def check_table(table: ScoreTable, role: str, kinds=None):
+    """Refuse a table whose cultures, counts and scores disagree or hold NaN/inf (names the file)."""
+    where = _where(table, role)
+    n = len(table.cultures)
+    if len(set(table.cultures)) != n:
+        raise ScoreTableError(f"{where}: the same culture is listed twice")
+    counts = torch.as_tensor(table.counts)
+    if counts.shape != (n,):
+        raise ScoreTableError(f"{where}: {n} cultures but counts of shape {tuple(counts.shape)}")
+    if counts.is_floating_point() or bool((counts < 0).any()):
+        raise ScoreTableError(f"{where}: sample counts must be non-negative integers")
+    if not table.scores:
+        raise ScoreTableError(f"{where}: holds no scores")
+    for kind, scores in table.scores.items():
+        if scores.dim() != 3 or scores.shape[-1] != n:
+            raise ScoreTableError(
+                f"{where}: {kind} scores have shape {tuple(scores.shape)}, expected [layers, width, {n} cultures]"
+            )
+        if not math.isfinite(float(scores.sum(dtype=torch.float64))):  # NaN/inf propagate; no fp64 overflow
+            raise ScoreTableError(f"{where}: {kind} scores contain NaN or infinite values; re-run the scoring")
+    missing = [k for k in (kinds or ()) if k not in table.scores]
+    if missing:
+        raise ScoreTableError(f"{where}: no scores for {', '.join(missing)} (the task table has them); "
+                              "score every role with the same module kinds")
+
+
+def _check_cultures(task: ScoreTable):
+    for culture in task.cultures:
+        safe_name(culture, f"culture name in {_where(task, 'task')}")
+        if culture in RESERVED_LABELS or culture.startswith(RANDOM_PREFIX):
+            raise ScoreTableError(
+                f"{_where(task, 'task')}: culture name {culture!r} clashes with the file names of the sets "
+                f"folder ({', '.join(RESERVED_LABELS)}, {RANDOM_PREFIX}*); rename the culture"
+            )
+
+
+def _check_tables(tables: dict[str, ScoreTable | None]):
+    present = {role: t for role, t in tables.items() if t is not None}
+    task = present["task"]
+    for role, table in present.items():
+        check_table(table, role, kinds=list(task.scores) if role != "task" else None)
+        for kind in task.scores:
+            if table.scores[kind].shape[:2] != task.scores[kind].shape[:2]:
+                raise ScoreTableError(
+                    f"{_where(table, role)}: {kind} scores are {tuple(table.scores[kind].shape[:2])} "
+                    f"(layers, width) but the task table's are {tuple(task.scores[kind].shape[:2])}: different models"
+                )
+    shapes = {role: t.meta.get("model") for role, t in present.items()}
+    for role, shape in shapes.items():
+        if shape != shapes["task"]:
+            raise ValueError(f"score tables come from different models: {role} has {shape}, expected {shapes['task']}")
+    _check_cultures(task)
+
+
+# -- ranking -----------------------------------------------------------------------------
+def top_mask(values: torch.Tensor, percent: float, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean mask of the top ``percent``% of all entries of ``values`` (among ``allowed``)."""
+    k = int(values.numel() * percent / 100 + 1e-9)  # never more than percent%
+    mask = torch.zeros(values.numel(), dtype=torch.bool)
+    if k == 0:
+        return mask.view_as(values)
+    flat = values.flatten()
+    if allowed is not None:
+        flat = flat.masked_fill(~allowed.flatten(), float("-inf"))
+        k = min(k, int(allowed.sum()))
+    mask[torch.topk(flat, k).indices] = True
+    return mask.view_as(values)
+
+
+def pooled_top(values: dict[str, torch.Tensor], percent: float,
+               excluded: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """{kind: mask}: the top ``percent``% of the neurons of all ``values`` ranked together
+    (``percent`` of all of them; ``excluded`` neurons are never chosen)."""
+    kinds = list(values)
+    allowed = ~torch.cat([excluded[k].flatten() for k in kinds]) if excluded is not None else None
+    mask = top_mask(torch.cat([values[k].flatten() for k in kinds]), percent, allowed)
+    parts = mask.split([values[k].numel() for k in kinds])
+    return {k: part.view_as(values[k]) for k, part in zip(kinds, parts)}
+
+
+def _groups(kinds, groups) -> list[list[str]]:
+    return [[k for k in group if k in kinds] for group in groups if any(k in kinds for k in group)]
+
+
+def _sum_scores(table: ScoreTable, kind: str) -> torch.Tensor:
+    """[layers, width, cultures] in float64 (exact sums for the comparisons of the paper rule)."""
+    return table.scores[kind].to(torch.float64)
+
+
+def _culture_columns(table: ScoreTable, kind: str, cultures: list[str]) -> torch.Tensor:
+    """[layers, width, len(cultures)] float64 sums / the table's total count; an absent culture gives 0."""
+    scores = table.scores[kind]
+    out = torch.zeros(*scores.shape[:2], len(cultures), dtype=torch.float64)
+    mine = [(j, table.cultures.index(c)) for j, c in enumerate(cultures) if c in table.cultures]
+    if mine:
+        to, source = (torch.tensor(ix) for ix in zip(*mine))
+        out[..., to] = scores.index_select(-1, source).to(torch.float64)
+    return out.div_(max(int(torch.as_tensor(table.counts).sum()), 1))
+
+
+def _z_scores(per_c: torch.Tensor, normalise: bool) -> torch.Tensor:
+    """Across cultures, population std; z = 0 where every culture has the same score."""
+    if normalise:
+        per_c = per_c / per_c.abs().mean(dim=(0, 1), keepdim=True).clamp(min=1e-30)
+    std, mean = torch.std_mean(per_c, dim=-1, correction=0)
+    z = (per_c - mean[..., None]).div_(std[..., None])
+    return z.masked_fill_((std == 0)[..., None], 0.0)
+
+
+def _general_excluded(general, group, thresholds) -> dict[str, torch.Tensor] | None:
+    """Our pre-cut extension: the top r_g% by general-prose score, ranked like the cut."""
+    if general is None:
+        return None
+    return pooled_top({k: _sum_scores(general, k).sum(-1) for k in group}, thresholds.general_exclude)
+
+
+def _paper_masks(task, control, crc, general, thresholds, cultures, specific):
+    """(general masks, {culture: masks}) by the published rule (module docstring)."""
+    kinds = list(task.scores)
+    per_c = {k: _culture_columns(task, k, cultures) for k in kinds}
+    if control is not None:
+        per_c = {k: v - _culture_columns(control, k, cultures) for k, v in per_c.items()}
+    crc_c = {k: _sum_scores(crc, k) for k in kinds} if crc is not None else None
+
+    general_masks = {}
+    for group in _groups(kinds, GENERAL_GROUPS):
+        diff = {k: per_c[k].sum(-1) for k in group}
+        excluded = _general_excluded(general, group, thresholds)
+        chosen = pooled_top(diff, thresholds.top_for(group[0]), excluded)
+        if crc_c is not None:
+            crc_top = pooled_top({k: crc_c[k].sum(-1) for k in group}, thresholds.crc_exclude)
+            chosen = {k: chosen[k] & ~crc_top[k] for k in group}
+        general_masks.update(chosen)
+
+    z = {k: _z_scores(per_c[k], thresholds.normalise_z) for k in kinds}
+    crc_index = {c: i for i, c in enumerate(crc.cultures)} if crc is not None else {}
+    specific_masks = {c: {} for c in specific}
+    for group in _groups(kinds, SPECIFIC_GROUPS):
+        excluded = _general_excluded(general, group, thresholds)
+        for c in specific:
+            i = cultures.index(c)
+            chosen = pooled_top({k: per_c[k][..., i] for k in group}, thresholds.top_specific, excluded)
+            chosen = {k: chosen[k] & (z[k][..., i] >= thresholds.z_min) for k in group}
+            if crc_c is not None:
+                crc_top = pooled_top({k: crc_c[k][..., crc_index[c]] for k in group}, thresholds.crc_exclude)
+                chosen = {k: chosen[k] & ~crc_top[k] for k in group}
+            specific_masks[c].update(chosen)
+    return general_masks, specific_masks
+
+
+# -- the earlier rule (crc-first), unchanged --------------------------------------------
 def _mean(table: ScoreTable, kind: str) -> torch.Tensor:
     """[layers, width]: score summed over all samples / number of samples."""
     return table.scores[kind].sum(-1) / table.counts.sum().clamp(min=1)
@@ -69,50 +342,7 @@ def _per_culture(table: ScoreTable, kind: str, cultures: list[str]) -> torch.Ten
     return torch.stack(cols, dim=-1)
 
 
-def top_mask(values: torch.Tensor, percent: float, allowed: torch.Tensor | None = None) -> torch.Tensor:
-    """Boolean mask of the top ``percent``% of all entries of ``values`` (among ``allowed``)."""
-    k = int(values.numel() * percent / 100 + 1e-9)  # never more than percent%
-    mask = torch.zeros(values.numel(), dtype=torch.bool)
-    if k == 0:
-        return mask.view_as(values)
-    flat = values.flatten().float().clone()
-    if allowed is not None:
-        flat[~allowed.flatten()] = float("-inf")
-    k = min(k, int(torch.isfinite(flat).sum()))
-    mask[torch.topk(flat, k).indices] = True
-    return mask.view_as(values)
-
-
-def _check_shapes(tables: dict[str, ScoreTable | None]):
-    present = {role: t for role, t in tables.items() if t is not None}
-    shapes = {role: t.meta.get("model") for role, t in present.items()}
-    first = next(iter(shapes.values()))
-    for role, shape in shapes.items():
-        if shape != first:
-            raise ValueError(f"score tables come from different models: {role} has {shape}, expected {first}")
-
-
-def select(
-    task: ScoreTable,
-    control: ScoreTable | None = None,
-    crc: ScoreTable | None = None,
-    general: ScoreTable | None = None,
-    thresholds: Thresholds = Thresholds(),
-    model_name: str = "",
-) -> dict[str, NeuronSet]:
-    """{"general": set, "<culture>": set, ...} from the score tables."""
-    _check_shapes({"task": task, "control": control, "crc": crc, "general": general})
-    if thresholds.general_exclude is not None and general is None:
-        raise ValueError("general_exclude was set but no general-prose score table was given")
-    if thresholds.general_exclude is None:
-        general = None  # unused by the paper's method: keep it out of the provenance too
-    cultures = [c for c in task.cultures if task.counts[task.cultures.index(c)] > 0]
-    specific = [c for c in cultures if task.counts[task.cultures.index(c)] >= thresholds.min_samples]
-    shape = dict(task.meta.get("model") or {})
-    shape["name"] = model_name or shape.get("name", "")
-    selection = GENERAL_EXCLUSION if thresholds.general_exclude is not None else PAPER
-    selection += NORMALISED_Z if thresholds.normalise_z else ""
-
+def _crc_first_masks(task, control, crc, general, thresholds, cultures, specific):
     general_masks, specific_masks = {}, {c: {} for c in specific}
     for kind in task.scores:
         diff = _mean(task, kind) - (_mean(control, kind) if control is not None else 0)
@@ -121,14 +351,12 @@ def select(
             per_c = per_c - _per_culture(control, kind, cultures)
 
         excluded = torch.zeros_like(diff, dtype=torch.bool)
-        if general is not None and thresholds.general_exclude is not None:
+        if general is not None:
             excluded |= top_mask(_mean(general, kind), thresholds.general_exclude)
         crc_general = top_mask(_mean(crc, kind), thresholds.crc_exclude) if crc is not None else excluded
         general_masks[kind] = top_mask(diff, thresholds.top_for(kind), ~(excluded | crc_general))
 
-        for_z = per_c / per_c.abs().mean(dim=(0, 1), keepdim=True).clamp(min=1e-30) if thresholds.normalise_z else per_c
-        std, mean = torch.std_mean(for_z, dim=-1, correction=0)
-        z = (for_z - mean[..., None]) / std[..., None].clamp(min=1e-30)
+        z = _z_scores(per_c, thresholds.normalise_z)
         crc_c = _per_culture(crc, kind, cultures) if crc is not None else None
         for i, c in enumerate(cultures):
             if c not in specific:
@@ -139,21 +367,118 @@ def select(
             specific_masks[c][kind] = top_mask(per_c[..., i], thresholds.top_specific, allowed) & (
                 z[..., i] >= thresholds.z_min
             )
+    return general_masks, specific_masks
 
+
+# -- public ------------------------------------------------------------------------------
+def select(
+    task: ScoreTable,
+    control: ScoreTable | None = None,
+    crc: ScoreTable | None = None,
+    general: ScoreTable | None = None,
+    thresholds: Thresholds = Thresholds(),
+    model_name: str = "",
+) -> dict[str, NeuronSet]:
+    """{"general": set, "<culture>": set, ...} from the score tables."""
+    _check_tables({"task": task, "control": control, "crc": crc, "general": general})
+    if thresholds.general_exclude is not None and general is None:
+        raise ValueError("general_exclude was set but no general-prose score table was given")
+    if thresholds.general_exclude is None:
+        general = None  # unused by the paper's method: keep it out of the provenance too
+    counts = dict(zip(task.cultures, torch.as_tensor(task.counts).tolist()))
+    cultures = [c for c in task.cultures if counts[c] > 0]
+    specific = [c for c in cultures if counts[c] >= thresholds.min_samples]
+    if thresholds.rule == "paper" and crc is not None:
+        crc_counts = dict(zip(crc.cultures, torch.as_tensor(crc.counts).tolist()))
+        specific = [c for c in specific if crc_counts.get(c, 0) > 0]
+    masks = _paper_masks if thresholds.rule == "paper" else _crc_first_masks
+    general_masks, specific_masks = masks(task, control, crc, general, thresholds, cultures, specific)
+
+    shape = dict(task.meta.get("model") or {})
+    shape["name"] = model_name or shape.get("name", "")
     provenance = {
         role: {
             "path": t.meta.get("path"),
             "sha256": t.meta.get("sha256"),
             "task": t.meta.get("task"),
-            "samples": dict(zip(t.cultures, t.counts.tolist())),
+            "samples": dict(zip(t.cultures, torch.as_tensor(t.counts).tolist())),
         }
         for role, t in {"task": task, "control": control, "crc": crc, "general": general}.items()
         if t is not None
     }
     tasks = [t.meta.get("task") for t in (task, control, crc, general) if t is not None]
-    common = dict(method="culnig", selection=selection, tasks=tasks, hyperparameters=asdict(thresholds))
+    common = dict(method="culnig", selection=thresholds.selection_name, tasks=tasks,
+                  hyperparameters=asdict(thresholds))
     sets = {"general": NeuronSet.from_masks(general_masks, {**new_meta(shape, **common), "provenance": provenance})}
     for c in specific:
         meta = {**new_meta(shape, culture=c, **common), "provenance": provenance}
         sets[c] = NeuronSet.from_masks(specific_masks[c], meta)
     return sets
+
+
+def random_uniform(reference: NeuronSet, seed: int) -> NeuronSet:
+    """As many neurons as ``reference``, drawn uniformly from all neurons of its module kinds
+    pooled (the reference's ``decide_random_neuron.py``; layers and kinds are not matched)."""
+    model = reference.meta.get("model") or {}
+    widths, layers = model.get("widths") or {}, model.get("num_layers")
+    kinds = list(reference.indices)
+    missing = [k for k in kinds if not widths.get(k)]
+    if missing or not layers:
+        reference._fail(f"has no model shape for {', '.join(missing) or 'num_layers'} in its metadata, "
+                        "so a random set of the same size cannot be drawn")
+    sizes = [layers * widths[k] for k in kinds]
+    gen = torch.Generator().manual_seed(int(seed))
+    mask = torch.zeros(sum(sizes), dtype=torch.bool)
+    mask[torch.randperm(sum(sizes), generator=gen)[: len(reference)]] = True
+    masks = {k: part.view(layers, widths[k]) for k, part in zip(kinds, mask.split(sizes))}
+    meta = new_meta(
+        model,
+        method="random",
+        selection=f"random-uniform:{reference.meta.get('selection') or reference.meta.get('method') or 'set'}",
+        tasks=list(reference.meta.get("tasks") or []),
+        hyperparameters={"seed": int(seed)},
+        provenance={"size_matched_to": reference.summary_meta()},
+    )
+    return NeuronSet.from_masks(masks, meta)
+
+
+def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: Path, *, model_name: str = "",
+                    random_seeds: Sequence[int] = ()) -> dict[str, Path]:
+    """Select, then write ``<out>/<label>.pt`` for every set, ``random<seed>.pt`` (layer-matched)
+    and ``random-uniform<seed>.pt`` (the reference's uniform draw) for every seed, and
+    ``selection.json``, all as one unit (:func:`atomic_folder`).  Returns {label: final path}."""
+    unknown = sorted(set(tables) - {"task", "control", "crc", "general"})
+    if unknown or "task" not in tables:
+        raise ValueError(f"score tables: expected roles task, control, crc, general; got {sorted(tables)}")
+    seeds = []
+    for seed in random_seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"random seed {seed!r}: seeds are integers from 0 to 2**63-1")
+        seeds.append(seed)
+    sets = select(tables["task"], tables.get("control"), tables.get("crc"), tables.get("general"),
+                  thresholds=thresholds, model_name=model_name)
+    for seed in dict.fromkeys(seeds):
+        sets[f"{RANDOM_PREFIX}{seed}"] = sets["general"].random_like(seed)
+        sets[f"{RANDOM_PREFIX}-uniform{seed}"] = random_uniform(sets["general"], seed)
+    files = {label: f"{safe_name(label, 'set label')}.pt" for label in sets}
+    summary = {
+        "selection": thresholds.selection_name,
+        "thresholds": asdict(thresholds),
+        "random_seeds": list(dict.fromkeys(seeds)),
+        "files": files,
+        "summary": {label: {"neurons": len(s), "per_kind": s.counts(), "fraction": s.fraction(),
+                            "selection": s.meta.get("selection"), "culture": s.meta.get("culture")}
+                    for label, s in sets.items()},
+        "score_files": {role: {"path": t.meta.get("path"), "sha256": t.meta.get("sha256")}
+                        for role, t in sorted(tables.items())
+                        if t is not None and (role != "general" or thresholds.general_exclude is not None)},
+    }
+    out = Path(out)
+    with atomic_folder(out) as staging:
+        for label, neuron_set in sets.items():
+            neuron_set.save(staging / files[label])
+        pause = os.environ.get(PAUSE_ENV)
+        if pause:
+            time.sleep(float(pause))
+        write_text(staging / "selection.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    return {label: out / name for label, name in files.items()}

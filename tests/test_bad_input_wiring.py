@@ -47,6 +47,9 @@ def test_device_in_model_args_and_on_the_command_line(checkpoint):
 
     lm = MaskedHFLM.create_from_arg_string(f"pretrained={checkpoint},device=cpu", {"device": "cuda:0", "batch_size": 2})
     assert lm.device.type == "cpu"
+    # lm-eval 0.4.13's CLI parses --model_args itself and calls create_from_arg_obj
+    lm = MaskedHFLM.create_from_arg_obj({"pretrained": str(checkpoint), "device": "cpu"}, {"device": "cuda:0", "batch_size": 2})
+    assert lm.device.type == "cpu"
 
 
 def test_model_args_are_parsed_by_lm_eval(monkeypatch, checkpoint):

@@ -87,5 +87,5 @@ def test_bad_config_is_a_clear_error(tmp_path):
     bad.write_text("name: x\n")
     with pytest.raises(ValueError, match="missing section"):
         experiment_module.load_config(bad)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(experiment_module.ConfigError, match="no such file"):
         experiment_module.load_config(tmp_path / "nope.yaml")

@@ -46,3 +46,33 @@ def test_task_manager_indexes_our_folder_once_and_can_be_switched_off():
         CULNIG_LM_EVAL_DISABLE="1",
     )
     assert off == {"found": False}
+
+
+def test_a_broken_hook_warns_once_and_leaves_stock_lm_eval_working():
+    import os
+
+    code = (
+        "import json, culnig_lm_eval._startup as s\n"
+        "def broken(module): raise RuntimeError('boom')\n"
+        "s.AFTER_IMPORT['lm_eval.tasks.manager'] = broken\n"
+        "s.AFTER_IMPORT['lm_eval.models'] = broken\n"
+        "import lm_eval; from lm_eval.tasks import TaskManager; from lm_eval.api.registry import get_model\n"
+        "tm = TaskManager()\n"
+        "print(json.dumps({'stock': 'hellaswag' in tm.all_tasks, 'hf': get_model('hf').__name__}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ), check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"stock": True, "hf": "HFLM"}
+    assert out.stderr.count("culnig-lm-eval disabled: ") == 1
+    assert "boom" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_positional_include_path_and_stock_hf_untouched():
+    code = (
+        "import json; from lm_eval.tasks import TaskManager; from lm_eval.models.huggingface import HFLM\n"
+        f"tm = TaskManager('INFO', {str(TASKS / 'crc')!r})\n"
+        "print(json.dumps({'paths': [str(p) for p in tm.include_path], 'crc': 'crc' in tm.all_tasks, "
+        "'hf_patched': getattr(HFLM.__init__, '_culnig', False)}))"
+    )
+    result = run_python(code)
+    assert result == {"paths": [str(TASKS), str(TASKS / "crc")], "crc": True, "hf_patched": False}

@@ -208,8 +208,8 @@ def test_tracker_layout_is_the_stock_one(full):
 def test_conditions_and_labels(full):
     _, text, _, _ = full
     runs = _section(text, "## Runs")
-    for label in ("unmasked", "general [culnig-paper]", "random seed 0 (matched to general [culnig-paper])",
-                  "random seed 1 (matched to general [culnig-paper])", "korea", "uk", "does_not_exist"):
+    for label in ("unmasked", "general [culnig-paper]", "random layer-matched seed 0 (matched to general [culnig-paper])",
+                  "random layer-matched seed 1 (matched to general [culnig-paper])", "korea", "uk", "does_not_exist"):
         assert f"| {label} |" in runs, label
     # the sample caveat: blend_mexico ran on 10 of 20 documents
     assert "**Data caveat:** blend_mexico" in runs
@@ -264,7 +264,7 @@ def test_neuron_location(full):
     assert row[4] == "8" and row[5] == "mlp_gate 6, mlp_up 2"
     assert row[6] == "mlp_gate 6.250%, mlp_up 2.083%" and row[7] == "4.167%"
     assert row[8:] == ["4 (50%)", "0 (0%)", "4 (50%)"]
-    assert "random seed 0 (matched to general [culnig-paper]): per-layer counts match general [culnig-paper]" in sec
+    assert "random layer-matched seed 0 (matched to general [culnig-paper]): per-layer counts match general [culnig-paper]" in sec
     assert "`does_not_exist.pt`" in sec
 
 
@@ -289,7 +289,7 @@ def test_specificity(full):
     assert "no random baseline" in row[-1] and "general perplexity ratio 1.3956 > 1.1" in row[-1]
     # uk did not run general_ppl
     assert "no paired `general_ppl` records" in _row(sec, "**uk**")[-1]
-    assert _row(sec, "random seed 0 (matched to general [culnig-paper])")[-1] == "baseline"
+    assert _row(sec, "random layer-matched seed 0 (matched to general [culnig-paper])")[-1] == "baseline"
 
 
 def test_instances_and_skipped(full):
@@ -348,15 +348,6 @@ def test_missing_parts_degrade(tmp_path):
                                                      "0 / 1", "1"]
     assert "not specific: no random baseline to compare with; no general-perplexity task ran" in text
     assert (tmp_path / "out" / "figures" / "tiny-model_accuracy.png").stat().st_size > 0
-
-
-def test_empty_run_dir_still_builds(tmp_path):
-    from culnig_lm_eval.cli.report import main
-
-    (tmp_path / "runs").mkdir()
-    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
-    text = (tmp_path / "out" / "report.md").read_text()
-    assert "No lm-eval results were found" in text and "## Skipped" in text
 
 
 def test_cli_help(capsys):

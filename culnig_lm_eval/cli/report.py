@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+
+from ._common import run
+
+PROG = "culnig-report"
+MAX_SEED = 2**32 - 1  # numpy's seed range
 
 DESCRIPTION = """\
 Compare masked and unmasked runs of lm-evaluation-harness and write REPORT_DIR/report.md with
@@ -16,6 +22,13 @@ Runs are identified by their model_args: without `neurons=` a run is "unmasked";
 the neuron-set files named in `neurons=a.pt+b.pt` label it (culture, selection, random
 seed and the set a random baseline was size-matched to). Only runs of the same base model
 are compared. When the same model_args ran a task several times, the newest run counts.
+Items are paired by doc_id and lm-eval's doc_hash: a task whose runs hold different documents
+(another data file, another order, another --limit) is not compared and is listed under
+Skipped. A masked run whose neuron set holds 0 neurons is flagged with a warning.
+
+REPORT_DIR is replaced as a whole (the new report is built beside it and swapped in), so an
+interruption or a full disk leaves the previous complete report; a REPORT_DIR holding other
+files is refused. No results under the RUN_DIRs, or a bad number, is an error (exit status 2).
 
 Sections: accuracy per task (paired differences, bootstrap CI, exact McNemar p), the
 culture x culture matrix, where the neurons are (per layer, thirds of the depth),
@@ -34,7 +47,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="culnig-report", description=DESCRIPTION, epilog=EPILOG,
+    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="lm-eval --output_path folder(s) (searched recursively) or results_*.json files")
@@ -64,14 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if not 0 < args.alpha < 1:
-        print("culnig-report: --alpha must be between 0 and 1", file=sys.stderr)
-        return 2
+def check_numbers(args: argparse.Namespace) -> None:
+    """Reject numbers that would give a wrong or meaningless report (one line, exit 2)."""
+    if not (math.isfinite(args.alpha) and 0 < args.alpha < 1):
+        raise ValueError(f"--alpha {args.alpha}: must be a number between 0 and 1 (e.g. 0.05 for 95% intervals)")
+    if not (math.isfinite(args.ppl_threshold) and args.ppl_threshold > 0):
+        raise ValueError(f"--ppl-threshold {args.ppl_threshold}: must be a finite ratio > 0 (e.g. 1.10)")
     if args.n_resamples < 1:
-        print("culnig-report: --n-resamples must be >= 1", file=sys.stderr)
-        return 2
+        raise ValueError(f"--n-resamples {args.n_resamples}: must be >= 1")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed {args.seed}: must be between 0 and {MAX_SEED}")
+
+
+def make_report(args: argparse.Namespace) -> int:
+    check_numbers(args)
     from culnig_lm_eval.report.render import build_report
 
     path = build_report(
@@ -82,6 +101,11 @@ def main(argv=None) -> int:
     )
     print(path)
     return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(PROG, make_report, args)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _selection_args(p):
-    from ..selection import Thresholds
+    from ..selection import RULES, Thresholds
 
     d = Thresholds()
     p.add_argument("--sets-out", "--out-sets", dest="sets_out", type=Path, default=None,
@@ -87,8 +87,9 @@ def _selection_args(p):
                    help="opt-in: scale each culture's scores to mean |score| 1 before the z-score filter")
     p.add_argument("--min-samples", type=int, default=d.min_samples,
                    help="cultures with fewer task samples get no culture-specific set")
-    if hasattr(d, "rule"):
-        p.add_argument("--rule", default=d.rule, help="selection rule (see culnig_lm_eval.selection)")
+    p.add_argument("--rule", choices=sorted(RULES), default=d.rule,
+                   help="paper: the published CULNIG code (top t%% then minus CRC, pooled attention); "
+                        "crc-first: CRC excluded before the cut, per module kind (see culnig_lm_eval.selection)")
     p.add_argument("--random-seeds", type=_comma, default=[], metavar="S1,S2",
                    help="also write size-matched random baselines of the culture-general set for these seeds")
 
@@ -96,10 +97,9 @@ def _selection_args(p):
 def thresholds_from_args(args):
     from ..selection import Thresholds
 
-    extra = {"rule": args.rule} if hasattr(args, "rule") else {}
     return Thresholds(top_mlp=args.top_mlp, top_attention=args.top_attention, top_specific=args.top_specific,
                       crc_exclude=args.crc_exclude, general_exclude=args.exclude_general, z_min=args.z_min,
-                      min_samples=args.min_samples, normalise_z=args.normalise_z, **extra)
+                      min_samples=args.min_samples, normalise_z=args.normalise_z, rule=args.rule)
 
 
 def _seeds(values: list[str]) -> list[int]:

@@ -9,11 +9,13 @@ Subcommands::
     culnig-sets random SET [--seed N | --seeds 0,1,2] -o OUT
     culnig-sets convert FILE (--model M | --num-layers N --widths mlp_gate=1536,...) -o OUT
                         [--format auto|culnig-json|lape] [--cultures a,b,c] [--culture NAME]
+                        [--lape-layout auto|mask|indices]
 
-Sets are ``culnig-neuron-set/1`` files (``.pt`` or the ``.json`` twin; see
-``culnig_lm_eval.neuron_set``).  Every output is written atomically (a temporary file renamed
-into place) after all inputs were read and checked; on any bad input the command prints one
-line saying what is wrong and what to do, exits with status 2, and writes nothing.
+Sets are ``culnig-neuron-set/1`` files (format: ``culnig_lm_eval.neuron_set``); published
+formats are read by ``culnig_lm_eval.importers``.  This module only parses arguments, calls
+those, and prints.  The outputs of one command are written as a unit (``save_many``) after all
+inputs were read and checked; on any bad input the command prints one line saying what is
+wrong and what to do, exits with status 2, and writes nothing.
 """
 
 from __future__ import annotations
@@ -23,29 +25,19 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from ..architectures import MODULE_KINDS, UnsupportedArchitecture, model_shape
-from ..neuron_set import SUFFIXES, NeuronSet, NeuronSetError, file_sha256, new_meta, save_many
+from .. import importers
+from ..architectures import MODULE_KINDS
+from ..neuron_set import JOIN, SUFFIXES, NeuronSet, check_seed, save_many
+from ._common import run
 
 PROG = "culnig-sets"
 
-# CULNIG JSON module names (last dotted component) -> module kinds
-CULNIG_MODULES = {
-    "gate_proj": "mlp_gate",
-    "up_proj": "mlp_up",
-    "q_proj": "attn_q",
-    "k_proj": "attn_k",
-    "v_proj": "attn_v",
-    **{k: k for k in MODULE_KINDS},
-}
+
+class UsageError(ValueError):
+    """A bad command line: printed as one line by ``_common.run``, exit status 2."""
 
 
-class UsageError(Exception):
-    """A bad command line or input file: printed as one line, exit status 2."""
-
-
-# -- helpers ----------------------------------------------------------------------------------
+# -- argument checks ----------------------------------------------------------------------------
 def _load(paths) -> list[NeuronSet]:
     return [NeuronSet.load(p) for p in paths]
 
@@ -56,17 +48,27 @@ def _output(path: str, what: str = "-o") -> Path:
         raise UsageError(f"{what} {path}: name the output file with a .pt or .json suffix")
     if out.is_dir():
         raise UsageError(f"{what} {path} is a folder; give a file name ending in .pt or .json")
+    if JOIN in out.name:
+        raise UsageError(f"{what} {path}: '{JOIN}' joins several set files in neurons=a.pt{JOIN}b.pt, "
+                         f"so a set file's name must not contain it; choose a name without '{JOIN}'")
     return out
 
 
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"{what}={text!r}: give comma-separated integers, e.g. {what} 0,1,2") from None
-    if not values:
+def _seeds(text: str, what: str) -> list[int]:
+    """Comma-separated seeds, each a whole number in 0 .. 2**63-1 (torch's seed range)."""
+    items = [v.strip() for v in str(text).split(",") if v.strip()]
+    if not items:
         raise UsageError(f"{what} is empty: give comma-separated integers, e.g. {what} 0,1,2")
-    return values
+    seeds = []
+    for item in items:
+        try:
+            value = int(item)
+        except ValueError:
+            raise UsageError(f"{what}={text!r}: give comma-separated integers, e.g. {what} 0,1,2") from None
+        seeds.append(check_seed(value, what))
+    if len(seeds) != len(set(seeds)):
+        raise UsageError(f"{what} {text}: list each seed once")
+    return seeds
 
 
 def _parse_widths(text: str) -> dict[str, int]:
@@ -88,39 +90,12 @@ def _parse_widths(text: str) -> dict[str, int]:
     return widths
 
 
-def _config_for(model: str):
-    """AutoConfig of a hub id, a local folder, or an embedded alias (without converting it if avoidable)."""
-    from transformers import AutoConfig
-
-    from .. import embedded
-
-    if embedded.is_alias(model):
-        cached = embedded.cache_root() / "models" / model
-        if (cached / "config.json").is_file():
-            return AutoConfig.from_pretrained(cached)
-        try:  # the GGUF header has the shape: no need for the one-minute conversion
-            gguf = embedded.EMBEDDED[model].gguf()
-            return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        except Exception:
-            return AutoConfig.from_pretrained(embedded.checkpoint_dir(model))
-    return AutoConfig.from_pretrained(model)
-
-
 def model_shape_from_args(args) -> dict:
     """The model shape for ``convert``: from ``--model`` or from ``--num-layers`` + ``--widths``."""
     if args.model and (args.num_layers or args.widths):
         raise UsageError("give either --model or --num-layers with --widths, not both")
     if args.model:
-        try:
-            config = _config_for(args.model)
-        except Exception as err:
-            raise UsageError(
-                f"--model {args.model}: cannot read its config ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
-                "give a local model folder, an embedded alias, a reachable hub id, or --num-layers/--widths"
-            ) from None
-        shape = model_shape(config)
-        shape["name"] = args.model
-        return shape
+        return importers.shape_of_model(args.model)
     if not (args.num_layers and args.widths):
         raise UsageError(
             "convert needs the model shape: --model NAME_OR_FOLDER, or --num-layers N --widths mlp_gate=WIDTH,..."
@@ -188,9 +163,14 @@ def cmd_info(args):
         print(json.dumps(infos[0] if len(infos) == 1 else infos, indent=1, sort_keys=True, default=str))
     else:
         print("\n\n".join(_text(i) for i in infos))
+    for info in infos:
+        if info["total"] == 0:  # on stderr so that --json output stays parseable
+            print(f"{PROG}: warning: {info['path']} holds 0 neurons: masking it changes nothing", file=sys.stderr)
 
 
 def _algebra(args, operation: str):
+    if len(args.sets) < 2:
+        raise UsageError(f"{operation} needs at least two sets")
     out = _output(args.output)
     first, *rest = _load(args.sets)
     result = getattr(first, operation)(*rest)
@@ -198,142 +178,19 @@ def _algebra(args, operation: str):
     print(f"{operation}: {len(result)} neurons {result.counts()} -> {out}")
 
 
+def _seed_path(out: Path, seed: int, many: bool) -> Path:
+    if "{seed}" in str(out):
+        return Path(str(out).replace("{seed}", str(seed)))
+    return out.with_name(f"{out.stem}-seed{seed}{out.suffix}") if many else out
+
+
 def cmd_random(args):
-    seeds = _ints(args.seeds, "--seeds") if args.seeds is not None else [args.seed]
+    seeds = _seeds(args.seeds, "--seeds") if args.seeds is not None else _seeds(args.seed, "--seed")
     out = _output(args.output)
-    if len(seeds) != len(set(seeds)):
-        raise UsageError(f"--seeds {args.seeds}: list each seed once")
     [base] = _load([args.set])
-    items = []
-    for seed in seeds:
-        if "{seed}" in str(out):
-            path = Path(str(out).replace("{seed}", str(seed)))
-        elif len(seeds) > 1:
-            path = out.with_name(f"{out.stem}-seed{seed}{out.suffix}")
-        else:
-            path = out
-        items.append((base.random_like(seed), path))
-    for path in save_many(items):
+    items = [(base.random_like(seed), _seed_path(out, seed, len(seeds) > 1)) for seed in seeds]
+    for path in save_many(items):  # all seeds' files, or none
         print(f"random: {len(base)} neurons, same count per layer and kind as {base.source} -> {path}")
-
-
-def _read_culnig_json(path: Path) -> tuple[list[dict], dict]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path}: not readable as CULNIG JSON ({type(err).__name__}: {err})") from None
-    records = data.get("top_neurons") if isinstance(data, dict) else data
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise UsageError(
-            f"{path}: expected a CULNIG JSON object {{\"top_neurons\": [{{\"module_name\", \"layer_idx\", "
-            "\"neuron_idx\", ...}}, ...]}}; use --format lape for a LAPE .pt file"
-        )
-    scalars = (str, int, float, bool)
-    extra = {k: v for k, v in data.items() if isinstance(v, scalars)} if isinstance(data, dict) else {}
-    return records, extra
-
-
-def _group(columns: dict[str, tuple[torch.Tensor, torch.Tensor]], shape: dict, where: str):
-    """{kind: (layer column, neuron column)} -> {kind: [sorted unique indices per layer]}, checked."""
-    num_layers, widths = shape["num_layers"], shape["widths"]
-    indices, duplicates = {}, 0
-    for kind in [k for k in MODULE_KINDS if k in columns]:
-        layers, neurons = columns[kind]
-        if kind not in widths:
-            raise UsageError(f"{where} has {kind} neurons but no {kind} width was given: add {kind}=WIDTH to --widths")
-        for column, limit, what in ((layers, num_layers, "layer index"), (neurons, widths[kind], f"{kind} neuron")):
-            if column.numel() and (int(column.min()) < 0 or int(column.max()) >= limit):
-                bad = int(column.min()) if int(column.min()) < 0 else int(column.max())
-                raise UsageError(f"{where} has {what} {bad} but the model has {limit}: wrong --model or --widths?")
-        per_layer = []
-        for layer in range(num_layers):
-            idx = neurons[layers == layer]
-            unique = torch.unique(idx)
-            duplicates += idx.numel() - unique.numel()
-            per_layer.append(unique)
-        indices[kind] = per_layer
-    return indices, duplicates
-
-
-def convert_culnig_json(path: Path, shape: dict) -> tuple[dict, dict]:
-    records, extra = _read_culnig_json(path)
-    missing = [i for i, r in enumerate(records) if not {"module_name", "layer_idx", "neuron_idx"} <= r.keys()]
-    if missing:
-        raise UsageError(f"{path}: entry {missing[0]} lacks module_name, layer_idx or neuron_idx")
-    names = [str(r["module_name"]).rsplit(".", 1)[-1] for r in records]
-    unknown = sorted(set(names) - set(CULNIG_MODULES))
-    if unknown:
-        raise UsageError(
-            f"{path}: module_name {unknown[0]!r} is not a neuron kind culnig-lm-eval masks "
-            f"(known: {', '.join(sorted(CULNIG_MODULES))})"
-        )
-    try:
-        layers = torch.tensor([r["layer_idx"] for r in records], dtype=torch.long)
-        neurons = torch.tensor([r["neuron_idx"] for r in records], dtype=torch.long)
-    except (TypeError, ValueError, RuntimeError):
-        raise UsageError(f"{path}: layer_idx and neuron_idx must be integers") from None
-    if any(isinstance(r["layer_idx"], float) or isinstance(r["neuron_idx"], float) for r in records):
-        raise UsageError(f"{path}: layer_idx and neuron_idx must be integers, found a float")
-    kinds = [CULNIG_MODULES[n] for n in names]
-    kind_ids = torch.tensor([MODULE_KINDS.index(k) for k in kinds], dtype=torch.long)
-    columns = {
-        k: (layers[kind_ids == i], neurons[kind_ids == i]) for i, k in enumerate(MODULE_KINDS) if k in set(kinds)
-    }
-    indices, duplicates = _group(columns, shape, str(path))
-    provenance = {"imported_from": str(path), "sha256": file_sha256(path), "format": "culnig-json",
-                  "entries": len(records), "duplicates_dropped": duplicates, "source_fields": extra}
-    return indices, provenance
-
-
-def _read_lape(path: Path) -> list:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        text = str(err)
-        if "WeightsUnpickler error:" in text:  # torch's one-line reason, without its advice
-            text = text.split("WeightsUnpickler error:", 1)[1]
-        reason = " ".join(text.split()).split(" Please use")[0].split(" Check the documentation")[0][:160]
-        raise UsageError(
-            f"{path}: not readable as a LAPE .pt file with torch.load(weights_only=True) "
-            f"({type(err).__name__}: {reason}); give --format culnig-json for a CULNIG JSON, or re-save "
-            "the LAPE mask as plain lists of integer tensors"
-        ) from None
-    if isinstance(data, dict) and "format" in data:
-        raise UsageError(f"{path} is already a neuron set: use it directly, or `culnig-sets info` it")
-    if not isinstance(data, (list, tuple)) or not all(isinstance(c, (list, tuple)) for c in data) or not data:
-        raise UsageError(
-            f"{path}: expected a LAPE file, a list indexed [culture][layer] of index tensors "
-            "(found " + type(data).__name__ + "); use --format culnig-json for a CULNIG JSON"
-        )
-    return list(data)
-
-
-def convert_lape(path: Path, shape: dict, cultures: list[str]) -> list[tuple[str, dict, dict]]:
-    data = _read_lape(path)
-    if len(cultures) != len(data):
-        raise UsageError(
-            f"{path} holds {len(data)} cultures but --cultures names {len(cultures)}: "
-            f"give {len(data)} comma-separated names in the file's order"
-        )
-    digest = file_sha256(path)
-    out = []
-    for c, (culture, per_layer) in enumerate(zip(cultures, data, strict=True)):
-        where = f"{path} culture {c} ({culture})"
-        if len(per_layer) != shape["num_layers"]:
-            raise UsageError(f"{where} has {len(per_layer)} layers but the model has {shape['num_layers']}: wrong --model?")
-        try:
-            lists = [torch.as_tensor(t).flatten() for t in per_layer]
-        except Exception:
-            raise UsageError(f"{where}: each layer must be a tensor or list of neuron indices") from None
-        if any(t.numel() and (t.dtype.is_floating_point or t.dtype == torch.bool) for t in lists):
-            raise UsageError(f"{where}: neuron indices must be integers")
-        layers = torch.cat([torch.full((t.numel(),), i, dtype=torch.long) for i, t in enumerate(lists)])
-        neurons = torch.cat([t.long() for t in lists])
-        indices, duplicates = _group({"mlp_gate": (layers, neurons)}, shape, where)
-        provenance = {"imported_from": str(path), "sha256": digest, "format": "lape", "culture_index": c,
-                      "duplicates_dropped": duplicates}
-        out.append((culture, indices, provenance))
-    return out
 
 
 def _culture_path(template: Path, culture: str, many: bool) -> Path:
@@ -353,29 +210,29 @@ def cmd_convert(args):
     fmt = args.format
     if fmt == "auto":
         fmt = "culnig-json" if src.suffix == ".json" else "lape"
-    shape = model_shape_from_args(args)
-    items = []
     if fmt == "culnig-json":
         if args.cultures:
             raise UsageError("--cultures is for LAPE files; name the culture of a CULNIG JSON with --culture")
-        indices, provenance = convert_culnig_json(src, shape)
-        meta = new_meta(shape, "culnig", selection="imported", culture=args.culture, provenance=provenance)
-        items.append((NeuronSet(indices, meta), out))
+        if args.lape_layout != "auto":
+            raise UsageError("--lape-layout is for LAPE files")
     else:
         if not args.cultures:
             raise UsageError("a LAPE file holds one set per culture: name them in order with --cultures a,b,c")
         if args.culture:
             raise UsageError("--culture is for CULNIG JSON files; LAPE files take --cultures a,b,c")
+    shape = model_shape_from_args(args)
+    if fmt == "culnig-json":
+        items = [(importers.import_culnig_json(src, shape, culture=args.culture), out)]
+    else:
         cultures = [c.strip() for c in args.cultures.split(",") if c.strip()]
-        if len(set(cultures)) != len(cultures) or any(not c.replace("-", "").replace("_", "").isalnum() for c in cultures):
-            raise UsageError(f"--cultures {args.cultures}: give distinct names made of letters, digits, - and _")
-        for culture, indices, provenance in convert_lape(src, shape, cultures):
-            meta = new_meta(shape, "lape", selection="imported", culture=culture, provenance=provenance)
-            items.append((NeuronSet(indices, meta), _culture_path(out, culture, len(cultures) > 1)))
+        sets = importers.import_lape(src, shape, cultures, layout=args.lape_layout)
+        items = [(s, _culture_path(out, s.meta["culture"], len(sets) > 1)) for s in sets]
     for (neuron_set, _), path in zip(items, save_many(items), strict=True):
         culture = neuron_set.meta.get("culture")
         tag = f" culture={culture}" if culture else ""
-        print(f"convert: {len(neuron_set)} neurons {neuron_set.counts()}{tag} -> {path}")
+        layout = neuron_set.meta["provenance"].get("layout")
+        read_as = f" (read as {layout})" if layout else ""
+        print(f"convert: {len(neuron_set)} neurons {neuron_set.counts()}{tag}{read_as} -> {path}")
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -408,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw random neurons with the same count in every (module kind, layer) as SET, "
                        "seeded, uniformly among that layer's neurons.")
     p.add_argument("set", metavar="SET", help="the neuron set to match")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", default="0", help="random seed, 0 to 2**63-1 (default 0)")
     p.add_argument("--seeds", metavar="S1,S2,...", help="several seeds, one output each; OUT may contain {seed}, "
                    "otherwise -seedN is added before the suffix")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output file (.pt or .json)")
@@ -422,8 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
         "               module names gate_proj/up_proj/q_proj/k_proj/v_proj (any prefix)\n"
         "               -> mlp_gate/mlp_up/attn_q/attn_k/attn_v\n"
         "  lape:        a torch list indexed [culture][layer] of MLP intermediate-neuron index tensors (Culture_Neurons /\n"
-        "               LAPE activation masks) -> one mlp_gate set per culture, named by --cultures.  Suppressing a gate\n"
-        "               neuron zeroes that intermediate activation (act(0) = 0), as LAPE masking does.\n\n"
+        "               LAPE activation masks), or of 0/1 masks of the layer's width (see --lape-layout)\n"
+        "               -> one mlp_gate set per culture, named by --cultures.  Suppressing a gate\n"
+        "               neuron zeroes that intermediate activation (act(0) = 0), as LAPE masking does.\n"
+        "  Details: culnig_lm_eval.importers; the output format: culnig_lm_eval.neuron_set.\n\n"
         "The model shape comes from --model (hub id, local folder or embedded alias such as smollm2-135m) or from\n"
         "--num-layers with --widths.",
     )
@@ -436,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", help="model name to record with --num-layers/--widths")
     p.add_argument("--cultures", metavar="A,B,...", help="LAPE: culture names in the file's order")
     p.add_argument("--culture", help="CULNIG JSON: the culture the set belongs to (omit for culture-general sets)")
+    p.add_argument("--lape-layout", choices=importers.LAPE_LAYOUTS, default="auto",
+                   help="LAPE: each layer lists neuron 'indices', or is a 0/1 'mask' of the layer's width; "
+                   "'auto' (default) detects it and refuses files that could be either")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (.pt or .json); for several LAPE cultures put {culture} in it "
                    "(otherwise -CULTURE is added before the suffix)")
@@ -444,18 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command in ("union", "intersect", "subtract") and len(args.sets) < 2:
-        parser.exit(2, f"{PROG}: error: {args.command} needs at least two sets\n")
-    try:
-        args.func(args)
-    except (UsageError, NeuronSetError, UnsupportedArchitecture) as err:
-        message = " ".join(str(err).split())
-        parser.exit(2, f"{PROG}: error: {message}\n")
-    except OSError as err:
-        parser.exit(2, f"{PROG}: error: {err.filename or ''}: {err.strerror or err}; check the path and permissions\n")
-    return 0
+    args = build_parser().parse_args(argv)
+    return run(PROG, args.func, args)
 
 
 if __name__ == "__main__":

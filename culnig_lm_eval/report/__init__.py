@@ -5,10 +5,18 @@ and a machine-readable ``report.json``) and returns the path of ``report.md``; t
 statistics live in :mod:`culnig_lm_eval.report.stats` (``paired_bootstrap_ci``,
 ``mcnemar_exact``...), reading the lm-eval outputs in :mod:`culnig_lm_eval.report.collect`
 (``collect(run_dirs, sets_dir)`` -> conditions with per-sample records) and the comparisons in
-:mod:`culnig_lm_eval.report.analysis`.
+:mod:`culnig_lm_eval.report.analysis` (dataclass rows, written to ``report.json`` as they are), the
+``--instance-scores`` aggregation in :mod:`culnig_lm_eval.report.instances`; :mod:`.render` only
+formats Markdown and calls :mod:`.figures`.
 """
 
-from .stats import Interval, mcnemar_exact, mcnemar_exact_counts, paired_bootstrap_ci, paired_difference
+from .stats import (
+    Interval,
+    mcnemar_exact,
+    mcnemar_exact_counts,
+    paired_bootstrap_ci,
+    paired_difference,
+)
 
 __all__ = ["build_report", "paired_bootstrap_ci", "mcnemar_exact", "mcnemar_exact_counts",
            "paired_difference", "Interval"]

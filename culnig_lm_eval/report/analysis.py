@@ -42,7 +42,7 @@ class Paired:
     binary: bool = True
 
     @classmethod
-    def of(cls, a: np.ndarray, b: np.ndarray, opts: Options) -> "Paired":
+    def of(cls, a: np.ndarray, b: np.ndarray, opts: Options) -> Paired:
         n = int(a.size)
         if n == 0:
             nan = float("nan")
@@ -54,6 +54,90 @@ class Paired:
             ci=stats.paired_bootstrap_ci(a, b, opts.n_resamples, opts.seed, opts.alpha),
             b=nb, c=nc, p=stats.mcnemar_exact_counts(nb, nc) if binary else float("nan"), binary=binary,
         )
+
+
+@dataclass
+class PairedColumns:
+    """A :class:`Paired` comparison flattened into the columns of report.json."""
+
+    n_paired: int | None = None
+    acc_masked_paired: float | None = None
+    acc_unmasked_paired: float | None = None
+    diff: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    b: int | None = None
+    c: int | None = None
+    mcnemar_p: float | None = None
+    binary: bool | None = None
+
+    @classmethod
+    def of(cls, p: Paired | None) -> PairedColumns:
+        if p is None:
+            return cls()
+        return cls(n_paired=p.n, acc_masked_paired=p.acc_a, acc_unmasked_paired=p.acc_b, diff=p.diff, ci_low=p.ci.low, ci_high=p.ci.high,
+                   b=p.b, c=p.c, mcnemar_p=p.p, binary=p.binary)
+
+
+@dataclass
+class AccuracyRow(PairedColumns):
+    """One condition on one task: its accuracy and the paired difference to the unmasked run."""
+
+    section: str = "accuracy"
+    model: str = ""
+    task: str = ""
+    condition: str = ""
+    metric: str = ""
+    n: int = 0
+    acc: float = float("nan")
+    masked_nothing: bool = False
+
+
+@dataclass
+class CultureCell(PairedColumns):
+    """Masking culture ``masked``'s set, measured on ``culture``'s items of task family ``family``."""
+
+    section: str = "culture_matrix"
+    model: str = ""
+    family: str = ""
+    masked: str = ""
+    culture: str = ""
+    own_culture: bool = False
+
+
+@dataclass
+class SpecificityRow(PairedColumns):
+    """A neuron set's cultural drop next to its random baselines' and its general cost, with the verdict."""
+
+    section: str = "specificity"
+    model: str = ""
+    specificity: str = ""  # the set's condition label
+    cultural_items: str = ""
+    random_diff_mean: float = float("nan")
+    random_diff_min: float = float("nan")
+    random_diff_max: float = float("nan")
+    n_random: int = 0
+    ppl_ratio: dict = field(default_factory=dict)  # task -> masked / unmasked perplexity
+    nlu_diff: dict = field(default_factory=dict)  # task -> accuracy difference
+    verdict: str = ""
+    masked_nothing: bool = False
+
+
+@dataclass
+class LayerDistributionRow:
+    """Where one neuron set's neurons are: per module kind and per third of the depth."""
+
+    section: str = "layer_distribution"
+    model: str = ""
+    set: str = ""
+    file: str = ""
+    method: str | None = None
+    selection: str | None = None
+    neurons: int = 0
+    per_kind: dict = field(default_factory=dict)  # kind -> neurons
+    fraction_per_kind: dict = field(default_factory=dict)  # kind -> share of that kind's neurons in the model
+    fraction_overall: float | None = None  # None when the model's widths are not recorded
+    per_third: list = field(default_factory=list)  # neurons in the shallow, middle, deep thirds
 
 
 @dataclass
@@ -125,6 +209,7 @@ class ModelAnalysis:
     cultural_tasks: list[str]
     cultural_from_families: bool
     opts: Options
+    unpaired: dict[str, str] = field(default_factory=dict)  # task -> why its runs cannot be compared
     notes: list[str] = field(default_factory=list)
     _cache: dict = field(default_factory=dict)
 
@@ -187,10 +272,22 @@ class ModelAnalysis:
                 )
         return None
 
-    # -- selections ---------------------------------------------------------------------------
-    def task_selection(self, task: str) -> Selection:
-        return {task: None}
+    # -- rows of the report ------------------------------------------------------------------------
+    def accuracy_row(self, cond: Condition, task: str) -> AccuracyRow:
+        n, acc = self.accuracy(cond, task)
+        paired = self.compare(cond, {task: None}) if self.unmasked is not None else None
+        return AccuracyRow(**vars(PairedColumns.of(paired)), model=self.base_model, task=task, condition=cond.label,
+                           metric=self.metric[task], n=n, acc=acc, masked_nothing=cond.masks_nothing)
 
+    def culture_cell(self, cond: Condition, family: CultureFamily, culture: str) -> CultureCell | None:
+        paired = self.compare(cond, family.items[culture])
+        if paired is None or paired.n == 0:
+            return None
+        own = bool(cond.cultures) and norm(culture) == norm(cond.cultures[0])
+        return CultureCell(**vars(PairedColumns.of(paired)), model=self.base_model, family=family.name,
+                           masked=cond.label, culture=culture, own_culture=own)
+
+    # -- selections ---------------------------------------------------------------------------
     def cultural_selection(self, cultures: list[str] | None) -> tuple[Selection, str]:
         """Items counted as "cultural" for a set of the given cultures (None/[] = all)."""
         sel: Selection = {}
@@ -335,9 +432,12 @@ def analyse(conditions: list[Condition], opts: Options) -> ModelAnalysis:
                     key=lambda c: (str(c.group), _seed_key(c.seed), c.label)):
         random_groups.setdefault(c.group, []).append(c)
     all_tasks = sorted({t for c in conditions for t in c.tasks})
+    unpaired = {t: why for t in all_tasks if (why := item_mismatch(t, conditions, unmasked))}
     metric, acc_tasks, nlu, ppl_tasks, no_samples = {}, [], [], [], []
     nlu_names = {norm(t) for t in opts.nlu_tasks}
     for t in all_tasks:
+        if t in unpaired:
+            continue
         recs = [c.tasks[t] for c in conditions if t in c.tasks]
         with_samples = [r for r in recs if r.has_samples]
         if not with_samples:
@@ -373,9 +473,108 @@ def analyse(conditions: list[Condition], opts: Options) -> ModelAnalysis:
         set_conds=set_conds, random_groups=random_groups, tasks=all_tasks, acc_tasks=acc_tasks, nlu_tasks=nlu,
         ppl_tasks=ppl_tasks, no_sample_tasks=no_samples, metric=metric, families=families,
         culture_names=culture_names, cultural_tasks=fam_tasks or list(acc_tasks),
-        cultural_from_families=bool(fam_tasks), opts=opts,
+        cultural_from_families=bool(fam_tasks), opts=opts, unpaired=unpaired,
     )
     return ma
+
+
+def item_mismatch(task: str, conditions: list[Condition], unmasked: Condition | None) -> str | None:
+    """Why ``task``'s runs are not on the same items (None when they are).
+
+    Items are paired by ``doc_id``; lm-eval's ``doc_hash`` says whether a ``doc_id`` is the same
+    document in both runs.  Runs on different data files, permuted documents or different document
+    sets would otherwise give a confident difference that measures the data, not the masking.
+    """
+    runs = [c for c in conditions if task in c.tasks and c.tasks[task].doc_hashes]
+    ref = unmasked if unmasked is not None and unmasked in runs else (runs[0] if runs else None)
+    if ref is None:
+        return None
+    ref_hashes = ref.tasks[task].doc_hashes
+    for c in runs:
+        hashes = c.tasks[task].doc_hashes
+        if c is ref or hashes == ref_hashes:
+            continue
+        if set(hashes) != set(ref_hashes):
+            return (f"{c.label} and {ref.label} ran on different documents ({len(hashes)} vs {len(ref_hashes)} "
+                    f"doc_ids, {len(set(hashes) ^ set(ref_hashes))} not in both); not compared")
+        differ = sum(1 for d in hashes if hashes[d] != ref_hashes[d])
+        return (f"{c.label} and {ref.label} have different documents under the same doc_id ({differ} of "
+                f"{len(hashes)} doc_hash values differ: another data file or another order); not compared")
+    return None
+
+
+def aggregate_mismatches(ma: ModelAnalysis) -> list[str]:
+    """Compare each per-sample mean with the results file's ``<metric>,<filter>`` aggregate."""
+    bad = []
+    for c in ma.conditions:
+        for t, rec in c.tasks.items():
+            checks = []
+            for m, values in rec.metrics.items():
+                if values:
+                    checks.append((m, float(np.mean(list(values.values())))))
+            for m in ("word_perplexity", "byte_perplexity"):
+                if rec.pairs.get(m):
+                    v = list(rec.pairs[m].values())
+                    checks.append((m, stats.weighted_perplexity([x[0] for x in v], [x[1] for x in v])))
+            for m, mine in checks:
+                agg = rec.aggregated.get(f"{m},{rec.filter}")
+                if isinstance(agg, (int, float)) and not isinstance(agg, bool) and math.isfinite(agg):
+                    if abs(agg - mine) > 1e-6 * max(1.0, abs(agg)):
+                        bad.append(f"{c.label} / {t} / {m} ({mine:.6g} vs {agg:.6g})")
+    return bad
+
+
+def layer_distribution(model_name: str, label: str, info, thirds: list[np.ndarray]) -> LayerDistributionRow:
+    """Counts of ``info.neuron_set`` per kind, share of the model, and per third of the layers."""
+    ns = info.neuron_set
+    counts, total = ns.counts(), len(ns)
+    model = ns.meta.get("model") or {}
+    widths = model.get("widths") or {}
+    denom = sum(widths.get(k, 0) * (model.get("num_layers") or 0) for k in counts)
+    known = bool(denom) and all(widths.get(k) for k in counts)
+    per_layer_total = np.zeros(max([ns.num_layers] + [int(t[-1]) + 1 for t in thirds if t.size]), dtype=int)
+    for v in ns.per_layer().values():
+        per_layer_total[: len(v)] += np.asarray(v, dtype=int)
+    return LayerDistributionRow(
+        model=model_name, set=label, file=info.path.name if info.path else info.spec, method=info.method,
+        selection=info.selection, neurons=total, per_kind=dict(counts), fraction_per_kind=dict(ns.fraction()),
+        fraction_overall=total / denom if known else None,
+        per_third=[int(per_layer_total[t].sum()) if t.size else 0 for t in thirds])
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def specificity_verdict(p: Paired, random_diffs: dict, ppl: PplPaired | None, ppl_task: str | None, opts: Options,
+                        masked_nothing: bool = False) -> str:
+    """"specific: ..." when the cultural drop beats the random baselines' mean drop and the general
+    perplexity ratio stays <= ``opts.ppl_threshold``; otherwise "not specific: " and every reason."""
+    if masked_nothing:
+        return "not specific: the set masked 0 neurons"
+    if not _finite(p.diff) or p.n == 0:
+        return "not specific: no cultural items to measure"
+    reasons = []
+    drop = -p.diff
+    if drop <= 0:
+        reasons.append(f"cultural accuracy did not drop (Δ {p.diff:+.4f})")
+    if not random_diffs["n"] or not _finite(random_diffs["mean"]):
+        reasons.append("no random baseline to compare with")
+    elif drop <= -random_diffs["mean"]:
+        reasons.append(f"drop {drop:.4f} is not larger than the random baseline's {-random_diffs['mean']:.4f}")
+    if ppl_task is None:
+        reasons.append("no general-perplexity task ran")
+    elif ppl is None or not _finite(ppl.ratio):
+        reasons.append(f"no paired `{ppl_task}` records")
+    elif ppl.ratio > opts.ppl_threshold:
+        reasons.append(f"general perplexity ratio {ppl.ratio:.4f} > {opts.ppl_threshold:g}")
+    if reasons:
+        return "not specific: " + "; ".join(reasons)
+    caveat = ""
+    if p.ci is not None and _finite(p.ci.high) and p.ci.high >= 0:
+        caveat = f" (but the drop's {100 * (1 - opts.alpha):g}% CI includes 0: not significant on these items)"
+    return (f"specific: drop {drop:.4f} > random {(-random_diffs['mean']):.4f}, perplexity ratio {ppl.ratio:.4f} "
+            f"<= {opts.ppl_threshold:g}{caveat}")
 
 
 def _seed_key(seed):

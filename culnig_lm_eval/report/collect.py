@@ -102,6 +102,7 @@ class TaskRecords:
     metrics: dict[str, dict[Any, float]] = field(default_factory=dict)  # metric -> doc_id -> value
     pairs: dict[str, dict[Any, tuple[float, float]]] = field(default_factory=dict)  # (loglik, units)
     cultures: dict[Any, str] = field(default_factory=dict)  # doc_id -> doc["culture"]
+    doc_hashes: dict[Any, str | None] = field(default_factory=dict)  # doc_id -> lm-eval's doc_hash
     n_original: int | None = None
     n_effective: int | None = None
     limit: Any = None
@@ -155,6 +156,12 @@ class SetInfo:
         return self.method == "random"
 
     @property
+    def random_draw(self) -> str:
+        """How a random set was drawn: "uniform" (the reference's draw over all neurons pooled)
+        or "layer-matched" (the same count per layer and module kind)."""
+        return "uniform" if str(self.selection or "").startswith("random-uniform") else "layer-matched"
+
+    @property
     def seed(self):
         return (self.meta.get("hyperparameters") or {}).get("seed")
 
@@ -180,6 +187,21 @@ class Condition:
     group: str | None = None  # random: key of the condition it is matched to (or a label)
     group_label: str | None = None
     seed: Any = None
+    ablation: dict = field(default_factory=dict)  # config.model_info.culnig_ablation of a masked run
+
+    @property
+    def neuron_counts(self) -> list[int]:
+        """Neurons masked according to the results files and the readable set files (may be empty)."""
+        counts = [len(s.neuron_set) for s in self.sets if s.neuron_set is not None]
+        recorded = self.ablation.get("neurons")
+        if isinstance(recorded, int) and not isinstance(recorded, bool):
+            counts.append(recorded)
+        return counts
+
+    @property
+    def masks_nothing(self) -> bool:
+        """A masked run whose neuron set(s) hold 0 neurons: it measured the unmasked model again."""
+        return self.kind != "unmasked" and bool(self.neuron_counts) and min(self.neuron_counts) == 0
 
     @property
     def cultures(self) -> list[str]:
@@ -257,6 +279,7 @@ def load_samples(rec: TaskRecords) -> None:
         if r.get("filter", "none") != chosen or "doc_id" not in r:
             continue
         doc_id = r["doc_id"]
+        rec.doc_hashes.setdefault(doc_id, r.get("doc_hash"))
         names = r.get("metrics")
         if not isinstance(names, list):
             names = [k for k in r if k not in SAMPLE_FIELDS]
@@ -345,6 +368,15 @@ def read_skipped(run_dirs) -> tuple[dict[str, tuple[str, Path]], list[str]]:
     return skipped, notes
 
 
+def _ablation_info(data: dict) -> dict | None:
+    """What the masked run recorded about its neurons (``culnig_ablation``), wherever lm-eval put it."""
+    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    for holder in (config.get("model_info"), config, data.get("model_info")):
+        if isinstance(holder, dict) and isinstance(holder.get("culnig_ablation"), dict):
+            return holder["culnig_ablation"]
+    return None
+
+
 def collect(run_dirs, sets_dir=None) -> Collection:
     """Find every results file under ``run_dirs`` and build the conditions."""
     run_dirs = [Path(d) for d in run_dirs]
@@ -380,6 +412,9 @@ def collect(run_dirs, sets_dir=None) -> Collection:
                 search = _search_dirs(f.resolve(), root, sets_dir)
                 cond.sets = [load_set(s, search, set_cache) for s in mask["neurons"].split("+") if s]
             conds[key] = cond
+        ablation = _ablation_info(data)
+        if isinstance(ablation, dict):
+            conds[key].ablation = ablation
         configs = data.get("configs") or {}
         tasks = list(configs) or [t for t in data["results"] if t in data.get("n-samples", {})] or list(data["results"])
         n_samples = data.get("n-samples") or {}
@@ -511,6 +546,8 @@ def label_conditions(conditions: list[Condition]) -> None:
             seeds = sorted({str(s.seed if s.seed is not None else s.stem) for s in c.sets})
             c.seed = c.sets[0].seed if len(seeds) == 1 else None
             seed_txt = f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + "/".join(seeds)
+            # the label says how the set was drawn; draws matched to the same set share one baseline
+            seed_txt = "/".join(sorted({s.random_draw for s in c.sets})) + f" {seed_txt}"
             if matched_labels:
                 c.group = "+".join(matched_keys)
                 c.group_label = " + ".join(matched_labels)

@@ -6,14 +6,30 @@ import datetime as _dt
 import json
 import logging
 import math
+import os
 import re
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_folder, write_text
 from . import figures
-from .analysis import DEFAULT_NLU_TASKS, ModelAnalysis, Options, Paired, analyse, norm, summary_over
+from .analysis import (
+    DEFAULT_NLU_TASKS,
+    ModelAnalysis,
+    Options,
+    PairedColumns,
+    SpecificityRow,
+    aggregate_mismatches,
+    analyse,
+    layer_distribution,
+    specificity_verdict,
+    summary_over,
+)
 from .collect import Collection, Condition, collect
+from .instances import aggregate_instance_scores
 
 log = logging.getLogger(__name__)
 
@@ -25,26 +41,35 @@ def _ok(x) -> bool:
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def fa(x) -> str:
+def format_accuracy(x) -> str:
     return f"{x:.4f}" if _ok(x) else "n/a"
 
 
-def fd(x) -> str:
+def format_difference(x) -> str:
     return f"{x:+.4f}" if _ok(x) else "n/a"
 
 
-def fci(ci) -> str:
+def format_ci(ci) -> str:
     return f"[{ci.low:+.4f}, {ci.high:+.4f}]" if ci is not None and _ok(ci.low) else "n/a"
 
 
-def fp(p) -> str:
+def format_ci_bounds(low, high) -> str:
+    return f"[{low:+.4f}, {high:+.4f}]" if _ok(low) and _ok(high) else "n/a"
+
+
+def format_p(p) -> str:
     if not _ok(p):
         return "n/a"
     return "<0.0001" if p < 1e-4 else f"{p:.4g}"
 
 
-def fr(x) -> str:
+def format_ratio(x) -> str:
     return f"{x:.4f}" if _ok(x) else "n/a"
+
+
+def ci_label(alpha: float) -> str:
+    """Column label of a ``1 - alpha`` interval, e.g. "90% CI" for alpha 0.1."""
+    return f"{100 * (1 - alpha):g}% CI"
 
 
 def esc(text) -> str:
@@ -72,12 +97,12 @@ def _rel(path: Path, out_dir: Path) -> str:
         return str(path)
 
 
-def _paired_cells(p: Paired | None, n_own: int | None = None) -> list[str]:
-    if p is None:
+def _paired_cells(p: PairedColumns, n_own: int | None = None) -> list[str]:
+    if p.n_paired is None:
         return ["n/a"] * 4
-    d = fd(p.diff) + (f" (n={p.n})" if n_own is not None and p.n != n_own else "")
+    d = format_difference(p.diff) + (f" (n={p.n_paired})" if n_own is not None and p.n_paired != n_own else "")
     bc = f"{p.b} / {p.c}" if p.binary else "n/a (not 0/1)"
-    return [d, fci(p.ci), bc, fp(p.p)]
+    return [d, format_ci_bounds(p.ci_low, p.ci_high), bc, format_p(p.mcnemar_p)]
 
 
 # ----------------------------------------------------------------------------------------
@@ -118,15 +143,54 @@ def build_report(run_dirs, out_dir, sets_dir=None, instance_scores=None, ppl_thr
     Returns the path of ``report.md``.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     opts = Options(n_resamples=n_resamples, seed=seed, alpha=alpha, ppl_threshold=ppl_threshold,
                    nlu_tasks=tuple(nlu_tasks), extra_cultures=tuple(cultures))
+    _refuse_foreign_folder(out_dir)
+    missing = [str(d) for d in run_dirs if not Path(d).exists()]
+    if missing:
+        raise FileNotFoundError(f"run folder {', '.join(missing)} does not exist; give the --output_path "
+                                "folder(s) of lm_eval --log_samples runs")
     col = collect(run_dirs, sets_dir=sets_dir)
-    rep = _Report(out_dir, opts)
+    if not col.conditions:
+        found = (f"{len(col.results_files)} results file(s) but none readable: {col.notes[0]}" if col.results_files
+                 else "no lm-eval results (results_*.json)")
+        raise ValueError(f"{found} under {', '.join(str(d) for d in run_dirs)}; give the --output_path "
+                         "folder(s) of lm_eval --log_samples runs")
     groups: dict[str, list[Condition]] = {}
     for c in col.conditions:
         groups.setdefault(c.base_key, []).append(c)
     analyses = [analyse(conds, opts) for _, conds in sorted(groups.items())]
+    with atomic_folder(out_dir) as staging:
+        rep = _Report(staging, opts)
+        _write_report(rep, col, analyses, run_dirs, instance_scores, title)
+        _pause_for_tests()
+    return out_dir / "report.md"
+
+
+REPORT_FILES = {"report.md", "report.json", "figures"}
+
+
+def _refuse_foreign_folder(out_dir: Path):
+    """The report folder is replaced as a whole: never replace a folder holding anything else."""
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in REPORT_FILES)
+        if foreign:
+            raise ValueError(f"--out {out_dir} holds other files ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}) and would be replaced as a whole; "
+                             "choose a new or report-only folder")
+
+
+def _pause_for_tests():
+    """Test hook: ``CULNIG_REPORT_TEST_PAUSE=seconds`` sleeps while the new report is staged, so
+    the fault-injection tests can interrupt the write at a known point."""
+    delay = os.environ.get("CULNIG_REPORT_TEST_PAUSE")
+    if delay:
+        time.sleep(float(delay))
+
+
+def _write_report(rep: _Report, col: Collection, analyses: list[ModelAnalysis], run_dirs, instance_scores, title):
+    """Fill ``rep.out_dir`` (a staging folder) with report.md, report.json and figures/."""
+    notes = list(col.notes)
     _header(rep, col, analyses, run_dirs, title)
     multi = len(analyses) > 1
     used_slugs = set()
@@ -142,20 +206,18 @@ def build_report(run_dirs, out_dir, sets_dir=None, instance_scores=None, ppl_thr
         _section_culture_matrix(rep, ma, h, s)
         _section_neurons(rep, ma, h, s)
         _section_specificity(rep, ma, h, s)
-    mismatches = [m for ma in analyses for m in _check_aggregates(ma)]
+    mismatches = [m for ma in analyses for m in aggregate_mismatches(ma)]
     if mismatches:
-        col.notes.append("Per-sample records disagree with lm-eval's own aggregate for: " + "; ".join(mismatches)
-                         + " (the report uses the per-sample records).")
+        notes.append("Per-sample records disagree with lm-eval's own aggregate for: " + "; ".join(mismatches)
+                     + " (the report uses the per-sample records).")
     elif analyses:
-        col.notes.append("Check: every per-sample mean used here equals lm-eval's aggregate in the results file.")
+        notes.append("Check: every per-sample mean used here equals lm-eval's aggregate in the results file.")
     _section_instances(rep, instance_scores)
-    _section_skipped(rep, col)
-    if col.notes:
-        rep.add("## Notes", "", *[f"- {n}" for n in col.notes], "")
-    path = out_dir / "report.md"
-    path.write_text("\n".join(rep.lines).rstrip() + "\n", encoding="utf-8")
-    (out_dir / "report.json").write_text(json.dumps({"rows": rep.rows}, indent=1, default=str), encoding="utf-8")
-    return path
+    _section_skipped(rep, col, analyses)
+    if notes:
+        rep.add("## Notes", "", *[f"- {n}" for n in notes], "")
+    write_text(rep.out_dir / "report.md", "\n".join(rep.lines).rstrip() + "\n")
+    write_text(rep.out_dir / "report.json", json.dumps({"rows": rep.rows}, indent=1, default=str))
 
 
 # ----------------------------------------------------------------------------------------
@@ -169,13 +231,10 @@ def _header(rep: _Report, col: Collection, analyses: list[ModelAnalysis], run_di
         "How to read the numbers: every accuracy and difference below is recomputed from the per-sample "
         "records (`samples_<task>_<date>.jsonl`). A difference is **masked - unmasked** on the same items "
         "(paired by task and `doc_id`). "
-        f"The {100 * (1 - o.alpha):g}% CI is a percentile interval from a paired bootstrap over items "
+        f"The {ci_label(o.alpha)} is a percentile interval from a paired bootstrap over items "
         f"({o.n_resamples} resamples, seed {o.seed}). `b / c` are the discordant items (b: right only when "
         "masked, c: right only unmasked) and p is the exact two-sided McNemar test "
         "p = min(1, 2 sum_{k<=min(b,c)} C(b+c,k) 0.5^(b+c)) (p = 1 when b + c = 0).", "")
-    if not analyses:
-        rep.add("**No lm-eval results were found** (no `results_*.json` under the run folders).", "")
-        return
     for ma in analyses:
         rep.add(f"## Runs: {code(ma.base_model)}", "")
         rep.add(f"Model: {code(ma.base_model)} (base model_args {code(ma.base_key)}).", "")
@@ -183,8 +242,10 @@ def _header(rep: _Report, col: Collection, analyses: list[ModelAnalysis], run_di
         for c in _ordered(ma):
             files = ", ".join(f"{code(s.spec)}" + ("" if s.neuron_set is not None else f" ({s.error})")
                               for s in c.sets) or "-"
-            rows.append([c.label, c.kind, files, ", ".join(code(_short(p)) for p in c.results_files)])
+            rows.append([_condition_cell(c), c.kind, files, ", ".join(code(_short(p)) for p in c.results_files)])
         rep.add(*table(["condition", "kind", "neuron-set files", "results file(s)"], rows))
+        if warnings := _empty_set_warnings(ma):
+            rep.add(*[f"- {w}" for w in warnings], "")
         rows = []
         for t in ma.tasks:
             recs = [(c, c.tasks[t]) for c in _ordered(ma) if t in c.tasks]
@@ -214,35 +275,25 @@ def _header(rep: _Report, col: Collection, analyses: list[ModelAnalysis], run_di
                 "counts above are all the report can vouch for: conclusions hold for these items only.", "")
 
 
+def _condition_cell(c: Condition) -> str:
+    return f"{c.label} **(WARNING: 0 neurons masked)**" if c.masks_nothing else c.label
+
+
+def _empty_set_warnings(ma: ModelAnalysis) -> list[str]:
+    return [f"**WARNING: {c.label} masked 0 neurons** (its neuron set(s) are empty): its numbers are the "
+            "unmasked model's again, not the effect of masking anything." for c in ma.conditions if c.masks_nothing]
+
+
+def _set_cell(label: str, neurons: int) -> str:
+    return f"{label} **(WARNING: empty set)**" if neurons == 0 else label
+
+
 def _fmt_limit(x) -> str:
     try:
         f = float(x)
         return str(int(f)) if f.is_integer() else f"{f:g}"
     except (TypeError, ValueError):
         return str(x)
-
-
-def _check_aggregates(ma: ModelAnalysis) -> list[str]:
-    """Compare each per-sample mean with the results file's ``<metric>,<filter>`` aggregate."""
-    from .stats import weighted_perplexity
-
-    bad = []
-    for c in ma.conditions:
-        for t, rec in c.tasks.items():
-            checks = []
-            for m, values in rec.metrics.items():
-                if values:
-                    checks.append((m, float(np.mean(list(values.values())))))
-            for m in ("word_perplexity", "byte_perplexity"):
-                if rec.pairs.get(m):
-                    v = list(rec.pairs[m].values())
-                    checks.append((m, weighted_perplexity([x[0] for x in v], [x[1] for x in v])))
-            for m, mine in checks:
-                agg = rec.aggregated.get(f"{m},{rec.filter}")
-                if isinstance(agg, (int, float)) and not isinstance(agg, bool) and math.isfinite(agg):
-                    if abs(agg - mine) > 1e-6 * max(1.0, abs(agg)):
-                        bad.append(f"{c.label} / {t} / {m} ({mine:.6g} vs {agg:.6g})")
-    return bad
 
 
 def _short(p: Path) -> str:
@@ -284,10 +335,10 @@ def _section_accuracy(rep: _Report, ma: ModelAnalysis, h: str, s: str):
     # overview
     rows = []
     for c in _ordered(ma):
-        rows.append([c.label] + [fa(ma.accuracy(c, t)[1]) for t in tasks])
+        rows.append([c.label] + [format_accuracy(ma.accuracy(c, t)[1]) for t in tasks])
     for key, group in ma.random_groups.items():
         lab = f"random mean over {len(group)} seed(s) (matched to {group[0].group_label})"
-        rows.append([lab] + [fa(summary_over([ma.accuracy(c, t)[1] for c in group])["mean"]) for t in tasks])
+        rows.append([lab] + [format_accuracy(summary_over([ma.accuracy(c, t)[1] for c in group])["mean"]) for t in tasks])
     rep.add("Overview (accuracy of each condition on all of its items; metric per task in the table of tasks "
             "above):", "")
     rep.add(*table(["condition"] + tasks, rows))
@@ -300,7 +351,7 @@ def _section_accuracy(rep: _Report, ma: ModelAnalysis, h: str, s: str):
         rows = []
         if ma.unmasked is not None and t in ma.unmasked.tasks:
             n, acc = ma.accuracy(ma.unmasked, t)
-            rows.append(["unmasked", n, fa(acc), "-", "-", "-", "-"])
+            rows.append(["unmasked", n, format_accuracy(acc), "-", "-", "-", "-"])
         for setc, seeds in _group_blocks(ma):
             if setc is not None and t in setc.tasks:
                 rows.append(_acc_row(rep, ma, setc, t))
@@ -315,14 +366,14 @@ def _section_accuracy(rep: _Report, ma: ModelAnalysis, h: str, s: str):
                 sa, sd = summary_over(accs), summary_over(diffs)
                 rows.append([
                     f"random mean over {sa['n']} seed(s) (matched to {seeds[0].group_label})", "",
-                    f"{fa(sa['mean'])} ± {sa['std']:.4f} [{fa(sa['min'])}, {fa(sa['max'])}]",
-                    f"{fd(sd['mean'])} [{fd(sd['min'])}, {fd(sd['max'])}]" if sd["n"] else "n/a",
+                    f"{format_accuracy(sa['mean'])} ± {sa['std']:.4f} [{format_accuracy(sa['min'])}, {format_accuracy(sa['max'])}]",
+                    f"{format_difference(sd['mean'])} [{format_difference(sd['min'])}, {format_difference(sd['max'])}]" if sd["n"] else "n/a",
                     "(min, max over seeds)", "", ""])
                 rep.rows.append({"model": ma.base_model, "task": t, "condition": f"random mean ({seeds[0].group_label})",
                                  "metric": m, "acc_mean": sa["mean"], "acc_std": sa["std"], "acc_min": sa["min"],
                                  "acc_max": sa["max"], "diff_mean": sd["mean"], "diff_min": sd["min"],
                                  "diff_max": sd["max"]})
-        rep.add(*table(["condition", "n", "accuracy", "Δ vs unmasked", f"{100 * (1 - rep.opts.alpha):g}% CI",
+        rep.add(*table(["condition", "n", "accuracy", "Δ vs unmasked", ci_label(rep.opts.alpha),
                         "b / c", "McNemar p"], rows))
     # figures
     series = []
@@ -351,19 +402,16 @@ def _section_accuracy(rep: _Report, ma: ModelAnalysis, h: str, s: str):
         rep.figure(p, "accuracy per task")
     if dseries:
         p = figures.grouped_bars(rep.fig_dir / f"{s}_accuracy_change.png", tasks, dseries,
-                                 f"Accuracy change vs unmasked (95% CI; random: min-max) - {ma.base_model}",
+                                 f"Accuracy change vs unmasked ({ci_label(rep.opts.alpha)}; random: min-max) - {ma.base_model}",
                                  "accuracy change (masked - unmasked)", zero_line=True)
         rep.figure(p, "accuracy change per task")
 
 
 def _acc_row(rep: _Report, ma: ModelAnalysis, c: Condition, t: str) -> list:
-    n, acc = ma.accuracy(c, t)
-    p = ma.compare(c, {t: None}) if ma.unmasked is not None else None
-    if p is not None:
-        rep.rows.append({"model": ma.base_model, "task": t, "condition": c.label, "metric": ma.metric[t],
-                         "n": n, "acc": acc, "n_paired": p.n, "acc_unmasked_paired": p.acc_b, "diff": p.diff,
-                         "ci_low": p.ci.low, "ci_high": p.ci.high, "b": p.b, "c": p.c, "mcnemar_p": p.p})
-    return [c.label, n, fa(acc)] + _paired_cells(p, n)
+    row = ma.accuracy_row(c, t)
+    if row.n_paired is not None:
+        rep.rows.append(asdict(row))
+    return [_condition_cell(c), row.n, format_accuracy(row.acc)] + _paired_cells(row, row.n)
 
 
 # ----------------------------------------------------------------------------------------
@@ -397,39 +445,37 @@ def _section_culture_matrix(rep: _Report, ma: ModelAnalysis, h: str, s: str):
         marks = np.zeros_like(vals, dtype=bool)
         detail, diag, diag_vals, off_vals = [], [], [], []
         for i, c in enumerate(rows_c):
-            own = norm(c.cultures[0])
             for j, cul in enumerate(cols):
-                p = ma.compare(c, fam.items[cul])
-                if p is None or p.n == 0:
+                cell = ma.culture_cell(c, fam, cul)
+                if cell is None:
                     continue
-                vals[i, j], marks[i, j] = p.diff, _ok(p.p) and p.p < 0.05
-                detail.append([c.label, cul, p.n, fa(p.acc_a), fa(p.acc_b)] + _paired_cells(p))
-                rep.rows.append({"model": ma.base_model, "family": fam.name, "masked": c.label, "culture": cul,
-                                 "n": p.n, "acc": p.acc_a, "acc_unmasked": p.acc_b, "diff": p.diff,
-                                 "ci_low": p.ci.low, "ci_high": p.ci.high, "b": p.b, "c": p.c, "mcnemar_p": p.p})
-                if norm(cul) == own:
+                vals[i, j], marks[i, j] = cell.diff, _ok(cell.mcnemar_p) and cell.mcnemar_p < 0.05
+                detail.append([c.label, cul, cell.n_paired, format_accuracy(cell.acc_masked_paired),
+                               format_accuracy(cell.acc_unmasked_paired)] + _paired_cells(cell))
+                rep.rows.append(asdict(cell))
+                if cell.own_culture:
                     diag.append((i, j))
-                    diag_vals.append(p.diff)
+                    diag_vals.append(cell.diff)
                 else:
-                    off_vals.append(p.diff)
+                    off_vals.append(cell.diff)
         n_cols = [ma.compare(ma.unmasked, fam.items[cul]).n for cul in cols]  # unmasked items per culture
         trows = []
         for i, c in enumerate(rows_c):
             cells = []
             for j in range(len(cols)):
                 v = vals[i, j]
-                txt = fd(v) + ("*" if marks[i, j] else "") if _ok(v) else "n/a"
+                txt = format_difference(v) + ("*" if marks[i, j] else "") if _ok(v) else "n/a"
                 cells.append(f"**{txt}**" if (i, j) in diag else txt)
             trows.append([c.label] + cells)
         for c in rows_c:
             seeds = ma.random_groups.get(c.key, [])
             if seeds:
                 means = [summary_over([ma.compare(r, fam.items[cul]).diff for r in seeds])["mean"] for cul in cols]
-                trows.append([f"random mean over {len(seeds)} seed(s) (matched to {c.label})"] + [fd(x) for x in means])
+                trows.append([f"random mean over {len(seeds)} seed(s) (matched to {c.label})"] + [format_difference(x) for x in means])
         rep.add(*table(["masked set \\ culture"] + [f"{cul} (n={n})" for cul, n in zip(cols, n_cols)], trows))
         if diag_vals:
-            rep.add(f"Own culture (diagonal): mean Δ {fd(float(np.mean(diag_vals)))} over {len(diag_vals)} cell(s); "
-                    + (f"other cultures: mean Δ {fd(float(np.mean(off_vals)))} over {len(off_vals)} cell(s)."
+            rep.add(f"Own culture (diagonal): mean Δ {format_difference(float(np.mean(diag_vals)))} over {len(diag_vals)} cell(s); "
+                    + (f"other cultures: mean Δ {format_difference(float(np.mean(off_vals)))} over {len(off_vals)} cell(s)."
                        if off_vals else "no off-diagonal cell."), "")
         p = figures.culture_heatmap(rep.fig_dir / f"{s}_culture_matrix_{slug(fam.name)}.png",
                                     [c.label for c in rows_c], cols, vals,
@@ -438,7 +484,7 @@ def _section_culture_matrix(rep: _Report, ma: ModelAnalysis, h: str, s: str):
         rep.figure(p, f"culture x culture accuracy change, {fam.name}")
         rep.add("Cells in detail:", "")
         rep.add(*table(["masked set", "culture", "n", "acc masked", "acc unmasked", "Δ",
-                        f"{100 * (1 - rep.opts.alpha):g}% CI", "b / c", "McNemar p"], detail))
+                        ci_label(rep.opts.alpha), "b / c", "McNemar p"], detail))
     if not shown:
         rep.add("No culture-specific set ran on a per-culture task together with the unmasked model "
                 f"(per-culture tasks: {', '.join(f.name for f in ma.families)}); section dropped.", "")
@@ -471,21 +517,13 @@ def _section_neurons(rep: _Report, ma: ModelAnalysis, h: str, s: str):
             "of that module kind in the model (`NeuronSet.fraction()`).", "")
     rows = []
     for lab, si, _ in sets + randoms:
-        ns = si.neuron_set
-        counts, frac = ns.counts(), ns.fraction()
-        total = len(ns)
-        model = ns.meta.get("model") or {}
-        widths = model.get("widths") or {}
-        denom = sum(widths.get(k, 0) * (model.get("num_layers") or 0) for k in counts)
-        overall = f"{100 * total / denom:.3f}%" if denom and all(widths.get(k) for k in counts) else "n/a"
-        per_layer_total = np.zeros(layers, dtype=int)
-        for v in ns.per_layer().values():
-            per_layer_total[: len(v)] += np.asarray(v, dtype=int)
-        split = [int(per_layer_total[t].sum()) if t.size else 0 for t in thirds]
-        rows.append([lab, code(si.path.name if si.path else si.spec), si.method or "?", si.selection or "-", total,
-                     ", ".join(f"{k} {v}" for k, v in counts.items()),
-                     ", ".join(f"{k} {100 * v:.3f}%" for k, v in frac.items()) or "n/a", overall]
-                    + [f"{x} ({100 * x / total:.0f}%)" if total else "0" for x in split])
+        dist = layer_distribution(ma.base_model, lab, si, thirds)
+        rep.rows.append(asdict(dist))
+        overall = f"{100 * dist.fraction_overall:.3f}%" if dist.fraction_overall is not None else "n/a"
+        rows.append([_set_cell(lab, dist.neurons), code(dist.file), dist.method or "?", dist.selection or "-",
+                     dist.neurons, ", ".join(f"{k} {v}" for k, v in dist.per_kind.items()),
+                     ", ".join(f"{k} {100 * v:.3f}%" for k, v in dist.fraction_per_kind.items()) or "n/a", overall]
+                    + [f"{x} ({100 * x / dist.neurons:.0f}%)" if dist.neurons else "0" for x in dist.per_third])
     rep.add(*table(["set", "file", "method", "selection", "neurons", "per kind", "fraction per kind",
                     "fraction overall", "shallow", "middle", "deep"], rows))
     if randoms:
@@ -521,8 +559,8 @@ def _section_specificity(rep: _Report, ma: ModelAnalysis, h: str, s: str):
         rep.add("No masked run; section dropped.", "")
         return
     ppl_task = ma.ppl_tasks[0] if ma.ppl_tasks else None
-    rep.add(f"Verdict rule: a set is **specific** when its cultural accuracy drops (Δ < 0) by more than the mean "
-            f"drop of its size-matched random baselines AND the general perplexity ratio (masked / unmasked"
+    rep.add("Verdict rule: a set is **specific** when its cultural accuracy drops (Δ < 0) by more than the mean "
+            "drop of its size-matched random baselines AND the general perplexity ratio (masked / unmasked"
             + (f", task `{ppl_task}`" if ppl_task else "") + f") is <= **{o.ppl_threshold:g}** (threshold; "
             "`--ppl-threshold`). Otherwise it is **not specific**, with the reason. \"Cultural items\": "
             + ("for a culture set, the items of its culture in the per-culture tasks; for a culture-general set, "
@@ -539,7 +577,7 @@ def _section_specificity(rep: _Report, ma: ModelAnalysis, h: str, s: str):
         notes.append(f"no NLU control ({', '.join(o.nlu_tasks)}) ran")
     if notes:
         rep.add(*[f"- Note: {n}." for n in notes], "")
-    header = ["set", "cultural items", "n", "Δ cultural acc", f"{100 * (1 - o.alpha):g}% CI", "random Δ mean [min, max]"]
+    header = ["set", "cultural items", "n", "Δ cultural acc", ci_label(o.alpha), "random Δ mean [min, max]"]
     header += [f"ppl ratio {t}" for t in ma.ppl_tasks] + [f"Δ {t}" for t in ma.nlu_tasks] + ["verdict"]
     rows, points = [], []
 
@@ -551,9 +589,9 @@ def _section_specificity(rep: _Report, ma: ModelAnalysis, h: str, s: str):
         return sel, what, p, ppl, nlu
 
     def cells(c, what, p, ppl, nlu):
-        out = [what, p.n, fd(p.diff), fci(p.ci)]
-        return out, [(f"{fr(ppl[t].ratio)} {fci_r(ppl[t].ci)}" if ppl[t] else "n/a") for t in ma.ppl_tasks] + \
-            [fd(nlu[t].diff) if nlu[t] and nlu[t].n else "n/a" for t in ma.nlu_tasks]
+        out = [what, p.n, format_difference(p.diff), format_ci(p.ci)]
+        return out, [(f"{format_ratio(ppl[t].ratio)} {format_ratio_ci(ppl[t].ci)}" if ppl[t] else "n/a") for t in ma.ppl_tasks] + \
+            [format_difference(nlu[t].diff) if nlu[t] and nlu[t].n else "n/a" for t in ma.nlu_tasks]
 
     for setc, seeds in _group_blocks(ma):
         rand = []
@@ -563,19 +601,22 @@ def _section_specificity(rep: _Report, ma: ModelAnalysis, h: str, s: str):
         rd = summary_over([x[2].diff for x in rand])
         if setc is not None:
             _, what, p, ppl, nlu = measures(setc)
-            verdict = _verdict(p, rd, ppl.get(ppl_task) if ppl_task else None, o.ppl_threshold, bool(rand), ppl_task)
+            verdict = specificity_verdict(p, rd, ppl.get(ppl_task) if ppl_task else None, ppl_task, o,
+                                          masked_nothing=setc.masks_nothing)
             a, b = cells(setc, what, p, ppl, nlu)
-            rows.append([f"**{setc.label}**"] + a + [f"{fd(rd['mean'])} [{fd(rd['min'])}, {fd(rd['max'])}]"
+            rows.append([f"**{_condition_cell(setc)}**"] + a + [f"{format_difference(rd['mean'])} [{format_difference(rd['min'])}, {format_difference(rd['max'])}]"
                                                     if rd["n"] else "no random baseline"] + b + [verdict])
             points.append({"x": -p.diff, "y": ppl[ppl_task].ratio if ppl_task and ppl[ppl_task] else float("nan"),
                            "label": setc.label, "random": False, "group": setc.label})
-            rep.rows.append({"model": ma.base_model, "specificity": setc.label, "cultural_items": what, "n": p.n,
-                             "diff": p.diff, "ci_low": p.ci.low, "ci_high": p.ci.high, "random_diff_mean": rd["mean"],
-                             "ppl_ratio": {t: (v.ratio if v else None) for t, v in ppl.items()},
-                             "nlu_diff": {t: (v.diff if v else None) for t, v in nlu.items()}, "verdict": verdict})
+            rep.rows.append(asdict(SpecificityRow(
+                **vars(PairedColumns.of(p)), model=ma.base_model, specificity=setc.label, cultural_items=what,
+                random_diff_mean=rd["mean"], random_diff_min=rd["min"], random_diff_max=rd["max"], n_random=rd["n"],
+                ppl_ratio={t: (v.ratio if v else None) for t, v in ppl.items()},
+                nlu_diff={t: (v.diff if v else None) for t, v in nlu.items()}, verdict=verdict,
+                masked_nothing=setc.masks_nothing)))
         for r, what, p, ppl, nlu in rand:
             a, b = cells(r, what, p, ppl, nlu)
-            rows.append([r.label] + a + ["(baseline)"] + b + ["baseline"])
+            rows.append([_condition_cell(r)] + a + ["(baseline)"] + b + ["baseline"])
             points.append({"x": -p.diff, "y": ppl[ppl_task].ratio if ppl_task and ppl[ppl_task] else float("nan"),
                            "label": r.label, "short": f"seed {r.seed}" if r.seed is not None else r.label,
                            "random": True, "group": setc.label if setc is not None else r.group_label})
@@ -590,7 +631,7 @@ def _section_specificity(rep: _Report, ma: ModelAnalysis, h: str, s: str):
             for t in ma.ppl_tasks:
                 v = ma.ppl(c, t)
                 if v:
-                    prow.append([c.label, t, v.metric, v.n, f"{v.ppl_a:.4g}", f"{v.ppl_b:.4g}", fr(v.ratio), fci_r(v.ci)])
+                    prow.append([c.label, t, v.metric, v.n, f"{v.ppl_a:.4g}", f"{v.ppl_b:.4g}", format_ratio(v.ratio), format_ratio_ci(v.ci)])
         rep.add(*table(["condition", "task", "metric", "docs", "perplexity", "unmasked", "ratio", "CI"], prow))
         pts = [p for p in points if _ok(p["y"]) and _ok(p["x"])]
         if pts:
@@ -601,37 +642,15 @@ def _section_specificity(rep: _Report, ma: ModelAnalysis, h: str, s: str):
         rep.add("No general-perplexity task ran, so the cultural-drop vs general-cost figure is dropped.", "")
 
 
-def fci_r(ci) -> str:
+def format_ratio_ci(ci) -> str:
     return f"[{ci.low:.4f}, {ci.high:.4f}]" if ci is not None and _ok(ci.low) else ""
 
 
-def _verdict(p: Paired, rd: dict, ppl, threshold: float, has_random: bool, ppl_task) -> str:
-    reasons = []
-    if not _ok(p.diff) or p.n == 0:
-        return "not specific: no cultural items to measure"
-    drop = -p.diff
-    if drop <= 0:
-        reasons.append(f"cultural accuracy did not drop (Δ {fd(p.diff)})")
-    if not has_random or not _ok(rd["mean"]):
-        reasons.append("no random baseline to compare with")
-    elif drop <= -rd["mean"]:
-        reasons.append(f"drop {drop:.4f} is not larger than the random baseline's {-rd['mean']:.4f}")
-    if ppl_task is None:
-        reasons.append("no general-perplexity task ran")
-    elif ppl is None or not _ok(ppl.ratio):
-        reasons.append(f"no paired `{ppl_task}` records")
-    elif ppl.ratio > threshold:
-        reasons.append(f"general perplexity ratio {ppl.ratio:.4f} > {threshold:g}")
-    if reasons:
-        return "not specific: " + "; ".join(reasons)
-    caveat = ""
-    if p.ci is not None and _ok(p.ci.high) and p.ci.high >= 0:
-        caveat = " (but the drop's 95% CI includes 0: not significant on these items)"
-    return (f"specific: drop {drop:.4f} > random {(-rd['mean']):.4f}, perplexity ratio {ppl.ratio:.4f} "
-            f"<= {threshold:g}{caveat}")
-
-
 # ----------------------------------------------------------------------------------------
+def _format_share(cell) -> str:
+    return f"{cell.share:.3f} (n={cell.n})" if cell.n else "-"
+
+
 def _section_instances(rep: _Report, path):
     rep.add("## Instance-level view", "")
     if not path:
@@ -641,58 +660,34 @@ def _section_instances(rep: _Report, path):
     if not path.is_file():
         rep.add(f"Instance-score file {code(path)} not found; section dropped.", "")
         return
-    sums: dict[tuple, float] = {}
-    bad = 0
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                r = json.loads(line)
-                key = (str(r["set"]), str(r.get("culture")), str(r.get("topic") or "(none)"), json.dumps(r["doc_id"]))
-                sums[key] = sums.get(key, 0.0) + float(r["score"])
-            except (ValueError, KeyError, TypeError):
-                bad += 1
-    if not sums:
+    scores = aggregate_instance_scores(path)
+    if not scores.tables:
         rep.add(f"{code(path)} holds no usable row; section dropped.", "")
         return
+    bad = scores.unreadable_rows
     rep.add(f"From {code(path)}: per item (set, culture, topic, doc_id) the scores are summed; a cell is the fraction "
             "of items whose summed score is > 0 (n = items)." + (f" {bad} unreadable row(s) skipped." if bad else ""), "")
-    for set_label in sorted({k[0] for k in sums}):
-        items = {k: v for k, v in sums.items() if k[0] == set_label}
-        cultures = sorted({k[1] for k in items}, key=str.lower)
-        topics = sorted({k[2] for k in items}, key=str.lower)
-        vals = np.full((len(cultures), len(topics)), np.nan)
-        rows = []
-        for i, cul in enumerate(cultures):
-            row = [cul]
-            for j, top in enumerate(topics):
-                v = [x for k, x in items.items() if k[1] == cul and k[2] == top]
-                if v:
-                    vals[i, j] = float(np.mean(np.asarray(v) > 0))
-                    row.append(f"{vals[i, j]:.3f} (n={len(v)})")
-                else:
-                    row.append("-")
-            allv = [x for k, x in items.items() if k[1] == cul]
-            row.append(f"{float(np.mean(np.asarray(allv) > 0)):.3f} (n={len(allv)})")
-            rows.append(row)
-        allv = list(items.values())
-        rows.append(["all cultures"] + [
-            (lambda v: f"{float(np.mean(np.asarray(v) > 0)):.3f} (n={len(v)})" if v else "-")(
-                [x for k, x in items.items() if k[2] == top]) for top in topics]
-            + [f"{float(np.mean(np.asarray(allv) > 0)):.3f} (n={len(allv)})"])
-        rep.add(f"### {set_label}", "")
-        rep.add(*table(["culture \\ topic"] + topics + ["all topics"], rows))
-        if len(cultures) * len(topics) > 1:
-            p = figures.instance_heatmap(rep.fig_dir / f"instances_{slug(set_label)}.png", cultures, topics, vals,
-                                         f"Share of items with positive summed score - {set_label}")
-            rep.figure(p, f"instance scores {set_label}")
+    for tab in scores.tables:
+        rows = [[cul] + [_format_share(cell) for cell in tab.cells[i]] + [_format_share(tab.per_culture[i])]
+                for i, cul in enumerate(tab.cultures)]
+        rows.append(["all cultures"] + [_format_share(cell) for cell in tab.per_topic] + [_format_share(tab.overall)])
+        rep.add(f"### {tab.set_label}", "")
+        rep.add(*table(["culture \\ topic"] + tab.topics + ["all topics"], rows))
+        if len(tab.cultures) * len(tab.topics) > 1:
+            p = figures.instance_heatmap(rep.fig_dir / f"instances_{slug(tab.set_label)}.png", tab.cultures,
+                                         tab.topics, tab.share_matrix(),
+                                         f"Share of items with positive summed score - {tab.set_label}")
+            rep.figure(p, f"instance scores {tab.set_label}")
 
 
-def _section_skipped(rep: _Report, col: Collection):
+def _section_skipped(rep: _Report, col: Collection, analyses: list[ModelAnalysis]):
     rep.add("## Skipped", "")
-    if not col.skipped:
-        rep.add("No `skipped.json` in the run folders: no task was reported as skipped.", "")
+    rows = [[t, r, code(f)] for t, (r, f) in sorted(col.skipped.items())]
+    multi = len(analyses) > 1
+    rows += [[t, (f"{ma.base_model}: " if multi else "") + why, "culnig-report (pairing by doc_id and doc_hash)"]
+             for ma in analyses for t, why in sorted(ma.unpaired.items())]
+    if not rows:
+        rep.add("No `skipped.json` in the run folders and every task's runs are on the same documents: "
+                "no task was skipped.", "")
         return
-    rep.add(*table(["task", "reason", "listed in"], [[t, r, code(f)] for t, (r, f) in sorted(col.skipped.items())]))
+    rep.add(*table(["task", "reason", "listed in"], rows))

@@ -23,7 +23,7 @@ gives exactly the same resamples.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
@@ -173,11 +173,3 @@ def paired_bootstrap_ratio_ci(
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios.append(np.exp(-d[idx].sum(axis=1) / denom))
     return _percentile_interval(np.concatenate(ratios), alpha)
-
-
-def bootstrap_statistic(values: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], n_resamples=2000, seed=0,
-                        alpha=0.05) -> Interval:
-    """Generic helper: ``stat`` maps a ``(k, n)`` resampled block to ``k`` statistics."""
-    values = np.asarray(values)
-    out = np.concatenate([stat(values[idx]) for idx in bootstrap_indices(len(values), n_resamples, seed)])
-    return _percentile_interval(out, alpha)

@@ -1,0 +1,64 @@
+"""Wall time of ``select_and_save`` on random score tables the size of a 12B model (target well under 10 s):
+
+    python benchmarks/selection_speed.py                 # 48 layers x 15360 MLP, q/k/v 3840/1024/1024, 8 cultures
+    python benchmarks/selection_speed.py --seeds 10 --rule crc-first
+
+Task, control and CRC tables (gate + q/k/v) are drawn once; then the selection with the default
+thresholds and ``--seeds`` random seeds (each writes a layer-matched and a uniform random set)
+is written to a temporary folder ``--reps`` times.  Prints each repetition and the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from culnig_lm_eval.scoring.attribution import ScoreTable
+from culnig_lm_eval.selection import Thresholds, select_and_save
+
+LAYERS = 48
+WIDTHS = {"mlp_gate": 15360, "attn_q": 3840, "attn_k": 1024, "attn_v": 1024}
+CULTURES = ["China", "Indonesia", "Iran", "Mexico", "South_Korea", "Spain", "UK", "USA"]
+
+
+def random_tables(seed: int) -> dict[str, ScoreTable]:
+    gen = torch.Generator().manual_seed(seed)
+    shape = {"model_type": "gemma3_text", "num_layers": LAYERS, "widths": WIDTHS, "name": "random-12b-shape"}
+
+    def table(role: str) -> ScoreTable:
+        scores = {k: torch.randn(LAYERS, w, len(CULTURES), generator=gen) for k, w in WIDTHS.items()}
+        counts = torch.randint(50, 200, (len(CULTURES),), generator=gen)
+        return ScoreTable(CULTURES, scores, counts, {"model": shape, "task": role, "path": role, "sha256": role})
+
+    return {role: table(role) for role in ("task", "control", "crc")}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3, help="random seeds (2 random sets each)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--rule", default="paper", choices=["paper", "crc-first"])
+    args = parser.parse_args()
+    tables = random_tables(0)
+    neurons = sum(LAYERS * w for w in WIDTHS.values())
+    print(f"tables: {LAYERS} layers, widths {WIDTHS}, {len(CULTURES)} cultures ({neurons} neurons per role); "
+          f"torch threads {torch.get_num_threads()}")
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.reps):
+            start = time.perf_counter()
+            written = select_and_save(tables, Thresholds(rule=args.rule), Path(tmp) / "sets",
+                                      random_seeds=range(args.seeds))
+            times.append(time.perf_counter() - start)
+            print(f"rep {rep}: {times[-1]:.2f} s, {len(written)} set files")
+    print(f"select_and_save ({args.rule}, {args.seeds} seeds): median {statistics.median(times):.2f} s "
+          f"(target well under 10 s)")
+
+
+if __name__ == "__main__":
+    main()
