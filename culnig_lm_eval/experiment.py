@@ -76,6 +76,9 @@ class ExperimentConfig:
     evaluate: EvaluationPlan = field(default_factory=EvaluationPlan)
     data: str = "auto"  # CULNIG_DATA for the run
     offline: bool = True  # HF_HUB_OFFLINE=1 for the run
+    # datasets that must come from files the user names (CULNIG_<KEY> or the hub with data: hub):
+    # the run stops before the model loads rather than fall back to a shipped sample
+    require_data: list[str] = field(default_factory=list)
     source: str = ""
 
     @classmethod
@@ -139,6 +142,13 @@ class ExperimentConfig:
                 raise ValueError("random_seeds must be integers from 0 to 2**63-1")
         except (TypeError, ValueError) as err:
             raise ConfigError(f"experiment config {path}: {err}") from None
+        from .data import SOURCES
+
+        require = _str_list(raw.get("require_data"), f"{path}: require_data")
+        unknown = sorted(set(require) - set(SOURCES))
+        if unknown:
+            raise ConfigError(f"experiment config {path}: require_data names unknown dataset(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(SOURCES))})")
         data = str(raw.get("data", "auto"))
         if data not in ("auto", "hub", "sample"):
             raise ConfigError(f"experiment config {path}: data must be auto, hub or sample (got {data!r})")
@@ -149,7 +159,7 @@ class ExperimentConfig:
         return cls(name=name, model_args=str(raw["model_args"]),
                    role_tasks=role_tasks, scoring=settings, thresholds=thresholds, selections=selections,
                    random_seeds=seeds, evaluate=plan, data=data, offline=bool(raw.get("offline", True)),
-                   source=str(path))
+                   require_data=require, source=str(path))
 
 
 def load_config(path: str | Path | None) -> ExperimentConfig:
@@ -197,6 +207,18 @@ def data_environment(config: ExperimentConfig):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def check_required_data(config: ExperimentConfig) -> None:
+    """Stop (before any model loads) when a dataset in ``require_data`` would not come from the
+    user's file or the hub: a real-data study never falls back to the shipped sample silently."""
+    from .data import locate
+
+    for key in config.require_data:
+        kind, _ = locate(key, {})
+        if kind == "sample":
+            raise ConfigError(f"experiment config {config.source}: {key} must come from real data, but no file is named: "
+                              f"set CULNIG_{key.upper()}=/path/to/the/file (or use data: hub with hub access)")
 
 
 def select_all(config: ExperimentConfig, score_files: dict[str, Path], out: Path, force: bool,
@@ -322,6 +344,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = Fals
     from .scoring.instances import write_instance_scores
     from .scoring.run import load_role_tasks, score_roles
 
+    with data_environment(config):
+        check_required_data(config)
     out = check_writable_folder(out, "--out")
     skipped: dict[str, str] = {}
     with data_environment(config):

@@ -167,6 +167,10 @@ def assert_one_line_error(proc, *needles):
     ("model_args: pretrained=x\nscoring: {tasks: [blend_cloze_neur]}\nevaluate: {}\nrandom_seeds: [-1]\n", "random_seeds"),
     ("model_args: pretrained=x\nscoring: {tasks: [blend_cloze_neur]}\nevaluate: {}\nthresholds: {top_mlp: .nan}\n", "top_mlp"),
     ("name: ../../escape\nmodel_args: pretrained=x\nscoring: {tasks: [blend_cloze_neur]}\nevaluate: {}\n", "cannot be used"),
+    ("model_args: pretrained=x\nscoring: {tasks: [blend_cloze_neur]}\nevaluate: {}\nrequire_data: [blend_mqc]\n",
+     "unknown dataset"),
+    ("model_args: pretrained=x\nscoring: {tasks: [blend_cloze_neur]}\nevaluate: {}\nrequire_data: [blend_mcq]\n",
+     "CULNIG_BLEND_MCQ"),
 ])
 def test_bad_experiment_config(tmp_path, text, needle):
     config = tmp_path / "bad.yaml"

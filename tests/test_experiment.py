@@ -2,6 +2,7 @@
 a missing task, and the report built from the lm-eval output folders it wrote."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,12 @@ def test_bad_config_is_a_clear_error(tmp_path):
         experiment_module.load_config(bad)
     with pytest.raises(experiment_module.ConfigError, match="no such file"):
         experiment_module.load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("config", sorted((Path(experiment_module.__file__).parent / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_experiment_configs_are_valid(config):
+    loaded = experiment_module.load_config(config)
+    assert loaded.name == config.stem
+    if "blend" in config.stem:  # real-data studies never fall back to the shipped BLEnD sample
+        assert {"blend_mcq", "blend_questions"} <= set(loaded.require_data)
