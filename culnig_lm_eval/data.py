@@ -620,3 +620,39 @@ def culturalbench(**options) -> Any:
         for part, index, row in _located(load_rows("culturalbench", options))
     ]
     return _as_splits(docs, "CulturalBench")
+
+
+# ------------------------------------------------------------------------------- provenance
+
+# builder -> the datasets it reads (so a task's documents can be traced to files)
+BUILDER_SOURCES = {"blend": ("blend_mcq", "blend_questions"), "crc": ("crc",), "normad": ("normad",),
+                   "culturalbench": ("culturalbench",)}
+
+
+def describe_source(key: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where dataset ``key`` is read from now: {"kind": "file"|"sample"|"hub", "path", "sha256"}
+    (a folder's sha256 covers its data files' names and contents; the hub gives its dataset id)."""
+    from ._io import file_sha256
+
+    kind, path = locate(key, dict(options or {}))
+    if kind == "hub":
+        return {"kind": "hub", "dataset": dict(SOURCES[key].hub or {})}
+    if path.is_dir():
+        import hashlib
+
+        digest = hashlib.sha256()
+        for f in sorted(p for p in path.iterdir() if p.suffix in _READERS):
+            digest.update(f"{f.name}\0{file_sha256(f)}\n".encode())
+        sha = digest.hexdigest()
+    else:
+        sha = file_sha256(path)
+    return {"kind": kind, "path": str(path), "sha256": sha}
+
+
+def task_sources(task) -> dict[str, dict[str, Any]]:
+    """{dataset key: :func:`describe_source`} for a harness task built by one of this module's
+    builders (empty for any other task); the task's ``--metadata`` options are honoured."""
+    builder = getattr(getattr(task, "config", None), "custom_dataset", None)
+    keys = BUILDER_SOURCES.get(getattr(builder, "__name__", ""), ())
+    options = dict(getattr(task.config, "metadata", None) or {})
+    return {key: describe_source(key, options) for key in keys}

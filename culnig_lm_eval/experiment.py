@@ -31,7 +31,7 @@ log = logging.getLogger("culnig-experiment")
 DEFAULT_CONFIG = Path(__file__).parent / "experiments" / "smollm2-135m.yaml"
 SCORING_KEYS = {"tasks", "control", "crc", "general", "limit", "window", "stride", "batch_size", "attention",
                 "up_proj", "apply_chat_template", "num_fewshot", "culture_field"}
-EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu", "instance_task", "random_draws"}
+EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu", "instance_task", "random_draws", "random_for"}
 
 
 class ConfigError(ValueError):
@@ -62,6 +62,7 @@ class EvaluationPlan:
     # module kind) and/or "uniform" (random-uniform<seed>.pt, the reference's pooled draw).  The
     # report pools the evaluated draws matched to the same set into one baseline.
     random_draws: list[str] = field(default_factory=lambda: ["layer-matched"])
+    random_for: list[str] | None = None  # selections whose random sets are evaluated (None: all)
 
 
 @dataclass
@@ -129,6 +130,11 @@ class ExperimentConfig:
             plan = EvaluationPlan(**{k: evaluate[k] for k in EVALUATE_KEYS if k in evaluate})
             for key in ("cultural", "per_culture", "general", "nlu"):
                 _str_list(getattr(plan, key), f"{path}: evaluate.{key}")
+            for key in ("culture_sets_for", "random_for"):
+                unknown = sorted(set(_str_list(getattr(plan, key), f"{path}: evaluate.{key}"))
+                                 - set(raw.get("selections") or {"paper": {}}))
+                if unknown:
+                    raise ValueError(f"evaluate.{key} names no configured selection: {', '.join(unknown)}")
             draws = _str_list(plan.random_draws, f"{path}: evaluate.random_draws")
             if not set(draws) <= set(RANDOM_DRAWS):
                 raise ValueError(f"evaluate.random_draws must list {' and/or '.join(RANDOM_DRAWS)}, not {draws}")
@@ -267,12 +273,13 @@ def conditions(plan: EvaluationPlan, sets: dict[str, dict[str, Path]]) -> list[C
     everything = list(dict.fromkeys(shared + plan.per_culture))
     per_culture = list(dict.fromkeys(plan.per_culture + plan.general))
     culture_selections = plan.culture_sets_for if plan.culture_sets_for is not None else list(sets)
+    random_selections = plan.random_for if plan.random_for is not None else list(sets)
     out = [ConditionPlan("unmasked", [], everything)]
     for name, labelled in sets.items():
         for label, path in labelled.items():
             draw = _random_draw(label)
             if draw is not None:
-                tasks = shared if draw in plan.random_draws else []
+                tasks = shared if draw in plan.random_draws and name in random_selections else []
             elif label == "general":
                 tasks = shared
             else:

@@ -402,6 +402,7 @@ def select(
             "sha256": t.meta.get("sha256"),
             "task": t.meta.get("task"),
             "samples": dict(zip(t.cultures, torch.as_tensor(t.counts).tolist())),
+            **({"data": t.meta["data"]} if t.meta.get("data") else {}),  # the files the samples came from
         }
         for role, t in {"task": task, "control": control, "crc": crc, "general": general}.items()
         if t is not None

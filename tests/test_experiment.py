@@ -58,6 +58,14 @@ def test_experiment_runs_skips_and_forces(tiny_checkpoint, tmp_path, monkeypatch
         assert general.per_layer() == random0.per_layer()
         assert len(general) == int(2 * 200 * 0.01)
     assert NeuronSet.load(out / "sets" / "general-excluded" / "general.pt").meta["selection"].endswith("general-exclusion")
+    # the sets name the data files their samples came from, with their hashes
+    from culnig_lm_eval._io import file_sha256
+    from culnig_lm_eval._startup import task_dir
+
+    data = NeuronSet.load(out / "sets" / "paper" / "general.pt").meta["provenance"]["task"]["data"]
+    assert data["blend_mcq"]["kind"] == "sample"
+    assert data["blend_mcq"]["sha256"] == file_sha256(task_dir() / "blend" / "sample" / "mc_questions.csv")
+    assert set(data) == {"blend_mcq", "blend_questions"}
 
     # lm-eval's own output layout with per-sample logs, for every condition and task
     results = sorted(out.glob("eval/**/results_*.json"))
@@ -99,3 +107,26 @@ def test_shipped_experiment_configs_are_valid(config):
     assert loaded.name == config.stem
     if "blend" in config.stem:  # real-data studies never fall back to the shipped BLEnD sample
         assert {"blend_mcq", "blend_questions"} <= set(loaded.require_data)
+
+
+def test_conditions_follow_random_draws_and_random_for():
+    from culnig_lm_eval.experiment import EvaluationPlan, conditions
+
+    sets = {sel: {label: Path(f"/sets/{sel}/{label}.pt") for label in
+                  ("general", "korea", "random0", "random1", "random-uniform0", "random-uniform1")}
+            for sel in ("paper", "general-excluded")}
+    plan = EvaluationPlan(cultural=["blend_cloze_test"], per_culture=["blend_cloze_test"], general=["general_ppl"],
+                          culture_sets_for=["paper"], random_for=["paper"], random_draws=["uniform"])
+    labels = {c.label: c.tasks for c in conditions(plan, sets)}
+    assert set(labels) == {"unmasked", "paper/general", "general-excluded/general", "paper/korea",
+                           "paper/random-uniform0", "paper/random-uniform1"}
+    assert labels["paper/random-uniform0"] == ["blend_cloze_test", "general_ppl"]
+    plan.random_for, plan.random_draws = None, ["layer-matched", "uniform"]
+    assert sum(c.label.split("/")[-1].startswith("random") for c in conditions(plan, sets)) == 8
+
+
+def test_random_for_must_name_a_selection(tmp_path):
+    raw = {"model_args": "pretrained=x", "scoring": {"tasks": ["blend_cloze_neur"]},
+           "evaluate": {"random_for": ["papr"]}}
+    with pytest.raises(experiment_module.ConfigError, match="random_for names no configured selection: papr"):
+        ExperimentConfig.from_mapping(raw)

@@ -141,6 +141,7 @@ def score_roles(lm, role_tasks: dict[str, list[str]], settings: ScoringSettings,
     scorer = AttributionScorer(model, settings.kinds)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
+    from ..data import task_sources
     from ..lm import model_label
 
     for role, role_samples in samples.items():
@@ -148,7 +149,8 @@ def score_roles(lm, role_tasks: dict[str, list[str]], settings: ScoringSettings,
             table = score_samples(scorer, role_samples, role=role, batch_size=settings.batch_size, pad_id=pad_id,
                                   device=device, rank=lm.rank, world_size=lm.world_size,
                                   desc=f"{role}: {','.join(todo[role])}")
-        table.meta.update({"task": ",".join(todo[role]), "tasks": list(todo[role]), "settings": settings.stamp()})
+        table.meta.update({"task": ",".join(todo[role]), "tasks": list(todo[role]), "settings": settings.stamp(),
+                           "data": {key: source for name, _ in parsed[role] for key, source in task_sources(tasks[name]).items()}})
         table.meta["model"]["name"] = model_label(settings.model_args)
         if lm.rank == 0:
             save_table(table, score_file(out, role))
