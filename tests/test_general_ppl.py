@@ -332,3 +332,10 @@ def test_parser_rejects_malformed_files():
     docs = utils.parse_documents("=== narrative\n\nA story.\n\n=== explanation\nWhy.\n")
     assert docs == [{"text": "A story.", "register": "narrative"},
                     {"text": "Why.", "register": "explanation"}]
+
+
+def test_a_text_file_that_is_not_utf8_is_named(tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("### register: news\nCaf\xe9 prices rose.\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.txt: not UTF-8 text \(byte 0xe9"):
+        utils.load_documents(str(bad))

@@ -69,6 +69,11 @@ def load_documents(name: str = "evaluation") -> list[dict[str, Any]]:
     """All documents of one text file, with the fields the tasks and the scoring code read."""
     path = text_path(name)
     stem = path.stem
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                         "save it as UTF-8") from None
     return [
         {
             "doc_id": f"{stem}-{index:02d}",
@@ -77,7 +82,7 @@ def load_documents(name: str = "evaluation") -> list[dict[str, Any]]:
             "culture": "none",
             "text": doc["text"],
         }
-        for index, doc in enumerate(parse_documents(path.read_text(encoding="utf-8"), str(path)))
+        for index, doc in enumerate(parse_documents(text, str(path)))
     ]
 
 
