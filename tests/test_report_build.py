@@ -278,13 +278,14 @@ def test_specificity(full):
     row = _row(sec, "**general [culnig-paper]**")
     assert row[2:4] == ["38", "-0.1579"]
     assert row[5] == "-0.0132 [-0.0263, +0.0000]"
-    assert row[6].startswith(f"{math.exp(2 / 30):.4f}")
-    assert row[7] == "+0.0000"  # qnli unchanged
+    assert row[6] == "0.333 (n=2)"  # below both seeds: (1 + 0) / (1 + 2)
+    assert row[7].startswith(f"{math.exp(2 / 30):.4f}")
+    assert row[8] == "+0.0000"  # qnli unchanged
     assert row[-1].startswith("specific: drop 0.1579 > random 0.0132, perplexity ratio 1.0689")
     # korea: items of korea = blend_korea (8 -> 6) + culture_mcq korea docs (3 -> 1): Δ = -4/14 = -0.2857;
     # perplexity ratio exp(10/30) = 1.3956 > 1.1 and no random baseline -> not specific
     row = _row(sec, "**korea**")
-    assert row[2:4] == ["14", "-0.2857"] and row[7] == "-0.1000"
+    assert row[2:4] == ["14", "-0.2857"] and row[6] == "-" and row[8] == "-0.1000"
     assert row[-1].startswith("not specific:")
     assert "no random baseline" in row[-1] and "general perplexity ratio 1.3956 > 1.1" in row[-1]
     # uk did not run general_ppl

@@ -160,3 +160,13 @@ def test_weighted_perplexity_and_ratio_by_hand():
     # interval is not degenerate; it must still bracket the estimate
     lo, hi = paired_bootstrap_ratio_ci(ll_m, ll_u, words, 1000, 0)
     assert lo <= math.exp(2 / 30) <= hi and lo >= 1.0
+
+
+def test_rank_p_value_counts_the_observed_value_as_one_draw():
+    from culnig_lm_eval.report.stats import rank_p_value
+
+    baseline = [-0.02, 0.0, 0.01, 0.03]
+    assert rank_p_value(-0.10, baseline) == pytest.approx(1 / 5)  # below every random set
+    assert rank_p_value(0.0, baseline) == pytest.approx(3 / 5)  # ties count against the set
+    assert rank_p_value(0.05, baseline) == pytest.approx(1.0)
+    assert math.isnan(rank_p_value(-0.1, [])) and math.isnan(rank_p_value(float("nan"), baseline))

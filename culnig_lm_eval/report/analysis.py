@@ -117,6 +117,8 @@ class SpecificityRow(PairedColumns):
     random_diff_min: float = float("nan")
     random_diff_max: float = float("nan")
     n_random: int = 0
+    # where the set's difference falls among its random sets' differences: (1 + #{random <= set}) / (1 + n)
+    random_rank_p: float = float("nan")
     ppl_ratio: dict = field(default_factory=dict)  # task -> masked / unmasked perplexity
     nlu_diff: dict = field(default_factory=dict)  # task -> accuracy difference
     verdict: str = ""
@@ -1003,6 +1005,7 @@ def specificity_row(ma: ModelAnalysis, m: ConditionMeasures, seeds: list[Conditi
     return SpecificityRow(
         **vars(PairedColumns.of(m.cultural)), model=ma.base_model, specificity=c.label, cultural_items=m.cultural_items,
         random_diff_mean=rd["mean"], random_diff_min=rd["min"], random_diff_max=rd["max"], n_random=rd["n"],
+        random_rank_p=stats.rank_p_value(m.cultural.diff, [s.cultural.diff for s in seeds]),
         ppl_ratio={t: (v.ratio if v else None) for t, v in m.ppl.items()},
         nlu_diff={t: (v.diff if v else None) for t, v in m.nlu.items()}, verdict=verdict,
         masked_nothing=c.masks_nothing)

@@ -481,7 +481,8 @@ def _section_specificity(rep: _Report, mr: ModelReport, h: str, s: str):
         notes.append(f"no NLU control ({', '.join(o.nlu_tasks)}) ran")
     if notes:
         rep.add(*[f"- Note: {n}." for n in notes], "")
-    header = ["set", "cultural items", "n", "Δ cultural acc", ci_label(o.alpha), "random Δ mean [min, max]"]
+    header = ["set", "cultural items", "n", "Δ cultural acc", ci_label(o.alpha), "random Δ mean [min, max]",
+              "p vs random"]
     header += [f"ppl ratio {t}" for t in ma.ppl_tasks] + [f"Δ {t}" for t in ma.nlu_tasks] + ["verdict"]
     rows = []
     for block in sec.blocks:
@@ -489,10 +490,11 @@ def _section_specificity(rep: _Report, mr: ModelReport, h: str, s: str):
             r = block.row
             random = (f"{format_difference(r.random_diff_mean)} [{format_difference(r.random_diff_min)}, "
                       f"{format_difference(r.random_diff_max)}]" if r.n_random else "no random baseline")
-            rows.append([f"**{_condition_cell(m.condition)}**"] + _cultural_cells(m) + [random]
+            rank_p = f"{r.random_rank_p:.3f} (n={r.n_random})" if r.n_random and math.isfinite(r.random_rank_p) else "-"
+            rows.append([f"**{_condition_cell(m.condition)}**"] + _cultural_cells(m) + [random, rank_p]
                         + _cost_cells(m) + [r.verdict])
-        rows += [[_condition_cell(x.condition)] + _cultural_cells(x) + ["(baseline)"] + _cost_cells(x) + ["baseline"]
-                 for x in block.seeds]
+        rows += [[_condition_cell(x.condition)] + _cultural_cells(x) + ["(baseline)", ""] + _cost_cells(x)
+                 + ["baseline"] for x in block.seeds]
     rep.add(*table(header, rows))
     if not ma.ppl_tasks:
         rep.add("No general-perplexity task ran, so the cultural-drop vs general-cost figure is dropped.", "")

@@ -173,3 +173,13 @@ def paired_bootstrap_ratio_ci(
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios.append(np.exp(-d[idx].sum(axis=1) / denom))
     return _percentile_interval(np.concatenate(ratios), alpha)
+
+
+def rank_p_value(value: float, baseline) -> float:
+    """Empirical one-sided p-value of ``value`` within the ``baseline`` draws (lower = more extreme):
+    ``(1 + #{b <= value}) / (1 + n)``, the permutation-test convention that counts the observed
+    value as one draw (so it is never 0).  NaN without a finite value or baseline."""
+    b = np.asarray([x for x in baseline if x is not None and math.isfinite(x)], dtype=float)
+    if b.size == 0 or value is None or not math.isfinite(value):
+        return float("nan")
+    return float((1 + np.count_nonzero(b <= value)) / (1 + b.size))
