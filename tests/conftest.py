@@ -34,3 +34,19 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     from tiny_models import save_tiny_llama
 
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def fresh_data_state(monkeypatch):
+    """Task data as a fresh process sees it: no cached rows or hub verdict, no earlier sample
+    warning, no user overrides (``CULNIG_<KEY>``), and the shipped sample unless a test points elsewhere."""
+    from culnig_lm_eval import data
+
+    for key in data.SOURCES:
+        monkeypatch.delenv(f"CULNIG_{key.upper()}", raising=False)
+    monkeypatch.setenv("CULNIG_DATA", "sample")
+    data._read.cache_clear()
+    data.hub_reachable.cache_clear()
+    data._warned_sample.clear()
+    yield
+    data._read.cache_clear()

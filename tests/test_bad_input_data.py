@@ -22,15 +22,7 @@ from culnig_lm_eval.data import DataError
 HEADER = ["MCQID", "ID", "country", "prompt", "choices", "choice_countries", "answer_idx"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_data_state(monkeypatch):
-    """No cached rows, no user overrides; the shipped sample unless a test points elsewhere."""
-    for key in data.SOURCES:
-        monkeypatch.delenv(f"CULNIG_{key.upper()}", raising=False)
-    monkeypatch.setenv("CULNIG_DATA", "sample")
-    data._read.cache_clear()
-    yield
-    data._read.cache_clear()
+pytestmark = pytest.mark.usefixtures("fresh_data_state")  # tests/conftest.py
 
 
 def mcq_row(mcqid, qid, country, options=("tea", "milk", "coffee", "juice"), answer="A"):

@@ -27,17 +27,7 @@ OURS = ["blend", "blend_neur", "blend_test", "blend_ctrl", "blend_cloze", "blend
 SAMPLE = task_dir() / "blend" / "sample"
 
 
-@pytest.fixture(autouse=True)
-def fresh_data_state(monkeypatch):
-    """Each test sees no cached rows, no cached hub verdict, no earlier warning, and no user overrides."""
-    for key in data.SOURCES:
-        monkeypatch.delenv(f"CULNIG_{key.upper()}", raising=False)
-    monkeypatch.setenv("CULNIG_DATA", "sample")
-    data._read.cache_clear()
-    data.hub_reachable.cache_clear()
-    data._warned_sample.clear()
-    yield
-    data._read.cache_clear()
+pytestmark = pytest.mark.usefixtures("fresh_data_state")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
