@@ -114,8 +114,16 @@ def test_every_readme_command_runs(tmp_path):
 
             assert load_config(REPO / config).name
             continue
+        if line.startswith("culnig-lape demo"):
+            # the LAPE demo on the annotation fixture (BLEnD's schema, invented text), few tokens
+            assert "../shared/data/blend/annotations" in line
+            line = line.replace("../shared/data/blend/annotations", str(REPO / "tests" / "fixtures" / "blend_annotations"))
+            line = re.sub(r"--eval-max-tokens \d+", "", line) + " --max-tokens 256 --eval-max-tokens 128"
+            proc = run.sh(line)
+            assert "report:" in proc.stdout
+            continue
         if line.startswith(("lm_eval", "culnig-score", "culnig-sets", "culnig-report", "culnig-models",
-                            "python benchmarks/")):
+                            "culnig-lape", "python benchmarks/")):
             line = shrink(line).replace("--sets-out neuron_sets/", "--sets-out sets_out/")
             assert "neuron_sets/" not in re.sub(r"--(sets-dir|scores-dir) \S+", "", line.split("--sets-out")[0]) \
                 or not line.startswith("culnig-score run"), "a README command would overwrite the shipped sets"

@@ -30,6 +30,10 @@ REPORT_DIR is replaced as a whole (the new report is built beside it and swapped
 interruption or a full disk leaves the previous complete report; a REPORT_DIR holding other
 files is refused. No results under the RUN_DIRs, or a bad number, is an error (exit status 2).
 
+A single RUN_DIR that is (or holds) the intervention.json of `culnig-lape evaluate` / `demo`
+re-renders that LAPE report: the delta-NLL heatmap, the layer distribution of each set and
+whether each group of sets is diagonal-dominant.
+
 Sections: accuracy per task (paired differences, bootstrap CI, exact McNemar p), the
 culture x culture matrix, where the neurons are (per layer, thirds of the depth),
 instance-level scores (with --instance-scores), specificity (cultural drop vs general
@@ -89,8 +93,28 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--seed {args.seed}: must be between 0 and {MAX_SEED}")
 
 
+def _lape_intervention(run_dirs: list[str]):
+    """The LAPE intervention file when that is what was given (a file or a folder holding one)."""
+    from pathlib import Path
+
+    if len(run_dirs) != 1:
+        return None
+    path = Path(run_dirs[0])
+    path = path / "intervention.json" if path.is_dir() else path
+    return path if path.name == "intervention.json" and path.is_file() else None
+
+
 def make_report(args: argparse.Namespace) -> int:
     check_numbers(args)
+    lape = _lape_intervention(args.run_dirs)
+    if lape is not None:  # written by culnig-lape evaluate/demo: re-render its heatmaps and tables
+        from culnig_lm_eval.lape.pipeline import load_intervention, render_intervention
+
+        payload = load_intervention(lape)
+        if args.title:
+            payload["title"] = args.title
+        print(render_intervention(payload, args.out))
+        return 0
     from culnig_lm_eval.report.render import build_report
 
     path = build_report(

@@ -73,7 +73,9 @@ def grouped_bars(path: Path, tasks: list[str], series: list[dict], title: str, y
 
 
 def culture_heatmap(path: Path, rows: list[str], cols: list[str], values: np.ndarray, title: str,
-                    marks: np.ndarray | None = None, diagonal: list[tuple[int, int]] = ()) -> Path:
+                    marks: np.ndarray | None = None, diagonal: list[tuple[int, int]] = (),
+                    xlabel: str = "culture of the evaluated items (j)", ylabel: str = "masked neuron set (culture i)",
+                    cbar_label: str = "Δ accuracy (masked - unmasked)") -> Path:
     """Diverging heatmap centred at 0; ``values[i, j]`` = accuracy change on culture j when
     masking set i.  NaN cells are grey."""
     values = np.asarray(values, dtype=float)
@@ -99,11 +101,11 @@ def culture_heatmap(path: Path, rows: list[str], cols: list[str], values: np.nda
                   rotation=35 if len(cols) > 5 else 0, ha="right" if len(cols) > 5 else "center",
                   rotation_mode="anchor")
     ax.set_yticks(range(len(rows)), [_wrap(r, 30) for r in rows])
-    ax.set_xlabel("culture of the evaluated items (j)")
-    ax.set_ylabel("masked neuron set (culture i)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     cb = fig.colorbar(im, ax=ax, shrink=0.95, fraction=0.04)
-    cb.set_label("Δ accuracy (masked - unmasked)")
+    cb.set_label(cbar_label)
     return _save(fig, path)
 
 

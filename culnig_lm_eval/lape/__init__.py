@@ -1,0 +1,1 @@
+"""LAPE: language/culture neurons by activation-probability entropy."""

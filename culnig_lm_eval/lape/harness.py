@@ -1,0 +1,108 @@
+"""Harness tasks for LAPE's intervention: one rolling-perplexity task per evaluation corpus.
+
+``culnig-lape corpora`` writes, next to the corpora, a ``tasks/`` folder for lm-eval's
+``--include_path``: ``lape_ppl_<group>_<name>.yaml`` per evaluation corpus (held apart from
+the recording split), the groups ``lape_ppl_culture`` / ``lape_ppl_language`` and ``lape_ppl``,
+and a two-line ``utils.py`` pointing at this module.  The tasks are ``loglikelihood_rolling``
+with lm-eval's own perplexity metrics (word / byte perplexity, bits per byte), so
+
+    lm_eval --model masked-hf --model_args pretrained=...,neurons=pure/uk.pt \
+        --include_path CORPORA/tasks --tasks lape_ppl
+
+measures a masked model on the same texts ``culnig-lape evaluate`` uses; that command gives the
+reference's block NLL (fixed-length rows of one token stream) beside it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TEMPLATE = {
+    "custom_dataset": "!function utils.load_dataset",
+    "output_type": "loglikelihood_rolling",
+    "test_split": "test",
+    "doc_to_text": "",
+    "doc_to_target": "!function utils.doc_to_target",
+    "process_results": "!function utils.process_results",
+    "metric_list": [
+        {"metric": "word_perplexity", "aggregation": "weighted_perplexity", "higher_is_better": False},
+        {"metric": "byte_perplexity", "aggregation": "weighted_perplexity", "higher_is_better": False},
+        {"metric": "bits_per_byte", "aggregation": "bits_per_byte", "higher_is_better": False},
+    ],
+    "metadata": {"version": 1.0},
+}
+UTILS = '''"""lm-eval hooks of the LAPE perplexity tasks (written by culnig-lape corpora)."""
+from pathlib import Path
+
+from culnig_lm_eval.lape import harness
+
+doc_to_target = harness.doc_to_target
+process_results = harness.process_results
+
+
+def load_dataset(corpus, **_ignored):
+    # corpora are found relative to this file, so the folder can be moved or copied whole
+    return harness.load_dataset(corpus, root=Path(__file__).resolve().parent.parent)
+'''
+
+
+def _dump(data: dict) -> str:
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000)
+    return re.sub(r"'(!function [\w.]+)'", r"\1", text)  # the tag must stay a YAML tag, not a string
+
+
+def write_tasks(folder: Path, corpora: dict[str, list[str]]) -> list[str]:
+    """``corpora``: group ("culture", "language") -> evaluation corpus names; files go into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "utils.py").write_text(UTILS, encoding="utf-8")
+    (folder / "_lape_ppl_yaml").write_text(_dump(TEMPLATE), encoding="utf-8")
+    tasks = []
+    for group, names in corpora.items():
+        leaves = []
+        for name in names:
+            task = f"lape_ppl_{group}_{name}"
+            body = {"include": "_lape_ppl_yaml", "task": task, "task_alias": f"{group} {name}",
+                    "dataset_kwargs": {"corpus": f"{group}/eval/{name}"}}
+            (folder / f"{task}.yaml").write_text(_dump(body), encoding="utf-8")
+            leaves.append(task)
+        (folder / f"lape_ppl_{group}.yaml").write_text(
+            _dump({"group": f"lape_ppl_{group}", "task": leaves, "metadata": {"version": 1.0}}), encoding="utf-8")
+        tasks += leaves
+    (folder / "lape_ppl.yaml").write_text(
+        _dump({"group": "lape_ppl", "task": [f"lape_ppl_{g}" for g in corpora], "metadata": {"version": 1.0}}),
+        encoding="utf-8")
+    return tasks
+
+
+def load_dataset(corpus: str, root: Path) -> dict[str, Any]:
+    """The lines of ``root/<corpus>/*.txt`` as documents (``root`` = the corpora folder)."""
+    import datasets
+
+    from .corpora import CorpusError
+
+    root = Path(root).resolve()
+    folder = (root / corpus).resolve()
+    if root not in folder.parents:
+        raise CorpusError(f"LAPE task corpus {corpus!r} is outside {root}")
+    docs = [line.strip() for path in sorted(folder.glob("*.txt"))
+            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not docs:
+        raise CorpusError(f"{folder}: no evaluation text; rebuild the corpora with culnig-lape corpora")
+    name = corpus.replace("/", "_")
+    return {"test": datasets.Dataset.from_list([{"doc_id": f"{name}-{i:04d}", "text": t} for i, t in enumerate(docs)])}
+
+
+def doc_to_target(doc: dict[str, Any]) -> str:
+    return doc["text"]
+
+
+def process_results(doc: dict[str, Any], results: list[float]) -> dict[str, tuple[float, int]]:
+    (loglikelihood,) = results
+    words = len(doc["text"].split())
+    n_bytes = len(doc["text"].encode("utf-8"))
+    return {"word_perplexity": (loglikelihood, words), "byte_perplexity": (loglikelihood, n_bytes),
+            "bits_per_byte": (loglikelihood, n_bytes)}

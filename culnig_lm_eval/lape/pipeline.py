@@ -1,0 +1,323 @@
+"""The LAPE steps as plain functions: record -> identify -> combine -> intervene -> report.
+
+``culnig-lape`` (``culnig_lm_eval.cli.lape``) only parses arguments and calls these.  Every
+step reads its inputs and checks them before a model is loaded, and writes its outputs as one
+unit (``atomic_folder`` for folders of sets, ``atomic_write`` for count files and reports).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .._io import atomic_folder, file_sha256, now_iso, package_version, safe_name
+from ..architectures import model_shape
+from ..neuron_set import NeuronSet, save_many
+from .corpora import Corpus, token_rows
+
+COUNTS_SUFFIX = ".counts.pt"
+
+
+@dataclass(frozen=True)
+class RecordSettings:
+    row_length: int = 128
+    batch_size: int = 8
+    max_tokens: int | None = None  # per corpus; None = all
+
+    def __post_init__(self):
+        if self.row_length < 2:
+            raise ValueError(f"--row-length {self.row_length}: give at least 2")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size {self.batch_size}: give at least 1")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"--max-tokens {self.max_tokens}: give a positive number or leave it out")
+
+
+def _corpus_stamp(corpus: Corpus, settings: RecordSettings, shape: dict) -> dict:
+    """What a count file was made from; an existing file with the same stamp is reused."""
+    return {
+        "model": shape,
+        "corpus": corpus.name,
+        "sources": corpus.sources,
+        "documents": len(corpus.documents),
+        "documents_sha256": _documents_hash(corpus.documents),
+        "row_length": settings.row_length,
+        "max_tokens": settings.max_tokens,
+    }
+
+
+def _documents_hash(documents: list[str]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for doc in documents:
+        digest.update(doc.encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def _matching_counts(path: Path, stamp: dict):
+    from .counts import ActivationCounts
+
+    if not path.is_file():
+        return None
+    try:
+        counts = ActivationCounts.load(path)
+    except ValueError:
+        return None  # unreadable: record again and replace it
+    return counts if counts.meta.get("stamp") == stamp else None
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of an ``accelerate launch`` / torchrun run; (0, 1) otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def record_corpora(model, tokenizer, corpora: list[Corpus], out: str | Path, settings: RecordSettings,
+                   force: bool = False) -> list[Path]:
+    """One count file per corpus in ``out`` (``<name>.counts.pt``); finished ones are reused.
+
+    Under ``accelerate launch`` (an initialised process group) each process records every
+    ``world``-th row, the counts are summed over processes (``data_parallel_reduce``) and rank 0
+    writes the file: the same counts as one process recording every row.
+    """
+    import torch.distributed as dist
+
+    from .counts import ActivationCounts, check_activation, data_parallel_reduce, record_counts
+
+    check_activation(model.config)
+    shape = model_shape(model.config)
+    rank, world = _process_group()
+    out = Path(out)
+    paths = []
+    for corpus in corpora:
+        path = out / f"{safe_name(corpus.name, 'corpus name')}{COUNTS_SUFFIX}"
+        stamp = _corpus_stamp(corpus, settings, shape)
+        reuse = not force and _matching_counts(path, stamp) is not None
+        if world > 1:  # every process must take the same branch
+            flag = torch.tensor([int(reuse)])
+            dist.broadcast(flag, src=0)
+            reuse = bool(flag.item())
+        if reuse:
+            paths.append(path)
+            continue
+        rows = token_rows(tokenizer, corpus.documents, settings.row_length, max_tokens=settings.max_tokens)
+        over_zero, n = record_counts(model, rows.shard(rank, world).batches(settings.batch_size))
+        over_zero, n = data_parallel_reduce(over_zero, n)
+        meta = {
+            "model": shape,
+            "corpus": corpus.name,
+            "source": {"sources": corpus.sources, "documents": len(corpus.documents)},
+            "row_length": settings.row_length,
+            "rows": len(rows),
+            "processes": world,
+            "stamp": stamp,
+            "created": now_iso(),
+            "package_version": package_version(),
+        }
+        if rank == 0:
+            ActivationCounts(over_zero, n, meta).save(path)
+        if world > 1:
+            dist.barrier()
+        paths.append(path)
+    return paths
+
+
+def load_counts(paths: list[str | Path]):
+    """Count files of one model, in order; names must be unique."""
+    from .counts import ActivationCounts, CountsError
+
+    if len(paths) < 2:
+        raise ValueError(f"LAPE compares at least 2 corpora; got {len(paths)} count file(s)")
+    records = [ActivationCounts.load(p) for p in paths]
+    first = records[0]
+    for r in records[1:]:
+        r.check_model(first.meta["model"])
+    names = [str(r.meta.get("corpus")) for r in records]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise CountsError(f"two count files are for the same corpus {dupes[0]!r}; give each corpus once")
+    return records
+
+
+def counts_in(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"count folder {folder} does not exist; make it with culnig-lape record")
+    paths = sorted(folder.glob(f"*{COUNTS_SUFFIX}"))
+    if not paths:
+        raise ValueError(f"count folder {folder} holds no *{COUNTS_SUFFIX} file; make them with culnig-lape record")
+    return paths
+
+
+def identify_sets(count_paths: list[str | Path], hp=None) -> list[NeuronSet]:
+    """LAPE identification over the given count files -> one ``mlp_gate`` set per corpus."""
+    from .identify import LapeHyperparameters, identify, sets_from_result
+
+    hp = hp or LapeHyperparameters()
+    records = load_counts(count_paths)
+    over_zero = torch.stack([r.over_zero for r in records], dim=-1)
+    n = torch.tensor([r.n for r in records], dtype=torch.long)
+    names = [safe_name(r.meta["corpus"], "corpus name") for r in records]
+    result = identify(over_zero, n, hp)
+    provenance = {
+        "counts": [{"path": str(p), "sha256": file_sha256(p), "corpus": r.meta["corpus"], "tokens": r.n}
+                   for p, r in zip(count_paths, records)],
+    }
+    return sets_from_result(result, names, records[0].meta["model"], provenance=provenance, hp=hp)
+
+
+def _set_path(root: Path, name: str) -> Path:
+    parts = [safe_name(part, "set name") for part in name.split("/")]
+    return root.joinpath(*parts[:-1], parts[-1] + ".pt")
+
+
+def write_sets(sets: list[NeuronSet], out: str | Path, names: list[str] | None = None) -> list[Path]:
+    """Write sets as ``out/<name>.pt`` (``name`` defaults to the set's culture; ``pure/uk`` makes a
+    sub-folder), replacing ``out`` as a unit."""
+    names = names or [s.meta["culture"] for s in sets]
+    with atomic_folder(out) as staging:
+        save_many([(s, _set_path(staging, n)) for s, n in zip(sets, names)])
+    return [_set_path(Path(out), n) for n in names]
+
+
+def sets_in(folder: str | Path) -> dict[str, NeuronSet]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"set folder {folder} does not exist")
+    paths = sorted(folder.glob("*.pt"))
+    if not paths:
+        raise ValueError(f"set folder {folder} holds no .pt neuron set")
+    return {p.stem: NeuronSet.load(p) for p in paths}
+
+
+def combine(cultures: dict[str, NeuronSet], languages: dict[str, NeuronSet], mapping: dict[str, str],
+            ) -> dict[str, NeuronSet]:
+    """Culture x language set algebra: ``compound/<c>`` = c AND its languages; ``pure/<c>`` = c minus
+    its languages; ``generic`` = the neurons in every pure set."""
+    missing = [c for c in cultures if c not in mapping]
+    if missing:
+        raise ValueError(f"no language given for culture(s) {', '.join(missing)}; add them to --languages as culture=lang")
+    unknown = sorted({mapping[c] for c in cultures} - set(languages))
+    if unknown:
+        raise ValueError(f"no language set for {', '.join(unknown)} (have: {', '.join(sorted(languages))}); "
+                         "identify the language corpora first")
+    out: dict[str, NeuronSet] = {}
+    pure = []
+    for culture, cset in cultures.items():
+        langs = [languages[mapping[culture]]]
+        lang_union = langs[0]
+        compound = cset.intersect(lang_union)
+        compound.meta.update(culture=culture, selection="lape-compound")
+        purified = cset.subtract(lang_union)
+        purified.meta.update(culture=culture, selection="lape-pure")
+        out[f"compound/{culture}"] = compound
+        out[f"pure/{culture}"] = purified
+        pure.append(purified)
+    generic = pure[0].intersect(*pure[1:]) if len(pure) > 1 else pure[0]
+    generic.meta.update(culture=None, selection="lape-generic")
+    out["generic"] = generic
+    return out
+
+
+# -- intervention report ------------------------------------------------------------------------
+INTERVENTION_FORMAT = "culnig-lape-intervention/1"
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:+.3f}"
+
+
+def analyse_intervention(result, pairs: list[tuple[str, str]], sets: dict[str, NeuronSet], title: str,
+                         extra: list[str] = ()) -> dict:
+    """Everything the report shows, computed once: the matrix, each set's own-corpus cell and,
+    per group of sets (``culture/``, ``pure/`` ...), whether the group's matrix is diagonal-dominant
+    (each set's own corpus is the most affected of the group's corpora)."""
+    diag = result.diagonal(pairs)
+    groups: dict[str, list[dict]] = {}
+    for d in diag:
+        groups.setdefault(d["set"].split("/")[0] if "/" in d["set"] else d["set"], []).append(d)
+    dominance = []
+    for group, rows in groups.items():
+        columns = [result.corpus_names.index(d["corpus"]) for d in rows]
+        hits = 0
+        for d in rows:
+            row = result.delta[result.set_names.index(d["set"])]
+            hits += all(row[result.corpus_names.index(d["corpus"])] > row[j] for j in columns
+                        if j != result.corpus_names.index(d["corpus"]))
+        dominance.append({"group": group, "sets": len(rows), "own_largest": hits, "diagonal_dominant": hits == len(rows)})
+    return {
+        "format": INTERVENTION_FORMAT, "title": title, **asdict(result), "diagonal": diag, "dominance": dominance,
+        "layers": {n: s.per_layer().get("mlp_gate", []) for n, s in sets.items()}, "extra": list(extra),
+    }
+
+
+def load_intervention(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read a LAPE intervention file ({err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != INTERVENTION_FORMAT:
+        raise ValueError(f"{path}: not a {INTERVENTION_FORMAT} file (written by culnig-lape evaluate / demo)")
+    for row in payload.get("delta", []):
+        if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in row):
+            raise ValueError(f"{path}: the delta matrix holds a non-finite number")
+    return payload
+
+
+def render_intervention(payload: dict, out: str | Path) -> Path:
+    """``intervention.json`` + ``intervention.md`` + heatmap and layer figures, replacing ``out`` as a unit.
+    Formatting only: every number comes from :func:`analyse_intervention`."""
+    import numpy as np
+
+    from ..report import figures
+
+    sets, corpora, delta = payload["set_names"], payload["corpus_names"], payload["delta"]
+    sizes = payload["set_sizes"]
+    lines = [f"# {payload['title']}", "",
+             "Δ NLL = mean block NLL with the set masked minus unmasked (nats/token; > 0 = the text got harder).", "",
+             "| set | neurons | " + " | ".join(corpora) + " |", "|---|---:|" + "---:|" * len(corpora),
+             "| *unmasked NLL* | | " + " | ".join(f"{b:.3f}" for b in payload["base"]) + " |"]
+    lines += [f"| {name} | {size} | " + " | ".join(_fmt(v) for v in row) + " |"
+              for name, size, row in zip(sets, sizes, delta)]
+    if payload["dominance"]:
+        lines += ["", "## Diagonal dominance", "",
+                  "A group's matrix is diagonal-dominant when masking each of its sets hurts that set's own corpus "
+                  "more than any other corpus of the group.", "",
+                  "| sets | own corpus most affected | diagonal-dominant |", "|---|---:|---|"]
+        lines += [f"| {g['group']} | {g['own_largest']} of {g['sets']} | {'yes' if g['diagonal_dominant'] else 'no'} |"
+                  for g in payload["dominance"]]
+        lines += ["", "| set | own corpus | Δ own | mean Δ others | own is row max |", "|---|---|---:|---:|---|"]
+        lines += [f"| {d['set']} | {d['corpus']} | {_fmt(d['own'])} | {_fmt(d['mean_other'])} | "
+                  f"{'yes' if d['row_max'] else 'no'} |" for d in payload["diagonal"]]
+    marks = [(sets.index(d["set"]), corpora.index(d["corpus"])) for d in payload["diagonal"]]
+    with atomic_folder(out) as staging:
+        (staging / "intervention.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        figures.culture_heatmap(staging / "delta_nll.png", sets, corpora, np.array(delta), payload["title"],
+                                diagonal=marks, xlabel="evaluation text", ylabel="masked neuron set",
+                                cbar_label="Δ NLL (masked - unmasked)")
+        layered = [(f"{n} ({sum(c)} neurons)", {"mlp_gate": c}, len(c)) for n, c in payload["layers"].items() if sum(c)]
+        if layered:
+            figures.neuron_layers(staging / "layers.png", layered, "LAPE sets: neurons per layer")
+        lines += [*payload.get("extra", []), "", "![delta NLL](delta_nll.png)", ""]
+        lines += ["![layers](layers.png)"] if layered else []
+        (staging / "intervention.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Path(out) / "intervention.md"
+
+
+def layer_thirds(neuron_set: NeuronSet) -> tuple[int, int, int]:
+    """Neurons in the shallow / middle / deep third of the layers (the paper: culture neurons sit high)."""
+    import numpy as np
+
+    counts = np.array(neuron_set.per_layer().get("mlp_gate", []))
+    parts = np.array_split(np.arange(len(counts)), 3)
+    return tuple(int(counts[p].sum()) for p in parts)
+
