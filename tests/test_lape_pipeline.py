@@ -144,7 +144,7 @@ def test_delta_matrix_masks_each_set_and_restores_the_model_exactly():
 
 def test_diagonal_dominance_is_judged_per_group_on_the_groups_own_corpora():
     from culnig_lm_eval.lape.intervene import InterventionResult
-    from culnig_lm_eval.lape.pipeline import analyse_intervention
+    from culnig_lm_eval.lape.pipeline import analyse_intervention, set_layers
 
     model, _ = tiny_llama()
     result = InterventionResult(
@@ -154,13 +154,16 @@ def test_diagonal_dominance_is_judged_per_group_on_the_groups_own_corpora():
          [0.0, 0.0, 0.4]], [3, 3, 3])
     sets = {n: _set(model, [[1], [2, 3]]) for n in result.set_names}
     payload = analyse_intervention(result, [("culture/a", "a"), ("culture/b", "b"), ("language/x", "lang-x")],
-                                   sets, "t")
+                                   set_layers(sets), "t")
     dom = {g["group"]: g for g in payload["dominance"]}
     assert dom["culture"]["own_largest"] == 1 and not dom["culture"]["diagonal_dominant"]
     assert dom["language"]["diagonal_dominant"]
     rows = {d["set"]: d for d in payload["diagonal"]}
     assert rows["culture/a"]["row_max"] is False  # the whole row's max is the language column
     assert payload["layers"]["culture/a"] == [1, 2]
+    # a's own text: a hurts it by 0.5, b by 0.3 -> above its column; b's own text: 0.2 vs a's 0.1 -> above
+    assert rows["culture/a"]["own_vs_column"] == pytest.approx(0.2) and rows["culture/b"]["own_vs_column"] == pytest.approx(0.1)
+    assert dom["culture"]["own_above_column"] == 2
 
 
 # -- set algebra ----------------------------------------------------------------------------------
@@ -236,6 +239,12 @@ def test_culnig_lape_steps_and_demo_on_a_tiny_model(tmp_path, capsys):
     (["identify", "/nonexistent", "--out", "x"], "nonexistent"),
     (["corpora", "--blend-annotations", str(FIXTURE), "--out", "x", "--eval-fraction", "1.5"], "--eval-fraction"),
     (["corpora", "--blend-annotations", str(FIXTURE), "--out", "x", "--culture-languages", "uk"], "culture=language"),
+    (["identify", str(FIXTURE), "--out", "x"], "holds no *.counts.pt"),
+    # the data is checked before the model loads: a missing corpus folder, not the bogus model, is reported
+    (["record", "--model_args", "pretrained=/no/such/model", "--corpora", "/nonexistent", "--out", "x"],
+     "corpus folder /nonexistent does not exist"),
+    (["demo", "--blend-annotations", str(FIXTURE), "--model_args", "pretrained=/no/such/model", "--out", "x",
+      "--top-rate", "0"], "top_rate"),
 ])
 def test_culnig_lape_bad_input_is_one_line_with_status_2(tmp_path, monkeypatch, capsys, argv, match):
     monkeypatch.chdir(tmp_path)

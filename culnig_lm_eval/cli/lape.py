@@ -114,7 +114,7 @@ def _eval_rows(tokenizer, corpora, row_length: int, max_tokens: int | None):
 def cmd_evaluate(args) -> int:
     from ..lape.corpora import read_corpus_folder
     from ..lape.intervene import delta_matrix
-    from ..lape.pipeline import analyse_intervention, render_intervention, sets_in
+    from ..lape.pipeline import analyse_intervention, render_intervention, set_layers, sets_in
 
     sets = {}
     for folder in args.sets:
@@ -125,7 +125,7 @@ def cmd_evaluate(args) -> int:
     rows = _eval_rows(tokenizer, corpora, args.row_length, args.max_tokens)
     result = delta_matrix(model, sets, rows, args.batch_size)
     pairs = [(name, name.split("/")[-1]) for name in sets]
-    payload = analyse_intervention(result, pairs, sets, "LAPE intervention")
+    payload = analyse_intervention(result, pairs, set_layers(sets), "LAPE intervention")
     print(f"report: {render_intervention(payload, args.out)}")
     return 0
 

@@ -26,6 +26,7 @@ from .pipeline import (
     layer_thirds,
     record_corpora,
     render_intervention,
+    set_layers,
     write_sets,
 )
 
@@ -74,7 +75,7 @@ def _summary_lines(sets: dict[str, NeuronSet], result, mapping: dict[str, str], 
 
 
 def run_demo(config: DemoConfig, out: Path, force: bool = False) -> Path:
-    from ..lm import load_lm
+    from ..lm import load_lm, model_label
 
     # every input is read and checked before the model loads
     mapping = parse_languages(config.culture_languages)
@@ -115,6 +116,7 @@ def run_demo(config: DemoConfig, out: Path, force: bool = False) -> Path:
     result = delta_matrix(model, sets, rows, config.record.batch_size)
     pairs = [(f"{kind}/{c}", c) for kind in ("culture", "pure", "compound") for c in cultures]
     pairs += [(f"language/{lang}", f"{LANGUAGE_PREFIX}{lang}") for lang in language_sets]
-    payload = analyse_intervention(result, pairs, sets, f"LAPE on BLEnD annotations: {lm.model.config.name_or_path}",
+    payload = analyse_intervention(result, pairs, set_layers(sets),
+                                   f"LAPE on BLEnD annotations: {model_label(config.model_args)}",
                                    extra=_summary_lines(sets, result, mapping, cultures))
     return render_intervention(payload, out / "report")

@@ -70,10 +70,12 @@ class InterventionResult:
 def delta_matrix(model, sets: dict[str, NeuronSet], eval_rows: dict[str, TokenRows],
                  batch_size: int = 8) -> InterventionResult:
     """Unmasked NLL per corpus, then each set masked in turn (exact restore between sets)."""
+    from tqdm import tqdm
+
     corpora = list(eval_rows)
     base = [block_nll(model, eval_rows[c], batch_size) for c in corpora]
     delta = []
-    for name, neuron_set in sets.items():
+    for name, neuron_set in tqdm(sets.items(), desc="LAPE intervention (sets masked)", total=len(sets)):
         if neuron_set.is_empty:
             delta.append([0.0] * len(corpora))  # masking nothing changes nothing; skip the forwards
             continue

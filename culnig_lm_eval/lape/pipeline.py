@@ -89,6 +89,7 @@ def record_corpora(model, tokenizer, corpora: list[Corpus], out: str | Path, set
     writes the file: the same counts as one process recording every row.
     """
     import torch.distributed as dist
+    from tqdm import tqdm
 
     from .counts import ActivationCounts, check_activation, data_parallel_reduce, record_counts
 
@@ -97,7 +98,7 @@ def record_corpora(model, tokenizer, corpora: list[Corpus], out: str | Path, set
     rank, world = _process_group()
     out = Path(out)
     paths = []
-    for corpus in corpora:
+    for corpus in tqdm(corpora, desc=f"LAPE recording ({out.name})", disable=rank != 0):
         path = out / f"{safe_name(corpus.name, 'corpus name')}{COUNTS_SUFFIX}"
         stamp = _corpus_stamp(corpus, settings, shape)
         reuse = not force and _matching_counts(path, stamp) is not None
@@ -235,11 +236,13 @@ def _fmt(v: float) -> str:
     return "n/a" if not math.isfinite(v) else f"{v:+.3f}"
 
 
-def analyse_intervention(result, pairs: list[tuple[str, str]], sets: dict[str, NeuronSet], title: str,
+def analyse_intervention(result, pairs: list[tuple[str, str]], layers: dict[str, list[int]], title: str,
                          extra: list[str] = ()) -> dict:
     """Everything the report shows, computed once: the matrix, each set's own-corpus cell and,
     per group of sets (``culture/``, ``pure/`` ...), whether the group's matrix is diagonal-dominant
-    (each set's own corpus is the most affected of the group's corpora)."""
+    (each set's own corpus is the most affected of the group's corpora) and how often a set hurts
+    its own corpus more than the group's other sets hurt that corpus (the column's mean, which
+    takes out how fragile a text is under any mask).  ``layers``: set name -> neurons per layer."""
     diag = result.diagonal(pairs)
     groups: dict[str, list[dict]] = {}
     for d in diag:
@@ -247,16 +250,26 @@ def analyse_intervention(result, pairs: list[tuple[str, str]], sets: dict[str, N
     dominance = []
     for group, rows in groups.items():
         columns = [result.corpus_names.index(d["corpus"]) for d in rows]
-        hits = 0
+        members = [result.set_names.index(d["set"]) for d in rows]
+        hits = above = 0
         for d in rows:
-            row = result.delta[result.set_names.index(d["set"])]
-            hits += all(row[result.corpus_names.index(d["corpus"])] > row[j] for j in columns
-                        if j != result.corpus_names.index(d["corpus"]))
-        dominance.append({"group": group, "sets": len(rows), "own_largest": hits, "diagonal_dominant": hits == len(rows)})
+            i, j = result.set_names.index(d["set"]), result.corpus_names.index(d["corpus"])
+            row = result.delta[i]
+            hits += all(row[j] > row[k] for k in columns if k != j)
+            others = [result.delta[m][j] for m in members if m != i]
+            d["column_others"] = sum(others) / len(others) if others else float("nan")
+            d["own_vs_column"] = row[j] - d["column_others"]
+            above += d["own_vs_column"] > 0
+        dominance.append({"group": group, "sets": len(rows), "own_largest": hits, "diagonal_dominant": hits == len(rows),
+                          "own_above_column": above})
     return {
         "format": INTERVENTION_FORMAT, "title": title, **asdict(result), "diagonal": diag, "dominance": dominance,
-        "layers": {n: s.per_layer().get("mlp_gate", []) for n, s in sets.items()}, "extra": list(extra),
+        "layers": layers, "extra": list(extra),
     }
+
+
+def set_layers(sets: dict[str, NeuronSet]) -> dict[str, list[int]]:
+    return {n: s.per_layer().get("mlp_gate", []) for n, s in sets.items()}
 
 
 def load_intervention(path: str | Path) -> dict:
@@ -291,13 +304,16 @@ def render_intervention(payload: dict, out: str | Path) -> Path:
     if payload["dominance"]:
         lines += ["", "## Diagonal dominance", "",
                   "A group's matrix is diagonal-dominant when masking each of its sets hurts that set's own corpus "
-                  "more than any other corpus of the group.", "",
-                  "| sets | own corpus most affected | diagonal-dominant |", "|---|---:|---|"]
-        lines += [f"| {g['group']} | {g['own_largest']} of {g['sets']} | {'yes' if g['diagonal_dominant'] else 'no'} |"
-                  for g in payload["dominance"]]
-        lines += ["", "| set | own corpus | Δ own | mean Δ others | own is row max |", "|---|---|---:|---:|---|"]
+                  "more than any other corpus of the group. *Own above column*: the set hurts its own corpus more "
+                  "than the group's other sets hurt that corpus on average (takes out how fragile a text is).", "",
+                  "| sets | own corpus most affected | diagonal-dominant | own above column |", "|---|---:|---|---:|"]
+        lines += [f"| {g['group']} | {g['own_largest']} of {g['sets']} | {'yes' if g['diagonal_dominant'] else 'no'} | "
+                  f"{g.get('own_above_column', 'n/a')} of {g['sets']} |" for g in payload["dominance"]]
+        lines += ["", "| set | own corpus | Δ own | mean Δ other corpora | own is row max | other sets on own corpus |",
+                  "|---|---|---:|---:|---|---:|"]
         lines += [f"| {d['set']} | {d['corpus']} | {_fmt(d['own'])} | {_fmt(d['mean_other'])} | "
-                  f"{'yes' if d['row_max'] else 'no'} |" for d in payload["diagonal"]]
+                  f"{'yes' if d['row_max'] else 'no'} | {_fmt(d.get('column_others', math.nan))} |"
+                  for d in payload["diagonal"]]
     marks = [(sets.index(d["set"]), corpora.index(d["corpus"])) for d in payload["diagonal"]]
     with atomic_folder(out) as staging:
         (staging / "intervention.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
