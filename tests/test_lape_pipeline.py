@@ -176,6 +176,9 @@ def test_combine_gives_pure_compound_and_generic():
     assert as_lists["pure/uk"] == [[1, 2], [5]] and as_lists["compound/uk"] == [[3], []]
     assert as_lists["pure/usa"] == [[2, 4], [5]] and as_lists["compound/usa"] == [[3], [6]]
     assert as_lists["generic"] == [[2], [5]]
+    alone = combine({"uk": cultures["uk"]}, languages, {"uk": "en"})  # one culture: generic = its pure set
+    assert alone["pure/uk"].meta["selection"] == "lape-pure" and alone["generic"].meta["selection"] == "lape-generic"
+    assert [t.tolist() for t in alone["generic"].indices["mlp_gate"]] == [[1, 2], [5]]
     assert out["pure/uk"].meta["selection"] == "lape-pure" and out["pure/uk"].meta["culture"] == "uk"
     with pytest.raises(ValueError, match="no language given for culture"):
         combine(cultures, languages, {"uk": "en"})
@@ -245,6 +248,12 @@ def test_culnig_lape_steps_and_demo_on_a_tiny_model(tmp_path, capsys):
      "corpus folder /nonexistent does not exist"),
     (["demo", "--blend-annotations", str(FIXTURE), "--model_args", "pretrained=/no/such/model", "--out", "x",
       "--top-rate", "0"], "top_rate"),
+    (["demo", "--blend-annotations", str(FIXTURE), "--model_args", "pretrained=/no/such/model", "--out", "x",
+      "--eval-max-tokens", "0"], "--eval-max-tokens 0"),
+    (["evaluate", "--model_args", "pretrained=/no/such/model", "--sets", str(FIXTURE), "--corpora", str(FIXTURE),
+      "--out", "x", "--batch-size", "0"], "--batch-size 0"),
+    (["evaluate", "--model_args", "pretrained=/no/such/model", "--sets", str(FIXTURE), str(FIXTURE) + "/",
+      "--corpora", str(FIXTURE), "--out", "x"], "two folders are named 'blend_annotations'"),
 ])
 def test_culnig_lape_bad_input_is_one_line_with_status_2(tmp_path, monkeypatch, capsys, argv, match):
     monkeypatch.chdir(tmp_path)

@@ -116,14 +116,17 @@ def cmd_evaluate(args) -> int:
     from ..lape.intervene import delta_matrix
     from ..lape.pipeline import analyse_intervention, render_intervention, set_layers, sets_in
 
-    sets = {}
-    for folder in args.sets:
-        for name, s in sets_in(folder).items():
-            sets[f"{Path(folder).name}/{name}"] = s
+    settings = _settings(args)  # --batch-size, --row-length, --max-tokens checked before anything loads
+    labels = [Path(folder).resolve().name for folder in args.sets]
+    clash = sorted({label for label in labels if labels.count(label) > 1})
+    if clash:
+        raise ValueError(f"--sets: two folders are named {clash[0]!r}, so their sets would share labels; "
+                         "give folders with different names")
+    sets = {f"{label}/{name}": s for folder, label in zip(args.sets, labels) for name, s in sets_in(folder).items()}
     corpora = read_corpus_folder(args.corpora)
     model, tokenizer = _load_model(args.model_args, args.device)
-    rows = _eval_rows(tokenizer, corpora, args.row_length, args.max_tokens)
-    result = delta_matrix(model, sets, rows, args.batch_size)
+    rows = _eval_rows(tokenizer, corpora, settings.row_length, settings.max_tokens)
+    result = delta_matrix(model, sets, rows, settings.batch_size)
     pairs = [(name, name.split("/")[-1]) for name in sets]
     payload = analyse_intervention(result, pairs, set_layers(sets), "LAPE intervention")
     print(f"report: {render_intervention(payload, args.out)}")

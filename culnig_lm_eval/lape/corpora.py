@@ -104,7 +104,7 @@ def read_corpus_folder(root: str | Path) -> list[Corpus]:
     return corpora
 
 
-def _annotation_file(folder: Path) -> dict[str, Path]:
+def _annotation_files(folder: Path) -> dict[str, Path]:
     files = {}
     for path in sorted(folder.glob("*_data.json")):
         files[culture_id(path.name[: -len("_data.json")])] = path
@@ -148,7 +148,7 @@ def blend_annotation_corpora(folder: str | Path, cultures: list[str] | None = No
     if not folder.is_dir():
         raise CorpusError(f"BLEnD annotation folder {folder} does not exist; give the folder holding <Country>_data.json")
     fraction = _check_fraction(eval_fraction)
-    files = _annotation_file(folder)
+    files = _annotation_files(folder)
     wanted = [culture_id(c) for c in cultures] if cultures else sorted(files)
     missing = [c for c in wanted if c not in files]
     if missing:

@@ -44,6 +44,10 @@ class DemoConfig:
     eval_max_tokens: int | None = None
     culture_languages: str | None = None
 
+    def __post_init__(self):
+        if self.eval_max_tokens is not None and self.eval_max_tokens < 1:
+            raise ValueError(f"--eval-max-tokens {self.eval_max_tokens}: give a positive number or leave it out")
+
 
 def _siblings(mapping: dict[str, str], cultures: list[str]) -> dict[str, list[str]]:
     """Cultures sharing a language: uk -> [usa], spain -> [mexico] ..."""

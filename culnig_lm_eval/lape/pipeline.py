@@ -205,7 +205,8 @@ def combine(cultures: dict[str, NeuronSet], languages: dict[str, NeuronSet], map
     its languages; ``generic`` = the neurons in every pure set."""
     missing = [c for c in cultures if c not in mapping]
     if missing:
-        raise ValueError(f"no language given for culture(s) {', '.join(missing)}; add them to --languages as culture=lang")
+        raise ValueError(f"no language given for culture(s) {', '.join(missing)}; "
+                         "add them to --culture-languages as culture=language")
     unknown = sorted({mapping[c] for c in cultures} - set(languages))
     if unknown:
         raise ValueError(f"no language set for {', '.join(unknown)} (have: {', '.join(sorted(languages))}); "
@@ -213,16 +214,15 @@ def combine(cultures: dict[str, NeuronSet], languages: dict[str, NeuronSet], map
     out: dict[str, NeuronSet] = {}
     pure = []
     for culture, cset in cultures.items():
-        langs = [languages[mapping[culture]]]
-        lang_union = langs[0]
-        compound = cset.intersect(lang_union)
+        language = languages[mapping[culture]]
+        compound = cset.intersect(language)
         compound.meta.update(culture=culture, selection="lape-compound")
-        purified = cset.subtract(lang_union)
+        purified = cset.subtract(language)
         purified.meta.update(culture=culture, selection="lape-pure")
         out[f"compound/{culture}"] = compound
         out[f"pure/{culture}"] = purified
         pure.append(purified)
-    generic = pure[0].intersect(*pure[1:]) if len(pure) > 1 else pure[0]
+    generic = pure[0].intersect(*pure[1:])  # a new set even for one culture: its meta is changed below
     generic.meta.update(culture=None, selection="lape-generic")
     out["generic"] = generic
     return out
