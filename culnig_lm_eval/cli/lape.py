@@ -168,7 +168,8 @@ def _languages_option(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog=PROG, description="Culture neurons by activation-probability entropy "
+                                     "(LAPE): build corpora, record, identify, combine, evaluate, or all of it (demo).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
