@@ -121,6 +121,15 @@ SOURCES = {
                ("country", "prompt_question", "prompt_option_a", "prompt_option_b", "prompt_option_c",
                 "prompt_option_d", "answer")),
         Source("crc", None, "crc/passages.json"),
+        # WorldValuesBench: a folder (question_metadata.json, full/*.tsv); no hub copy exists, see culnig_lm_eval/wvb.py
+        Source("wvb", None, "wvb/sample"),
+        # general NLU sets of the prompt-variant tasks (builders in culnig_lm_eval/prompt_variants.py)
+        Source("qnli", {"path": "nyu-mll/glue", "name": "qnli", "split": "validation"},
+               "qnli_culnig/sample/qnli.jsonl", ("question", "sentence", "label")),
+        Source("mrpc", {"path": "nyu-mll/glue", "name": "mrpc", "split": "test"},
+               "mrpc_culnig/sample/mrpc.jsonl", ("sentence1", "sentence2", "label")),
+        Source("commonsense_qa", {"path": "tau/commonsense_qa", "split": "validation"},
+               "commonsense_qa_culnig/sample/commonsense_qa.jsonl", ("question", "choices", "answerKey")),
     )
 }
 
@@ -539,40 +548,97 @@ def _split_prompt(prompt: str, marker: str = " Without any explanation") -> tupl
 # ------------------------------------------------------------------------------------- CountryRC
 
 
-def crc(**options) -> Any:
-    """CountryRC: every passage of ``tasks/crc/passages.json`` x every country in it.
+def crc(passages: int | None = 25, dummy_share: float | str | None = 0.4, **options) -> Any:
+    """CountryRC as the CULNIG paper builds it, from ``tasks/crc/passages.json``.
 
-    Options are the passage's country plus three others drawn without replacement, shuffled;
-    the instruction wording is drawn too; each draw uses its own ``random.Random`` seeded from
-    the file's ``seed``, the passage index and the country, so a document never depends on
-    the order of the others.
+    Documents: ``passages`` passages x every instruction wording of the file (the reference has
+    four: two answered by letter, two by digit) x every target country (``targets``), so the
+    default is 25 x 4 x 8 = 800 (the reference's neuron half of its 50 passages).  Each
+    document's options are the target country plus three of the other countries of the file
+    (BLEnD's 16, spelled as BLEnD writes them), in a random order; the scored continuation is
+    the gold's label (``A``-``D`` or ``1``-``4``).  A passage with a ``{dummy}`` slot names a
+    second country there, one of the three distractors (as the reference does), so the answer
+    cannot be found by spotting the only country in the text.
+
+    ``dummy_share`` (default 0.4, the reference's share in each half) of the passages are such
+    dummy passages: the first ``round(dummy_share * passages)`` of them in file order, spread
+    evenly among the first plain passages, so that any leading slice (``crc:96``: three
+    passages x 4 wordings x 8 countries) is balanced too.  Every draw uses
+    :func:`culnig_lm_eval.prompt_variants.item_rng` of the file's ``seed``, the passage's index
+    in the file, the wording and the country, so a document never depends on the others.
+    Set both with ``--metadata '{"passages": 54, "dummy_share": 0.5}'`` or ``dataset_kwargs``.
     """
+    from culnig_lm_eval.prompt_variants import item_rng, option_labels, option_lines
+
     _, path = locate("crc", options)
     try:
         spec = json.loads(_decode(path))
     except json.JSONDecodeError as err:
         raise DataError(f"{path} line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
-    missing = [k for k in ("seed", "passages", "countries", "instructions") if not isinstance(spec, dict) or k not in spec]
+    missing = [k for k in ("seed", "targets", "passages", "countries", "instructions")
+               if not isinstance(spec, dict) or k not in spec]
     if missing:
         raise DataError(f"{path}: not a CountryRC spec: no {', '.join(missing)} (see tasks/crc/passages.json)")
+    countries = {c["id"]: c for c in spec["countries"]}
+    unknown = [t for t in spec["targets"] if t not in countries]
+    if unknown or len(countries) < 4:
+        raise DataError(f"{path}: targets {unknown} are not among its countries, or it has fewer than 4 countries")
+    count = _whole_number("passages", passages)
+    share = _share("dummy_share", dummy_share)
+    indexed = list(enumerate(spec["passages"]))
+    with_dummy = [(i, p) for i, p in indexed if "{dummy}" in p["text"]]
+    plain = [(i, p) for i, p in indexed if "{dummy}" not in p["text"]]
+    count = len(indexed) if count is None else count
+    n_dummy = round(share * count)
+    if not 0 < count <= len(indexed) or n_dummy > len(with_dummy) or count - n_dummy > len(plain):
+        raise ValueError(f"crc: {count} passages with dummy_share {share} need {n_dummy} dummy and {count - n_dummy} "
+                         f"plain passages; {path} has {len(with_dummy)} and {len(plain)}")
+    chosen, dummies, plains = [], iter(with_dummy[:n_dummy]), iter(plain[:count - n_dummy])
+    for k in range(count):  # dummy where the running share steps up: even spread over any prefix
+        chosen.append(next(dummies) if (k + 1) * n_dummy // count > k * n_dummy // count else next(plains))
+
+    def in_text(country: dict) -> str:
+        return country.get("in_text", country["name"])
+
     docs = []
-    for i, passage in enumerate(spec["passages"]):
-        for country in spec["countries"]:
-            rng = random.Random(f"{spec['seed']}:{i}:{country['id']}")
-            others = [c["name"] for c in spec["countries"] if c is not country]
-            options_ = rng.sample(others, 3) + [country["name"]]
-            rng.shuffle(options_)
-            docs.append({
-                "id": f"crc-{i:03d}-{country['id']}",
-                "culture": country["id"],
-                "topic": passage["topic"],
-                "instruction": rng.choice(spec["instructions"]),
-                "passage": passage["text"].format(country=country.get("in_text", country["name"])),
-                "question": passage["question"],
-                "options": options_,
-                "gold": options_.index(country["name"]),
-            })
+    for i, passage in chosen:
+        for variant, instruction in enumerate(spec["instructions"], start=1):
+            labels = option_labels(instruction["labels"], 4)
+            for target in spec["targets"]:
+                country = countries[target]
+                rng = item_rng(spec["seed"], i, variant, target)
+                distractors = rng.sample([c for cid, c in countries.items() if cid != target], 3)
+                dummy = rng.choice(distractors) if "{dummy}" in passage["text"] else None
+                choices = distractors + [country]
+                rng.shuffle(choices)
+                text = passage["text"].format(country=in_text(country), **({"dummy": in_text(dummy)} if dummy else {}))
+                docs.append({
+                    "id": f"crc-{i:03d}-{variant}-{target}",
+                    "culture": target,
+                    "topic": passage["topic"],
+                    "variant": variant,
+                    "passage": text,
+                    "question": passage["question"],
+                    "dummy": dummy["name"] if dummy else "",
+                    "options": [c["name"] for c in choices],
+                    "labels": labels,
+                    "gold": choices.index(country),
+                    "prompt": instruction["text"].format(passage=text, question=passage["question"],
+                                                         options=option_lines([c["name"] for c in choices], labels)),
+                })
     return _as_splits(docs, f"CountryRC from {path}")
+
+
+def _share(name: str, value: Any) -> float:
+    """A builder option that is a fraction in [0, 1] (from YAML, --metadata JSON, or a string)."""
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = float("nan")
+    if isinstance(value, bool) or not 0.0 <= share <= 1.0:  # NaN fails the comparison too
+        raise ValueError(f"{name} must be a number from 0 to 1, not {value!r} "
+                         f"(set it with --metadata '{{\"{name}\": 0.4}}' or the task's dataset_kwargs)")
+    return share
 
 
 # -------------------------------------------------------------------------------------- NormAd
@@ -626,7 +692,11 @@ def culturalbench(**options) -> Any:
 
 # builder -> the datasets it reads (so a task's documents can be traced to files)
 BUILDER_SOURCES = {"blend": ("blend_mcq", "blend_questions"), "crc": ("crc",), "normad": ("normad",),
-                   "culturalbench": ("culturalbench",)}
+                   "culturalbench": ("culturalbench",), "wvb": ("wvb",),  # culnig_lm_eval.wvb
+                   # culnig_lm_eval.prompt_variants
+                   "normad_prompt": ("normad",), "culturalbench_prompt": ("culturalbench",),
+                   "blend_prompt": ("blend_mcq", "blend_questions"), "qnli_prompt": ("qnli",),
+                   "mrpc_prompt": ("mrpc",), "commonsense_qa_prompt": ("commonsense_qa",)}
 
 
 def describe_source(key: str, options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -323,6 +323,9 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
             folder = out / condition.label / task
             stamp = folder / "done.json"
             expected = {"model_args": config.model_args, "sets": key, "task": task, "limit": plan.limit}
+            # [paper-models] evaluation renders prompts as scoring did (scoring.apply_chat_template)
+            chat = bool(config.scoring.apply_chat_template)
+            expected.update({"apply_chat_template": True} if chat else {})  # older stamps stay valid
             if not force and _stamp_matches(stamp, expected):
                 continue
             shutil.rmtree(folder, ignore_errors=True)
@@ -334,6 +337,7 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
                 results = simple_evaluate(
                     model=lm, model_args=model_args, tasks=[task], task_manager=manager, limit=plan.limit,
                     log_samples=True, evaluation_tracker=tracker, bootstrap_iters=0,
+                    apply_chat_template=chat,  # [paper-models]
                     random_seed=0, numpy_random_seed=0, torch_random_seed=0,
                 )
             samples = results.pop("samples")

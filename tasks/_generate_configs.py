@@ -69,6 +69,18 @@ FAMILIES: tuple[Family, ...] = (
     Family("blend", "blend", "BLEnD: one subtask per culture (culture ids as in culnig_lm_eval.data.culture_id).",
            ("acc",)),
     Family("blend_cloze", "blend_cloze", "BLEnD as cloze: one subtask per culture.", ("acc", "acc_norm")),
+    Family("blend_gen", "blend_gen", "BLEnD answered by generation (greedy; culnig_lm_eval.generation): "
+           "one subtask per culture.", ("acc", "parse_failure")),
+)
+
+# Families whose benchmark covers its own countries: (family, its cultures); CULTURES does not
+# touch them.  WorldValuesBench: the paper's eight target cultures minus Spain (not in WVS Wave
+# 7); ids are what culture_id() makes of WVB's B_COUNTRY spelling (culnig_lm_eval/wvb.py).
+OWN_LIST_FAMILIES: tuple[tuple[Family, tuple[tuple[str, str], ...]], ...] = (
+    (Family("wvb", "wvb", "WorldValuesBench: one subtask per culture; alignment with the majority answer.",
+            ("alignment", "acc")),
+     (("china", "China"), ("indonesia", "Indonesia"), ("iran", "Iran"), ("mexico", "Mexico"),
+      ("korea", "South Korea"), ("uk", "United Kingdom"), ("usa", "United States"))),
 )
 
 
@@ -123,9 +135,10 @@ def render(cultures=CULTURES, families=FAMILIES) -> dict[str, str]:
     """Relative path (under tasks/) -> text of every generated file."""
     validate(cultures)
     files = {}
-    for family in families:
+    for family, family_cultures in [(f, cultures) for f in families] + list(OWN_LIST_FAMILIES):
+        validate(family_cultures)
         files[f"{family.folder}/{family.prefix}.yaml"] = group_file(family)
-        for culture, name in cultures:
+        for culture, name in family_cultures:
             files[f"{family.folder}/{family.prefix}_{culture}.yaml"] = leaf_file(family, culture, name)
     return files
 
@@ -141,7 +154,7 @@ def is_generated(path: Path) -> bool:
 def stale(root: Path, expected: dict[str, str], families=FAMILIES) -> list[str]:
     """Generated files in the family folders that the list no longer produces (relative paths)."""
     found = []
-    for family in families:
+    for family in (*families, *(f for f, _ in OWN_LIST_FAMILIES)):
         folder = Path(root) / family.folder
         for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else ():
             rel = f"{family.folder}/{path.name}"

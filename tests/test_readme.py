@@ -107,8 +107,9 @@ def test_every_readme_command_runs(tmp_path):
             assert name in sample, f"README exports {name}: add it here"
             env[name] = str(REPO / sample[name])
             continue
-        if line.startswith("CULNIG_BLEND_MCQ=") and "culnig-experiment" in line:
-            # the real-data experiment: its config must load; running it whole is a benchmark
+        if line.startswith(("CULNIG_BLEND_MCQ=", "culnig-experiment --config")) and "culnig-experiment" in line:
+            # the real-data and GPU-model experiments: the config must load; running it whole is a benchmark
+            # (tests/test_paper_models.py runs the GPU-model configs on tiny models of their architectures)
             config = re.search(r"--config (\S+)", line).group(1)
             from culnig_lm_eval.experiment import load_config
 

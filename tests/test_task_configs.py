@@ -41,7 +41,7 @@ def manager(root):
 def tasks_copy(tmp_path):
     """A copy of the two generated families' folders (templates, hand-written and generated files)."""
     root = tmp_path / "tasks"
-    for family in gen.FAMILIES:
+    for family in (*gen.FAMILIES, *(f for f, _ in gen.OWN_LIST_FAMILIES)):  # wvb has its own culture list
         shutil.copytree(TASKS / family.folder, root / family.folder, ignore=shutil.ignore_patterns("sample"))
     return root
 
@@ -96,7 +96,7 @@ def test_one_more_culture_is_one_more_leaf_per_family(tasks_copy):
     cultures = gen.CULTURES + (("japan", "Japan"),)
     changed = gen.write(tasks_copy, cultures)
 
-    assert changed == ["blend/blend_japan.yaml", "blend_cloze/blend_cloze_japan.yaml"]
+    assert changed == ["blend/blend_japan.yaml", "blend_cloze/blend_cloze_japan.yaml", "blend_gen/blend_gen_japan.yaml"]
     after = {p.relative_to(tasks_copy).as_posix(): p.read_text() for p in tasks_copy.rglob("*.yaml")}
     assert set(after) - set(before) == set(changed)
     assert all(after[rel] == text for rel, text in before.items())  # groups list the tag: unchanged

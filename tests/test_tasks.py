@@ -252,16 +252,18 @@ def test_crc_is_deterministic_and_gold_is_the_country_in_the_passage(loaded):
     pairs = requests(task)
     spec = json.loads((task_dir() / "crc" / "passages.json").read_text())
     names = {c["name"]: c["id"] for c in spec["countries"]}
-    assert len(spec["passages"]) >= 50 and len(spec["countries"]) == 8 and len(spec["instructions"]) >= 3
-    assert len(pairs) == len(spec["passages"]) * 8
-    assert set(names.values()) == TARGETS
+    in_text = {c["name"]: c.get("in_text", c["name"]) for c in spec["countries"]}
+    assert len(spec["passages"]) >= 50 and len(names) == 16 and set(spec["targets"]) == TARGETS
+    assert len(pairs) == 25 * len(spec["instructions"]) * 8  # the default: 25 passages
     for doc, reqs in pairs:
-        options = [c.strip() for _, c in reqs]
-        gold = options[gold_of(task, doc)]
-        assert names[gold] == doc["culture"]
-        assert doc["passage"] in reqs[0][0] and gold in doc["passage"]
-        assert [o for o in options if o in doc["passage"]] == [gold]
-    assert len({doc["instruction"] for doc, _ in pairs}) == len(spec["instructions"])
+        labels = [c.strip() for _, c in reqs]
+        gold = doc["options"][gold_of(task, doc)]
+        assert names[gold] == doc["culture"] and doc["passage"] in reqs[0][0]
+        assert f"\n{labels[doc['gold']]}. {gold}\n" in reqs[0][0]
+        # the passage names the gold country, and at most the one dummy distractor besides
+        named = [o for o in doc["options"] if in_text[o] in doc["passage"]]
+        assert named == [gold] if not doc["dummy"] else sorted(named) == sorted([gold, doc["dummy"]])
+    assert {doc["variant"] for doc, _ in pairs} == set(range(1, len(spec["instructions"]) + 1))
     assert Counter(doc["gold"] for doc, _ in pairs).keys() == {0, 1, 2, 3}
     again = data.crc()["test"].to_list()
     assert again == [doc for doc, _ in pairs]

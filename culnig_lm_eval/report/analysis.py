@@ -13,6 +13,8 @@ from . import stats
 from .collect import PAIR_METRICS, Condition, TaskRecords
 
 METRIC_PRIORITY = ("acc", "acc_norm", "exact_match")
+# per-item metric of the tasks answered by generation (culnig_lm_eval.generation): 1 = no label read
+GENERATION_METRIC = "parse_failure"
 DEFAULT_NLU_TASKS = ("qnli", "mrpc", "commonsense_qa")
 PPL_PRIORITY = ("word_perplexity", "byte_perplexity", "bits_per_byte")
 
@@ -213,6 +215,9 @@ class ModelAnalysis:
     opts: Options
     unpaired: dict[str, str] = field(default_factory=dict)  # task -> why its runs cannot be compared
     notes: list[str] = field(default_factory=list)
+    # accuracy tasks answered by generation (their records carry GENERATION_METRIC); they are shown
+    # beside their log-likelihood counterpart and kept out of the pooled "cultural items"
+    generation_tasks: list[str] = field(default_factory=list)
     _cache: dict = field(default_factory=dict)
 
     # -- vectors ------------------------------------------------------------------------------
@@ -242,8 +247,16 @@ class ModelAnalysis:
             self._cache[key] = Paired.of(a, b, self.opts)
         return self._cache[key]
 
-    def accuracy(self, cond: Condition, task: str) -> tuple[int, float]:
-        r, m = cond.tasks.get(task), self.metric.get(task)
+    def metric_vectors(self, cond: Condition, ref: Condition, task: str, metric: str):
+        """Per-item ``metric`` of ``cond`` and ``ref`` on the items both ran (paired by doc_id)."""
+        va = cond.tasks[task].metrics.get(metric, {}) if task in cond.tasks else {}
+        vb = ref.tasks[task].metrics.get(metric, {}) if task in ref.tasks else {}
+        ids = sorted(set(va) & set(vb), key=lambda x: (str(type(x)), x))
+        return np.asarray([va[d] for d in ids], dtype=float), np.asarray([vb[d] for d in ids], dtype=float)
+
+    def accuracy(self, cond: Condition, task: str, metric: str | None = None) -> tuple[int, float]:
+        """(items, mean) of the task's metric -- or of ``metric`` -- over ``cond``'s records."""
+        r, m = cond.tasks.get(task), metric or self.metric.get(task)
         if r is None or m is None or not r.metrics.get(m):
             return 0, float("nan")
         v = np.fromiter(r.metrics[m].values(), dtype=float)
@@ -490,8 +503,13 @@ def analyse(conditions: list[Condition], opts: Options) -> ModelAnalysis:
                 known.setdefault(norm(s.culture), s.culture)
     for c in opts.extra_cultures:
         known.setdefault(norm(c), c)
+    generation = [t for t in acc_tasks if any(GENERATION_METRIC in c.tasks[t].metrics
+                                              for c in conditions if t in c.tasks)]
+    # the pooled cultural items (specificity) and the culture matrices stay log-likelihood: a
+    # generation task repeats its counterpart's items and is compared with it in its own section
+    scored = [t for t in acc_tasks if t not in generation]
     ref_tasks = {t: (unmasked.tasks[t] if unmasked and t in unmasked.tasks else
-                     next(c.tasks[t] for c in conditions if t in c.tasks)) for t in acc_tasks}
+                     next(c.tasks[t] for c in conditions if t in c.tasks)) for t in scored}
     families, known = find_families(ref_tasks, known)
     culture_names = sorted({c for f in families for c in f.items}, key=str.lower)
     fam_tasks = sorted({t for f in families for sel in f.items.values() for t in sel})
@@ -499,8 +517,8 @@ def analyse(conditions: list[Condition], opts: Options) -> ModelAnalysis:
         base_key=base.base_key, base_model=base.base_model, conditions=conditions, unmasked=unmasked,
         set_conds=set_conds, random_groups=random_groups, tasks=all_tasks, acc_tasks=acc_tasks, nlu_tasks=nlu,
         ppl_tasks=ppl_tasks, no_sample_tasks=no_samples, metric=metric, families=families,
-        culture_names=culture_names, cultural_tasks=fam_tasks or list(acc_tasks),
-        cultural_from_families=bool(fam_tasks), opts=opts, unpaired=unpaired,
+        culture_names=culture_names, cultural_tasks=fam_tasks or scored,
+        cultural_from_families=bool(fam_tasks), opts=opts, unpaired=unpaired, generation_tasks=generation,
     )
     return ma
 
@@ -1041,6 +1059,65 @@ def specificity_section(ma: ModelAnalysis) -> SpecificitySection | None:
         points=[p for p in points if _finite(p.x) and _finite(p.y)])
 
 
+# -- log-likelihood vs generation ----------------------------------------------------------------
+def loglik_counterpart(task: str) -> str:
+    """The log-likelihood task a generation task repeats: ``blend_gen_test`` -> ``blend_test``."""
+    return re.sub(r"_gen(?=_|$)", "", task, count=1)
+
+
+@dataclass
+class GenerationRow:
+    """One condition on one generation task, beside the log-likelihood accuracy on its counterpart."""
+
+    section: str = "generation"
+    model: str = ""
+    task: str = ""  # the generation task
+    loglik_task: str | None = None  # its log-likelihood counterpart, None when that did not run
+    condition: str = ""
+    n: int = 0  # items of the generation task
+    acc_loglik: float = float("nan")
+    acc_generated: float = float("nan")
+    parse_failure: float = float("nan")
+    # masked vs unmasked parse-failure rate on the same items (paired); None for the unmasked row
+    n_paired: int | None = None
+    parse_failure_unmasked: float | None = None
+    parse_failure_diff: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    masked_nothing: bool = False
+
+
+@dataclass
+class GenerationSection:
+    tasks: list[tuple[str, str | None]]  # (generation task, its log-likelihood counterpart or None)
+    rows: list[GenerationRow]  # per task, in report order of the conditions
+
+
+def generation_section(ma: ModelAnalysis) -> GenerationSection:
+    pairs = []
+    for t in ma.generation_tasks:
+        counterpart = loglik_counterpart(t)
+        ran = counterpart != t and counterpart in ma.metric and counterpart not in ma.generation_tasks
+        pairs.append((t, counterpart if ran else None))
+    rows = []
+    for task, loglik in pairs:
+        for c in ma.ordered_conditions():
+            if task not in c.tasks:
+                continue
+            n, acc = ma.accuracy(c, task)
+            row = GenerationRow(
+                model=ma.base_model, task=task, loglik_task=loglik, condition=c.label, n=n, acc_generated=acc,
+                acc_loglik=ma.accuracy(c, loglik)[1] if loglik else float("nan"),
+                parse_failure=ma.accuracy(c, task, GENERATION_METRIC)[1], masked_nothing=c.masks_nothing)
+            if ma.unmasked is not None and c is not ma.unmasked:
+                a, b = ma.metric_vectors(c, ma.unmasked, task, GENERATION_METRIC)
+                p = Paired.of(a, b, ma.opts)
+                row.n_paired, row.parse_failure_unmasked, row.parse_failure_diff = p.n, p.acc_b, p.diff
+                row.ci_low, row.ci_high = p.ci.low, p.ci.high
+            rows.append(row)
+    return GenerationSection(tasks=pairs, rows=rows)
+
+
 # -- one model ---------------------------------------------------------------------------------
 @dataclass
 class ModelReport:
@@ -1054,12 +1131,14 @@ class ModelReport:
     neurons: NeuronSection
     specificity: SpecificitySection | None
     aggregate_mismatches: list[str]  # per-sample means that disagree with lm-eval's aggregates
+    generation: GenerationSection
 
     def json_rows(self) -> list:
         """The rows of report.json, in report order (a difference row only where an unmasked run paired it)."""
         rows = [r for t in self.accuracy.per_task for r in t.rows
                 if isinstance(r, RandomMeanRow) or r.n_paired is not None]
         rows += [cell for m in self.culture.matrices for cell in m.cells]
+        rows += self.generation.rows
         rows += self.neurons.rows
         if self.specificity is not None:
             rows += [b.row for b in self.specificity.blocks if b.row is not None]
@@ -1069,4 +1148,5 @@ class ModelReport:
 def model_report(ma: ModelAnalysis) -> ModelReport:
     return ModelReport(analysis=ma, tasks=task_rows(ma), subset_tasks=subset_tasks(ma),
                        accuracy=accuracy_section(ma), culture=culture_section(ma), neurons=neuron_section(ma),
-                       specificity=specificity_section(ma), aggregate_mismatches=aggregate_mismatches(ma))
+                       specificity=specificity_section(ma), aggregate_mismatches=aggregate_mismatches(ma),
+                       generation=generation_section(ma))

@@ -31,6 +31,7 @@ from .analysis import (
     RandomMeanRow,
     TaskSeries,
     analyse,
+    loglik_counterpart,
     model_report,
 )
 from .collect import Collection, Condition, collect
@@ -211,6 +212,7 @@ def _write_report(rep: _Report, col: Collection, models: list[ModelReport], run_
         if multi:
             rep.add(f"## Model {code(ma.base_model)}", "", f"Base model_args: {code(ma.base_key)}", "")
         _section_accuracy(rep, mr, h, s)
+        _section_generation(rep, mr, h)
         _section_culture_matrix(rep, mr, h, s)
         _section_neurons(rep, mr, h, s)
         _section_specificity(rep, mr, h, s)
@@ -356,6 +358,33 @@ def _bars(series: list[TaskSeries]) -> list[dict]:
     """The series in :func:`figures.grouped_bars`' form; random seeds' bars are hatched."""
     return [{"label": f"random ({x.n_seeds} seeds, matched to {x.label}): mean, min-max" if x.n_seeds else x.label,
              "values": x.values, "low": x.low, "high": x.high, "hatch": "//" if x.n_seeds else None} for x in series]
+
+
+# ----------------------------------------------------------------------------------------
+def _section_generation(rep: _Report, mr: ModelReport, h: str):
+    """Log-likelihood and generation accuracy side by side, with the parse-failure rates (only when a
+    generation task ran)."""
+    sec = mr.generation
+    if not sec.tasks:
+        return
+    rep.add(f"{h} Log-likelihood vs generation", "")
+    rep.add("`acc (loglik)`: the answer with the highest log-likelihood among the allowed ones, on the "
+            "log-likelihood task named in the heading. `acc (generated)`: the answer the model writes itself "
+            "(greedy decoding over the whole vocabulary, as the CULNIG paper scores it), read by "
+            "`culnig_lm_eval.generation.parse_label`. `parse failure`: share of items whose generated text "
+            "holds no answer label; those items count as wrong. `Δ parse failure` is masked - unmasked on the "
+            f"same items, with a paired bootstrap {ci_label(rep.opts.alpha)}.", "")
+    for task, loglik in sec.tasks:
+        rep.add(f"{h}# Generation: {task}" + (f" vs {loglik}" if loglik else ""), "")
+        if loglik is None:
+            rep.add(f"The log-likelihood counterpart `{loglik_counterpart(task)}` did not run: `acc (loglik)` is n/a.", "")
+        rows = [[_warned_label(r.condition, r.masked_nothing), r.n, format_accuracy(r.acc_loglik),
+                 format_accuracy(r.acc_generated), format_accuracy(r.parse_failure),
+                 format_difference(r.parse_failure_diff) if r.n_paired else "-",
+                 format_ci_bounds(r.ci_low, r.ci_high) if r.n_paired else "-"]
+                for r in sec.rows if r.task == task]
+        rep.add(*table(["condition", "n", "acc (loglik)", "acc (generated)", "parse failure",
+                        "Δ parse failure vs unmasked", ci_label(rep.opts.alpha)], rows))
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,0 +1,304 @@
+"""WorldValuesBench (``wvb`` tasks, culnig_lm_eval/wvb.py): question selection by divergence, the
+alignment metric, the harness wiring (validate, ls, a run, culnig-score) and bad data files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from culnig_lm_eval import wvb
+from culnig_lm_eval._startup import task_dir
+from culnig_lm_eval.data import DataError
+
+SAMPLE = task_dir() / "wvb" / "sample"
+BIN = Path(sys.executable).parent
+CULTURE_OF_COUNTRY = {"China": "china", "Indonesia": "indonesia", "Iran": "iran", "Mexico": "mexico",
+                      "South Korea": "korea", "Great Britain": "uk", "United States": "usa"}
+
+
+@pytest.fixture(autouse=True)
+def fresh(fresh_data_state):  # tests/conftest.py, plus this module's own cache
+    wvb.survey.cache_clear()
+    wvb._warn_sample.cache_clear()
+    yield
+    wvb.survey.cache_clear()
+
+
+def offline_env(**extra) -> dict:
+    return {**os.environ, "CULNIG_DATA": "sample", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1", **extra}
+
+
+# ------------------------------------------------------------------- selection, independently
+
+
+def slow_selection(folder: Path, min_responses=10, cut=40) -> dict[str, tuple[list[str], list[str], dict]]:
+    """culture -> (neur question ids, test question ids, {qid: majority}), recomputed from the files
+    with plain loops: KL(country || all) over answers both have, descending, ties by question number."""
+    meta = json.loads((folder / "question_metadata.json").read_text())
+    with (folder / "full_demographic_qa.tsv").open(newline="") as fh:
+        country_of = {r["D_INTERVIEW"]: r["B_COUNTRY"] for r in csv.DictReader(fh, delimiter="\t")}
+    with (folder / "full_value_qa.tsv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    questions = [q for q in meta if q.startswith("Q") and q[1:].isdigit() and 1 <= int(q[1:]) <= 259]
+    every = defaultdict(lambda: defaultdict(int))
+    per = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
+    first_seen = defaultdict(dict)  # (country, q) -> answer -> row index it first appeared at
+    for index, row in enumerate(rows):
+        country = country_of.get(row["D_INTERVIEW"])
+        for q in questions:
+            if row.get(q, "") == "":
+                continue
+            answer = int(row[q])
+            every[q][answer] += 1
+            if country is not None:
+                per[country][q][answer] += 1
+                first_seen[(country, q)].setdefault(answer, index)
+    result = {}
+    for country, culture in CULTURE_OF_COUNTRY.items():
+        scored = []
+        for q in questions:
+            own, alls = per[country][q], every[q]
+            n_own, n_all = sum(own.values()), sum(alls.values())
+            if n_own < min_responses or n_all < min_responses:
+                continue
+            kl = sum((own[a] / n_own) * math.log((own[a] / n_own) / (alls[a] / n_all))
+                     for a in own if own[a] and alls[a])
+            top = max(own.values())
+            majority = min((a for a in own if own[a] == top), key=lambda a: first_seen[(country, q)][a])
+            scored.append((-kl, int(q[1:]), q, majority))
+        scored.sort()
+        ids = [q for _, _, q, _ in scored]
+        result[culture] = (ids[:cut], ids[cut:], {q: m for _, _, q, m in scored})
+    return result
+
+
+def ids_of(dataset, culture, variant=0) -> list[str]:
+    return [d["question_id"] for d in dataset if d["culture"] == culture and d["variant"] == variant]
+
+
+def test_selection_by_divergence_matches_an_independent_computation():
+    expected = slow_selection(SAMPLE)
+    neur = wvb.wvb(questions="neur")["test"]
+    test = wvb.wvb(questions="test")["test"]
+    assert sorted(set(neur["culture"])) == sorted(CULTURE_OF_COUNTRY.values())
+    for culture, (neur_ids, test_ids, majority) in expected.items():
+        assert len(neur_ids) == 40 and test_ids, culture
+        for variant in range(4):  # 2 personas x 2 instructions, the same questions in each
+            assert ids_of(neur, culture, variant) == neur_ids
+            assert ids_of(test, culture, variant) == test_ids
+        for doc in (d for d in neur if d["culture"] == culture):
+            assert doc["majority"] == majority[doc["question_id"]]
+            assert doc["options"][doc["gold"]] == str(doc["majority"])
+    # Iran left Q3 unanswered 4 times in the fixture: 8 answers, under the 10 a question needs
+    assert "Q3" not in expected["iran"][0] + expected["iran"][1]
+    assert len(test.filter(lambda d: d["culture"] == "iran")) == 4 * len(expected["iran"][1])
+
+
+def test_germany_counts_towards_all_countries_only(tmp_path):
+    """The all-country distribution includes every respondent (Germany too), as in the reference."""
+    with_germany = wvb.wvb(culture="uk")["test"]
+    folder = Path(shutil.copytree(SAMPLE, tmp_path / "no-germany"))
+    values = (folder / "full_value_qa.tsv").read_text().splitlines()
+    kept = [line for line in values if not line.startswith("276")]  # Germany's interview ids
+    assert len(kept) == len(values) - 12
+    (folder / "full_value_qa.tsv").write_text("\n".join(kept) + "\n")
+    without = wvb.wvb(culture="uk", wvb=str(folder))["test"]
+    assert with_germany["divergence"] != without["divergence"]
+    expected = slow_selection(folder)["uk"]
+    assert ids_of(without, "uk") == expected[0] + expected[1]
+
+
+def test_options_of_the_split():
+    all_uk = wvb.wvb(culture="uk")["test"]
+    assert ids_of(wvb.wvb(culture="uk", neuron_questions=5, questions="neur")["test"], "uk") == ids_of(all_uk, "uk")[:5]
+    assert ids_of(wvb.wvb(culture="uk", neuron_questions="5", questions="test")["test"], "uk") == ids_of(all_uk, "uk")[5:]
+    fewer = wvb.wvb(culture="iran", min_responses=8)["test"]
+    assert "Q3" in ids_of(fewer, "iran")
+    with pytest.raises(ValueError, match="questions must be all, neur or test"):
+        wvb.wvb(questions="train")
+    with pytest.raises(ValueError, match="neuron_questions"):
+        wvb.wvb(neuron_questions=-1)
+
+
+def test_documents_carry_persona_prompt_and_scale():
+    doc = wvb.wvb(culture="usa", questions="test")["test"][0]
+    assert "United States" in doc["persona"]  # WVB's B_COUNTRY spelling names the country
+    assert f"from {doc['scale_min']} to {doc['scale_max']}" in doc["prompt"]
+    assert doc["options"] == [str(o) for o in range(doc["scale_min"], doc["scale_max"] + 1)]
+    assert sum(json.loads(doc["distribution"]).values()) == doc["responses"] >= 10
+    variants = {d["variant"]: (d["persona"], d["prompt"]) for d in wvb.wvb(culture="usa")["test"]
+                if d["question_id"] == doc["question_id"]}
+    assert sorted(variants) == [0, 1, 2, 3] and len(set(variants.values())) == 4
+
+
+# ------------------------------------------------------------------------------------- metric
+
+
+@pytest.mark.parametrize("answer, gold, low, high, expected", [
+    (2, 2, 1, 4, 100.0),
+    (1, 2, 1, 4, 50.0),          # 1 - 1/max(1, 2)
+    (4, 2, 1, 4, 0.0),           # the farthest end
+    (3, 2, 1, 4, 50.0),
+    (6, 3, 1, 10, 100 * (1 - 3 / 7)),
+    (1, 1, 1, 2, 100.0),
+    (2, 1, 1, 2, 0.0),
+    (5, 2, 1, 4, 0.0),           # off the scale
+    (0, 2, 1, 4, 0.0),
+])
+def test_alignment_by_hand(answer, gold, low, high, expected):
+    assert wvb.alignment(answer, gold, low, high) == pytest.approx(expected)
+
+
+def test_process_results_takes_the_most_likely_option():
+    doc = {"id": "d", "options": ["1", "2", "3", "4"], "majority": 2, "gold": 1, "scale_min": 1, "scale_max": 4}
+    assert wvb.process_results(doc, [(-3.0, False), (-2.0, False), (-1.0, True), (-5.0, False)]) == \
+        {"alignment": 50.0, "acc": 0.0}
+    assert wvb.process_results(doc, [(-3.0, False), (-0.5, True), (-1.0, False), (-5.0, False)]) == \
+        {"alignment": 100.0, "acc": 1.0}
+    with pytest.raises(ValueError, match="finite"):
+        wvb.process_results(doc, [(-3.0, False), (math.nan, False), (-1.0, False), (-5.0, False)])
+    items = [wvb.process_results(doc, r) for r in ([(-1, 0), (-2, 0), (-3, 0), (-4, 0)],
+                                                   [(-4, 0), (-3, 0), (-2, 0), (-1, 0)])]
+    assert sum(i["alignment"] for i in items) / 2 == pytest.approx(25.0)  # (50 + 0) / 2, the task's mean
+
+
+# ------------------------------------------------------------------------------ the harness
+
+
+def test_prompt_and_gold_request():
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_defaults=False, include_path=str(task_dir()))
+    task = manager.load(["wvb_uk"])["tasks"]["wvb_uk"]
+    doc = task.test_docs()[0]
+    context = task.fewshot_context(doc, 0)
+    assert context.index(doc["persona"]) < context.index(doc["prompt"]) and context.endswith("\nAnswer:")
+    requests = task.construct_requests(doc, context)
+    assert [r.arguments[1] for r in requests] == [f" {o}" for o in doc["options"]]
+    assert requests[doc["gold"]].arguments[1] == f" {doc['majority']}"
+    from culnig_lm_eval.data import task_sources
+
+    assert task_sources(task)["wvb"]["kind"] == "sample"
+
+
+def test_lm_eval_ls_and_validate():
+    listed = subprocess.run([str(BIN / "lm_eval"), "ls", "tasks"], capture_output=True, text=True,
+                            env=offline_env(), timeout=600)
+    assert listed.returncode == 0, listed.stderr
+    for name in ("wvb", "wvb_neur", "wvb_test", "wvb_uk", "wvb_korea"):
+        assert f" {name} " in listed.stdout or f"|{name}|" in listed.stdout.replace(" ", ""), name
+    valid = subprocess.run([str(BIN / "lm_eval"), "validate", "--tasks", "wvb,wvb_neur,wvb_test"],
+                           capture_output=True, text=True, env=offline_env(), timeout=600)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+
+
+@pytest.mark.slow
+def test_lm_eval_run_reports_alignment(tmp_path, tiny_llama_dir):
+    out = tmp_path / "out"
+    proc = subprocess.run([str(BIN / "lm_eval"), "run", "--model", "masked-hf", "--model_args",
+                           f"pretrained={tiny_llama_dir},device=cpu,dtype=float32", "--tasks", "wvb,wvb_test",
+                           "--limit", "2", "--output_path", str(out)],
+                          capture_output=True, text=True, env=offline_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    for name in ("wvb", "wvb_test", "wvb_uk"):
+        assert 0.0 <= results[name]["alignment,none"] <= 100.0, name
+        assert 0.0 <= results[name]["acc,none"] <= 1.0, name
+    assert results["wvb_test"]["alignment,none"] != results["wvb_test"]["acc,none"]
+
+
+@pytest.mark.slow
+def test_culnig_score_accepts_wvb_neur(tmp_path, tiny_llama_dir):
+    from culnig_lm_eval.scoring.run import load_table
+
+    proc = subprocess.run([sys.executable, "-m", "culnig_lm_eval.cli.score", "run", "--model_args",
+                           f"pretrained={tiny_llama_dir},dtype=float32", "--device", "cpu", "--tasks", "wvb_neur",
+                           "--limit", "3", "--no-select", "--out", str(tmp_path / "scores")],
+                          capture_output=True, text=True, env=offline_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = load_table(tmp_path / "scores" / "task.scores.pt")
+    assert int(table.counts.sum()) == 3  # one sample (the majority answer's request) per document
+    assert all(bool(s.isfinite().all()) and float(s.abs().sum()) > 0 for s in table.scores.values())
+
+
+# ------------------------------------------------------------------------------- bad data
+
+
+def broken_copy(tmp_path, edit) -> Path:
+    folder = Path(shutil.copytree(SAMPLE, tmp_path / "WorldValuesBench"))
+    edit(folder)
+    return folder
+
+
+def replace_first_answer(folder: Path, new: str):
+    path = folder / "full_value_qa.tsv"
+    lines = path.read_text().splitlines()
+    cells = lines[1].split("\t")
+    cells[1] = new
+    lines[1] = "\t".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda f: replace_first_answer(f, "often"), "line 2: Q1 is 'often', not a whole-number answer"),
+    (lambda f: replace_first_answer(f, "9"), "line 2: Q1 is 9, outside its scale 1..4"),
+    (lambda f: (f / "full_demographic_qa.tsv").write_text("D_INTERVIEW\tCOUNTRY\n1\tChina\n"),
+     "missing column(s) B_COUNTRY"),
+    (lambda f: (f / "full_value_qa.tsv").write_bytes(b"D_INTERVIEW\tQ1\n1\t\xff\n"), "not UTF-8"),
+    (lambda f: (f / "question_metadata.json").write_text('{"Q1": {"question": "x", "answer_scale_min": 4, '
+                                                         '"answer_scale_max": 1}}'), "answer_scale_min <"),
+    (lambda f: (f / "full_value_qa.tsv").unlink(), "has no full_value_qa.tsv"),
+])
+def test_bad_files_raise_one_data_error(tmp_path, edit, needle):
+    folder = broken_copy(tmp_path, edit)
+    with pytest.raises(DataError) as info:
+        wvb.wvb(wvb=str(folder))
+    assert needle in str(info.value) and str(folder) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_official_layout_with_full_subfolder(tmp_path):
+    folder = tmp_path / "WorldValuesBench"
+    (folder / "full").mkdir(parents=True)
+    shutil.copy(SAMPLE / "question_metadata.json", folder)
+    for name in ("full_demographic_qa.tsv", "full_value_qa.tsv"):
+        shutil.copy(SAMPLE / name, folder / "full")
+    assert wvb.wvb(wvb=str(folder))["test"]["id"] == wvb.wvb()["test"]["id"]
+
+
+def test_hub_mode_says_there_is_no_hub_copy(monkeypatch):
+    monkeypatch.setenv("CULNIG_DATA", "hub")
+    with pytest.raises(DataError, match="no copy on the Hugging Face hub.*CULNIG_WVB"):
+        wvb.wvb()
+
+
+def test_auto_mode_without_a_folder_warns_once_and_reads_the_sample(monkeypatch, caplog):
+    monkeypatch.setenv("CULNIG_DATA", "auto")
+    with caplog.at_level("WARNING", logger="culnig_lm_eval.wvb"):
+        first = wvb.wvb(culture="uk")["test"]
+        wvb.wvb(culture="china")
+    warnings = [r for r in caplog.records if "SMALL INVENTED SAMPLE" in r.getMessage()]
+    assert len(warnings) == 1 and "CULNIG_WVB" in warnings[0].getMessage()
+    assert first["id"] == wvb.wvb(culture="uk", culnig_data="sample")["test"]["id"]
+
+
+def test_bad_folder_stops_culnig_score_with_one_line_and_exit_2(tmp_path):
+    folder = broken_copy(tmp_path, lambda f: replace_first_answer(f, "often"))
+    proc = subprocess.run([sys.executable, "-m", "culnig_lm_eval.cli.score", "run", "--model_args",
+                           "pretrained=/no/such/model", "--tasks", "wvb_neur", "--out", str(tmp_path / "s")],
+                          capture_output=True, text=True, env=offline_env(CULNIG_WVB=str(folder)), timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "/no/such/model" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Q1 is 'often'" in errors[0] and str(folder) in errors[0]
+    assert not (tmp_path / "s").exists()
