@@ -80,6 +80,20 @@ def test_budget_is_met_within_one_module(choice, budget):
         assert any(choose(rows, total, choice, budget, seed=s) != chosen for s in range(4, 12))
 
 
+def test_neurons_held_counts_each_neuron_once():
+    from culnig_lm_eval.finetune.modules import neurons_held
+
+    model = tiny_model("llama")
+    hand = _set(model, HAND_PICKS)
+    rows = {r.name: r for r in count_modules(model, [hand])}
+    held = lambda *names: neurons_held([rows[n] for n in names], [hand], 2)  # noqa: E731
+    assert held("model.layers.0.mlp.down_proj") == 4
+    assert held("model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj") == 4
+    assert held("model.layers.1.self_attn.q_proj") == 2 and held("model.layers.1.self_attn.o_proj") == 3
+    assert held("model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj", "model.layers.0.mlp.up_proj") == 7
+    assert held("model.layers.1.mlp.gate_proj", "model.layers.0.self_attn.o_proj") == 0
+
+
 def test_module_choice_names_parameters_and_module_paths():
     model = tiny_model("llama")
     choice = module_choice(model, [_set(model, HAND_PICKS)], "top", 0.05)

@@ -123,8 +123,16 @@ def test_every_readme_command_runs(tmp_path):
             proc = run.sh(line)
             assert "report:" in proc.stdout
             continue
+        if "culnig-finetune compare" in line:
+            # the fine-tuning comparison on real BLEnD: the same command on the shipped sample, a few steps
+            line = re.sub(r"^(CULNIG_\w+=\S+ )+", "", line)
+            for flag, value in (("--steps", "2"), ("--eval-every", "1"), ("--eval-limit", "3")):
+                line = re.sub(rf"{flag} \d+", f"{flag} {value}", line)
+            proc = run.sh(line + " --max-train-examples 16")
+            assert "report:" in proc.stdout
+            continue
         if line.startswith(("lm_eval", "culnig-score", "culnig-sets", "culnig-report", "culnig-models",
-                            "culnig-lape", "python benchmarks/")):
+                            "culnig-lape", "culnig-modules", "python benchmarks/")):
             line = shrink(line).replace("--sets-out neuron_sets/", "--sets-out sets_out/")
             assert "neuron_sets/" not in re.sub(r"--(sets-dir|scores-dir) \S+", "", line.split("--sets-out")[0]) \
                 or not line.startswith("culnig-score run"), "a README command would overwrite the shipped sets"

@@ -167,7 +167,7 @@ def write_report(folder: Path, curves: dict[str, list[dict]], choices: dict, set
             "settings": asdict(settings), "compare": asdict(compare),
             "modules": {n: {"target_modules": c.target_modules, "chosen_parameters": c.chosen_parameters,
                             "total_parameters": c.total_parameters,
-                            "neurons_in_chosen": sum(r["neurons"] for r in c.table if r["chosen"])}
+                            "neurons_held": c.neurons_held}
                         for n, c in choices.items()},
             "analysis": analysis, "verdict": sentences}
     with atomic_folder(folder) as staging:

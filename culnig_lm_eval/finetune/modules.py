@@ -86,6 +86,26 @@ def _count_rule(union: dict[str, list[set[int]]], layer: int, parent: str, leaf:
     return parent, per_leaf.get((parent, leaf), 0)
 
 
+_HOLDS = {  # (part, leaf) -> the neuron kinds a module holds (module docstring)
+    ("mlp", "gate_proj"): ("mlp_gate", "mlp_up"), ("mlp", "up_proj"): ("mlp_gate", "mlp_up"),
+    ("mlp", "down_proj"): ("mlp_gate", "mlp_up"), ("mlp", "gate_up_proj"): ("mlp_gate", "mlp_up"),
+    ("attention", "q_proj"): ("attn_q",), ("attention", "k_proj"): ("attn_k",), ("attention", "v_proj"): ("attn_v",),
+    ("attention", "qkv_proj"): ("attn_q", "attn_k", "attn_v"), ("attention", "o_proj"): ("attn_q", "attn_k", "attn_v"),
+}
+
+
+def neurons_held(chosen: list[ModuleCount], neuron_sets, num_layers: int) -> int:
+    """Distinct neurons held by at least one chosen module (gate, up and down of a layer share them)."""
+    union = _neurons_per_layer(neuron_sets, num_layers)
+    held: set[tuple] = set()
+    for row in chosen:
+        for kind in _HOLDS.get((row.part, row.name.rsplit(".", 1)[-1]), ()):
+            # gate and up rows name the same MLP neuron: one key for both
+            group = "mlp" if kind.startswith("mlp") else kind
+            held |= {(group, row.layer, i) for i in (union.get(kind) or [set()] * num_layers)[row.layer]}
+    return len(held)
+
+
 def _part_of(adapter, relative: str) -> str:
     """"mlp" / "attention" from the adapter's projection paths (their parent attribute)."""
     parents = {p.path.rsplit(".", 1)[0]: kind.split("_")[0] for kind, p in adapter.projections.items()}
@@ -169,6 +189,7 @@ class ModuleChoice:
     trainable_parameters: list[str]
     table: list[dict]  # every module in ranking order: name, layer, part, neurons, parameters, chosen
     sets: list[dict]
+    neurons_held: int = 0  # distinct neurons of the sets held by the chosen modules
 
     @property
     def chosen_parameters(self) -> int:
@@ -191,7 +212,8 @@ def module_choice(model: nn.Module, neuron_sets, choice: str, budget: float, see
     for entry in table:
         entry.pop("position")
     sets = [{"source": s.source, "neurons": len(s), "method": s.meta.get("method")} for s in neuron_sets]
-    return ModuleChoice(choice, float(budget), int(seed), total, [r.name for r in chosen], params, table, sets)
+    held = neurons_held(chosen, neuron_sets, len(decoder_layers(model)))
+    return ModuleChoice(choice, float(budget), int(seed), total, [r.name for r in chosen], params, table, sets, held)
 
 
 def load_choice(path) -> dict:
@@ -230,7 +252,7 @@ def format_table(choice: ModuleChoice, limit: int | None = None) -> str:
         lines.append(f"  ... {len(choice.table) - limit} more modules")
     lines.append(f"{choice.choice}: {len(choice.target_modules)} modules, {choice.chosen_parameters:,} of "
                  f"{choice.total_parameters:,} parameters ({choice.chosen_parameters / choice.total_parameters:.2%}; "
-                 f"budget {choice.budget:.0%})")
+                 f"budget {choice.budget:.0%}), holding {choice.neurons_held} distinct neurons of the sets")
     return "\n".join(lines)
 
 

@@ -40,14 +40,14 @@ def render(body: dict) -> str:
         + (f", LoRA r={s['lora']['r']}" if s.get("lora") else ", full update of the chosen modules") + ".",
         f"Evaluated every {s['eval_every']} updates on {', '.join(s['eval_tasks'])}"
         + (f" and the training task `{s['train_eval_task']}`" if s.get("train_eval_task") else "")
-        + (f" (first {s['eval_limit']} items each)" if s.get("eval_limit") else "") + ".",
+        + (f" (at most the first {s['eval_limit']} items of each)" if s.get("eval_limit") else "") + ".",
         "",
-        "| choice | modules | parameters | share | culture-general neurons in them |",
+        "| choice | modules | parameters | share | distinct neurons of the sets they hold |",
         "|---|---|---|---|---|",
     ]
     for name, m in body["modules"].items():
         lines.append(f"| {name} | {len(m['target_modules'])} | {m['chosen_parameters']:,} | "
-                     f"{m['chosen_parameters'] / m['total_parameters']:.1%} | {m['neurons_in_chosen']} |")
+                     f"{m['chosen_parameters'] / m['total_parameters']:.1%} | {m['neurons_held']} |")
     lines += ["", "![curves](finetune-curves.png)", "",
               "Change from step 0 to the last step (paired bootstrap 95% interval, exact McNemar test):", "",
               "| choice | task | start | end | change (points) | 95% CI | McNemar p | items |",
