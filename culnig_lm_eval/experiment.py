@@ -323,7 +323,7 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
             folder = out / condition.label / task
             stamp = folder / "done.json"
             expected = {"model_args": config.model_args, "sets": key, "task": task, "limit": plan.limit}
-            # [paper-models] evaluation renders prompts as scoring did (scoring.apply_chat_template)
+            # evaluation renders prompts as scoring did (scoring.apply_chat_template)
             chat = bool(config.scoring.apply_chat_template)
             expected.update({"apply_chat_template": True} if chat else {})  # older stamps stay valid
             if not force and _stamp_matches(stamp, expected):
@@ -337,7 +337,7 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
                 results = simple_evaluate(
                     model=lm, model_args=model_args, tasks=[task], task_manager=manager, limit=plan.limit,
                     log_samples=True, evaluation_tracker=tracker, bootstrap_iters=0,
-                    apply_chat_template=chat,  # [paper-models]
+                    apply_chat_template=chat,
                     random_seed=0, numpy_random_seed=0, torch_random_seed=0,
                 )
             samples = results.pop("samples")

@@ -19,6 +19,14 @@ REAL_BLEND = Path(os.environ.get("CULNIG_REAL_BLEND", REPO.parent / "shared" / "
 
 
 def pytest_configure(config):
+    # Tests that interrupt a child process with SIGINT need the child to start with SIGINT's
+    # default disposition; a run launched from a background shell (`nohup pytest &`) inherits
+    # SIG_IGN, which exec passes on to every child.  A Python handler is not inherited by exec,
+    # so installing the default one here gives the children SIG_DFL.
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line("markers", "slow: loads an embedded model or runs a whole pipeline")
 
 
