@@ -44,16 +44,24 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+def sample_data_only(mp) -> None:
+    """With ``mp`` (a MonkeyPatch): the shipped sample, no user overrides (``CULNIG_<KEY>``), no
+    cached rows.  Module-scoped fixtures call it inside ``pytest.MonkeyPatch.context()``."""
+    from culnig_lm_eval import data
+
+    mp.setenv("CULNIG_DATA", "sample")
+    for key in data.SOURCES:
+        mp.delenv(f"CULNIG_{key.upper()}", raising=False)
+    data._read.cache_clear()
+
+
 @pytest.fixture
 def fresh_data_state(monkeypatch):
     """Task data as a fresh process sees it: no cached rows or hub verdict, no earlier sample
     warning, no user overrides (``CULNIG_<KEY>``), and the shipped sample unless a test points elsewhere."""
     from culnig_lm_eval import data
 
-    for key in data.SOURCES:
-        monkeypatch.delenv(f"CULNIG_{key.upper()}", raising=False)
-    monkeypatch.setenv("CULNIG_DATA", "sample")
-    data._read.cache_clear()
+    sample_data_only(monkeypatch)
     data.hub_reachable.cache_clear()
     data._warned_sample.clear()
     yield

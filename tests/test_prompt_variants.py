@@ -13,6 +13,7 @@ from collections import Counter
 
 import datasets
 import pytest
+from conftest import sample_data_only
 import yaml
 
 from culnig_lm_eval import data, prompt_variants as pv
@@ -38,10 +39,7 @@ def loaded():
     from lm_eval.tasks import TaskManager
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CULNIG_DATA", "sample")
-        for key in data.SOURCES:
-            mp.delenv(f"CULNIG_{key.upper()}", raising=False)
-        data._read.cache_clear()
+        sample_data_only(mp)
         manager = TaskManager(include_defaults=False, include_path=str(task_dir()))
         return manager.load([*GROUPS, "crc", "blend"])
 

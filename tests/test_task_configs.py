@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import sample_data_only
 import yaml
 
 from culnig_lm_eval import data
@@ -127,10 +128,7 @@ def test_a_removed_culture_leaves_no_stale_generated_file(tasks_copy):
 
 
 def test_every_generated_leaf_loads_with_its_culture(monkeypatch):
-    monkeypatch.setenv("CULNIG_DATA", "sample")
-    for key in data.SOURCES:
-        monkeypatch.delenv(f"CULNIG_{key.upper()}", raising=False)
-    data._read.cache_clear()
+    sample_data_only(monkeypatch)
     try:
         result = manager(TASKS).load([f.prefix for f in gen.FAMILIES])
     finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+from conftest import sample_data_only
 
 from culnig_lm_eval import data
 from culnig_lm_eval._startup import task_dir
@@ -36,10 +37,7 @@ def loaded():
     from lm_eval.tasks import TaskManager
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CULNIG_DATA", "sample")
-        for key in data.SOURCES:
-            mp.delenv(f"CULNIG_{key.upper()}", raising=False)
-        data._read.cache_clear()
+        sample_data_only(mp)
         tm = TaskManager()
         return tm, tm.load(OURS)
 

@@ -129,7 +129,6 @@ def _prepare(args):
 
 
 def _load(args, settings):
-    from ..finetune.examples import tokenise
     from ..lm import load_lm
 
     lm = load_lm(args.model_args, batch_size=settings.eval_batch_size, device=args.device)

@@ -25,13 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from .._io import atomic_write, file_sha256, finite, now_iso, write_text
+from .._io import atomic_write, finite, now_iso, write_text
 from .examples import Tokenised, batch_order, collate
 
 log = logging.getLogger(__name__)
@@ -282,19 +281,3 @@ class Run:
                     yield [self.data[j] for j in indices]
             epoch += 1
 
-
-def data_summary(data: list[Tokenised]) -> dict:
-    lengths = [len(r.ids) for r in data]
-    return {"examples": len(data), "tokens": sum(lengths), "max_length": max(lengths),
-            "mean_length": round(sum(lengths) / len(lengths), 1)}
-
-
-def sha_of(path) -> str | None:
-    return file_sha256(path) if path and Path(path).is_file() else None
-
-
-def check_curve(curve: list[dict]) -> None:
-    for point in curve:
-        for task, values in point["tasks"].items():
-            if not math.isfinite(values["acc"]):
-                raise ValueError(f"step {point['step']} {task}: accuracy is not finite")
