@@ -10,11 +10,22 @@ condition applies its neuron set with ``MaskedHFLM.masked`` (folded into the wei
 restored afterwards), so the results file records the set that was applied.  A finished
 step is skipped on re-runs when its stamp (model, set-file hashes, task, limit; for
 selection the score hashes, thresholds and seeds) matches; ``force`` redoes everything.
+
+Random baselines are a distribution, not a handful: ``random_seeds`` (20 by default) random sets
+per evaluated set -- the culture-general set's ``random<seed>.pt`` written by ``select_and_save``,
+and, drawn here (:func:`culture_random_sets`), the same number for every evaluated culture set
+(``sets/<selection>/random/<culture>-random<seed>.pt``).  They run only on
+``evaluate.random_tasks`` (default: the per-culture and general-perplexity tasks), so the report
+can place each set's drop within the drops of its own random sets (an empirical p).  The
+selection's stability is measured on ``scoring.stability_fold``: the task and control roles are
+scored again on that fold of the items (``scores/half0/``) and ``select_and_save`` compares the
+sets selected on the two halves (``set.meta["stability"]``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -24,14 +35,22 @@ from pathlib import Path
 
 import yaml
 
-from ._io import check_writable_folder, file_sha256, safe_name, write_text
+from ._io import atomic_folder, check_writable_folder, file_sha256, safe_name, write_text
 
 log = logging.getLogger("culnig-experiment")
 
 DEFAULT_CONFIG = Path(__file__).parent / "experiments" / "smollm2-135m.yaml"
 SCORING_KEYS = {"tasks", "control", "crc", "general", "limit", "window", "stride", "batch_size", "attention",
-                "up_proj", "apply_chat_template", "num_fewshot", "culture_field"}
-EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu", "instance_task", "random_draws", "random_for"}
+                "up_proj", "apply_chat_template", "num_fewshot", "culture_field", "stability_fold"}
+EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu",
+                 "instance_task", "random_draws", "random_for", "random_tasks"}
+# 20 random sets per evaluated set: with the observed set counted as one draw the smallest empirical
+# p is 1/21 < 0.05, so a set that beats every random set can be called specific at 0.05
+DEFAULT_RANDOM_SEEDS = list(range(20))
+# the items of fold 0 of 2 are scored a second time; the sets selected on them and on the rest are
+# compared (issue 11: are the selected neurons a property of the model or of the items?)
+DEFAULT_STABILITY_FOLD = "0/2"
+STABILITY_ROLES = ("task", "control")  # the roles scored again on the stability fold
 
 
 class ConfigError(ValueError):
@@ -63,6 +82,21 @@ class EvaluationPlan:
     # report pools the evaluated draws matched to the same set into one baseline.
     random_draws: list[str] = field(default_factory=lambda: ["layer-matched"])
     random_for: list[str] | None = None  # selections whose random sets are evaluated (None: all)
+    # tasks the random sets run on (None: per_culture + general).  Each random set costs one
+    # evaluation per task here, and there are random_seeds of them per evaluated set, so this is
+    # kept to the tasks the report's random distribution needs
+    random_tasks: list[str] | None = None
+
+    @property
+    def unmasked_tasks(self) -> list[str]:
+        """Every task the unmasked model runs (each masked condition runs a subset)."""
+        return list(dict.fromkeys(self.cultural + self.general + self.nlu + self.per_culture))
+
+    @property
+    def tasks_for_random_sets(self) -> list[str]:
+        if self.random_tasks is not None:
+            return list(dict.fromkeys(self.random_tasks))
+        return list(dict.fromkeys(self.per_culture + self.general))
 
 
 @dataclass
@@ -73,8 +107,9 @@ class ExperimentConfig:
     scoring: "ScoringSettings"  # noqa: F821 (imported lazily: torch)
     thresholds: dict = field(default_factory=dict)  # shared by every selection
     selections: dict[str, dict] = field(default_factory=lambda: {"paper": {}})  # name -> threshold overrides
-    random_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    random_seeds: list[int] = field(default_factory=lambda: list(DEFAULT_RANDOM_SEEDS))
     evaluate: EvaluationPlan = field(default_factory=EvaluationPlan)
+    stability_fold: str | None = DEFAULT_STABILITY_FOLD  # scoring.stability_fold; None: no stability check
     data: str = "auto"  # CULNIG_DATA for the run
     offline: bool = True  # HF_HUB_OFFLINE=1 for the run
     # datasets that must come from files the user names (CULNIG_<KEY> or the hub with data: hub):
@@ -97,7 +132,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_mapping(cls, raw, path: str | Path = "<config>") -> "ExperimentConfig":
-        from .scoring.run import ScoringSettings
+        from .scoring.run import ScoringSettings, parse_fold
         from .selection import Thresholds
 
         if not isinstance(raw, dict):
@@ -129,13 +164,20 @@ class ExperimentConfig:
             )
             plan = EvaluationPlan(**{k: evaluate[k] for k in EVALUATE_KEYS if k in evaluate})
             for key in ("cultural", "per_culture", "general", "nlu"):
-                _str_list(getattr(plan, key), f"{path}: evaluate.{key}")
+                _str_list(getattr(plan, key), f"evaluate.{key}")
+            if plan.random_tasks is not None:
+                # a random set's drop is measured against the unmasked run on the same task
+                unknown = sorted(set(_str_list(plan.random_tasks, "evaluate.random_tasks"))
+                                 - set(plan.unmasked_tasks))
+                if unknown:
+                    raise ValueError(f"evaluate.random_tasks names task(s) the unmasked model does not run: "
+                                     f"{', '.join(unknown)} (list them in cultural, per_culture, general or nlu)")
             for key in ("culture_sets_for", "random_for"):
-                unknown = sorted(set(_str_list(getattr(plan, key), f"{path}: evaluate.{key}"))
+                unknown = sorted(set(_str_list(getattr(plan, key), f"evaluate.{key}"))
                                  - set(raw.get("selections") or {"paper": {}}))
                 if unknown:
                     raise ValueError(f"evaluate.{key} names no configured selection: {', '.join(unknown)}")
-            draws = _str_list(plan.random_draws, f"{path}: evaluate.random_draws")
+            draws = _str_list(plan.random_draws, "evaluate.random_draws")
             if not set(draws) <= set(RANDOM_DRAWS):
                 raise ValueError(f"evaluate.random_draws must list {' and/or '.join(RANDOM_DRAWS)}, not {draws}")
             thresholds = dict(raw.get("thresholds") or {})
@@ -143,11 +185,18 @@ class ExperimentConfig:
                           for name, overrides in (raw.get("selections") or {"paper": {}}).items()}
             for name, overrides in selections.items():
                 Thresholds(**{**thresholds, **overrides})  # every selection's thresholds are valid
-            seeds = [int(s) for s in raw.get("random_seeds", [0, 1, 2])]
+            seeds = [int(s) for s in raw.get("random_seeds", DEFAULT_RANDOM_SEEDS)]
             if any(s < 0 or s > 2**63 - 1 for s in seeds):
                 raise ValueError("random_seeds must be integers from 0 to 2**63-1")
         except (TypeError, ValueError) as err:
             raise ConfigError(f"experiment config {path}: {err}") from None
+        fold = scoring.get("stability_fold", DEFAULT_STABILITY_FOLD)
+        try:
+            if fold is not None:
+                parse_fold(fold if isinstance(fold, str) else repr(fold))
+        except ValueError:
+            raise ConfigError(f"experiment config {path}: scoring.stability_fold {fold!r} must be I/K with K >= 2 "
+                              "folds and 0 <= I < K (e.g. 0/2), or null to skip the stability check") from None
         from .data import SOURCES
 
         require = _str_list(raw.get("require_data"), f"{path}: require_data")
@@ -164,8 +213,8 @@ class ExperimentConfig:
             raise ConfigError(f"experiment config {path}: {err}") from None
         return cls(name=name, model_args=str(raw["model_args"]),
                    role_tasks=role_tasks, scoring=settings, thresholds=thresholds, selections=selections,
-                   random_seeds=seeds, evaluate=plan, data=data, offline=bool(raw.get("offline", True)),
-                   require_data=require, source=str(path))
+                   random_seeds=seeds, evaluate=plan, stability_fold=fold, data=data,
+                   offline=bool(raw.get("offline", True)), require_data=require, source=str(path))
 
 
 def load_config(path: str | Path | None) -> ExperimentConfig:
@@ -227,15 +276,49 @@ def check_required_data(config: ExperimentConfig) -> None:
                               f"set CULNIG_{key.upper()}=/path/to/the/file (or use data: hub with hub access)")
 
 
-def select_all(config: ExperimentConfig, score_files: dict[str, Path], out: Path, force: bool,
-               skipped: dict[str, str]) -> dict[str, dict[str, Path]]:
-    """{selection name: {set label: path}}: ``select_and_save`` for each configured selection."""
+def stability_folder(fold: str) -> str:
+    """``scores/<this>/`` of a fold's score files: ``half0`` for 0/2, ``fold1of3`` for 1/3.  Named
+    by the fold, so changing ``scoring.stability_fold`` scores a new folder instead of clashing
+    with files made for another fold."""
+    from .scoring.run import parse_fold
+
+    index, folds = parse_fold(fold)
+    return f"half{index}" if folds == 2 else f"fold{index}of{folds}"
+
+
+def score_stability_half(lm, config: ExperimentConfig, scores: Path, tasks: dict) -> dict[str, Path] | None:
+    """Score the task and control roles again on ``config.stability_fold`` of their items only,
+    into ``scores/<stability_folder>`` ({role: score file}; None when the check is off).  Costs
+    about 1/K of their full scoring (half of it for the default 0/2); reused like the full ones."""
+    from .scoring.run import score_roles
+
+    if config.stability_fold is None:
+        return None
+    out = Path(scores) / stability_folder(config.stability_fold)
+    roles = {role: config.role_tasks[role] for role in STABILITY_ROLES if role in config.role_tasks}
+    settings = dataclasses.replace(config.scoring, fold=config.stability_fold)
+    return score_roles(lm, roles, settings, out, tasks=tasks)
+
+
+def _load_tables(score_files: dict[str, Path]) -> dict:
     from .scoring.run import load_table
-    from .selection import Thresholds, select_and_save
 
     tables = {role: load_table(path) for role, path in score_files.items()}
     for role, table in tables.items():
         table.meta["sha256"] = file_sha256(score_files[role])
+    return tables
+
+
+def select_all(config: ExperimentConfig, score_files: dict[str, Path], out: Path, force: bool,
+               skipped: dict[str, str], half_files: dict[str, Path] | None = None) -> dict[str, dict[str, Path]]:
+    """{selection name: {set label: path}}: ``select_and_save`` for each configured selection.
+
+    ``half_files``: {role: score file} of the task and control roles scored on the stability fold
+    (:func:`score_stability_half`); each set then records how stable its selection is."""
+    from .selection import Thresholds, select_and_save
+
+    tables = _load_tables(score_files)
+    half_tables = _load_tables(half_files or {})
     written = {}
     for name, overrides in config.selections.items():
         thresholds = Thresholds(**{**config.thresholds, **overrides})
@@ -245,12 +328,14 @@ def select_all(config: ExperimentConfig, score_files: dict[str, Path], out: Path
         folder, stamp = out / name, out / f".{name}.done.json"
         expected = {"scores": {r: t.meta["sha256"] for r, t in sorted(tables.items())},
                     "thresholds": asdict(thresholds), "seeds": config.random_seeds}
+        if half_tables:  # stamps written without the stability check stay valid when it is off
+            expected["half_scores"] = {r: t.meta["sha256"] for r, t in sorted(half_tables.items())}
         if not force and folder.is_dir() and _stamp_matches(stamp, expected):
             files = json.loads((folder / "selection.json").read_text())["files"]
             written[name] = {label: folder / Path(path).name for label, path in files.items()}
             continue
         written[name] = select_and_save(tables, thresholds, folder, model_name=config.name,
-                                        random_seeds=config.random_seeds)
+                                        random_seeds=config.random_seeds, half_tables=half_tables or None)
         _write_stamp(stamp, expected)
     return written
 
@@ -266,27 +351,91 @@ def _random_draw(label: str) -> str | None:
     return None
 
 
-def conditions(plan: EvaluationPlan, sets: dict[str, dict[str, Path]]) -> list[ConditionPlan]:
-    """Unmasked on everything; culture-general and random sets on the shared tasks; culture sets
-    (of the selections in ``culture_sets_for``) on the per-culture tasks and general perplexity."""
+def _culture_selections(plan: EvaluationPlan, sets) -> list[str]:
+    return plan.culture_sets_for if plan.culture_sets_for is not None else list(sets)
+
+
+def _random_selections(plan: EvaluationPlan, sets) -> list[str]:
+    return plan.random_for if plan.random_for is not None else list(sets)
+
+
+def conditions(plan: EvaluationPlan, sets: dict[str, dict[str, Path]],
+               culture_randoms: dict[str, dict[str, dict[str, Path]]] | None = None) -> list[ConditionPlan]:
+    """Unmasked on everything; culture-general sets on the shared tasks; culture sets (of the
+    selections in ``culture_sets_for``) on the per-culture tasks and general perplexity; random
+    sets (the general set's in ``sets``, the culture sets' in ``culture_randoms``, see
+    :func:`culture_random_sets`) on ``random_tasks`` only, after every set."""
     shared = list(dict.fromkeys(plan.cultural + plan.general + plan.nlu))
-    everything = list(dict.fromkeys(shared + plan.per_culture))
     per_culture = list(dict.fromkeys(plan.per_culture + plan.general))
-    culture_selections = plan.culture_sets_for if plan.culture_sets_for is not None else list(sets)
-    random_selections = plan.random_for if plan.random_for is not None else list(sets)
-    out = [ConditionPlan("unmasked", [], everything)]
+    random_tasks = plan.tasks_for_random_sets
+    culture_selections, random_selections = _culture_selections(plan, sets), _random_selections(plan, sets)
+    out, randoms = [ConditionPlan("unmasked", [], plan.unmasked_tasks)], []
     for name, labelled in sets.items():
         for label, path in labelled.items():
             draw = _random_draw(label)
             if draw is not None:
-                tasks = shared if draw in plan.random_draws and name in random_selections else []
-            elif label == "general":
-                tasks = shared
-            else:
-                tasks = per_culture if name in culture_selections else []
+                if draw in plan.random_draws and name in random_selections and random_tasks:
+                    randoms.append(ConditionPlan(f"{name}/{label}", [Path(path)], random_tasks))
+                continue
+            tasks = shared if label == "general" else per_culture if name in culture_selections else []
             if tasks:
                 out.append(ConditionPlan(f"{name}/{label}", [Path(path)], tasks))
-    return out
+    for name, by_set in (culture_randoms or {}).items():
+        for drawn in by_set.values():
+            randoms += [ConditionPlan(f"{name}/{CULTURE_RANDOM_FOLDER}/{label}", [Path(path)], random_tasks)
+                        for label, path in drawn.items() if random_tasks]
+    return out + randoms
+
+
+CULTURE_RANDOM_FOLDER = "random"  # sets/<selection>/random/: the culture sets' random sets
+
+
+def _draw(draw: str, neuron_set, seed: int):
+    """A random set like ``neuron_set``: layer-matched (``NeuronSet.random_like``) or uniform."""
+    from .selection import random_uniform
+
+    return neuron_set.random_like(seed) if draw == "layer-matched" else random_uniform(neuron_set, seed)
+
+
+def culture_random_sets(config: ExperimentConfig, sets: dict[str, dict[str, Path]], out: Path, force: bool,
+                        skipped: dict[str, str]) -> dict[str, dict[str, dict[str, Path]]]:
+    """{selection: {culture-set label: {random label: file}}}: for every culture set that is
+    evaluated (``culture_sets_for``) with its random sets (``random_for``), one random set per
+    seed and draw, ``<out>/<selection>/random/<label>-random<seed>.pt`` (``random-uniform`` for
+    the uniform draw).  Deterministic by seed; each selection's folder is written as one unit
+    and reused while its stamp (culture-set hashes, seeds, draws) matches.  A set with no neuron
+    gets none (each would mask nothing too); ``skipped`` says so."""
+    from .neuron_set import NeuronSet
+
+    plan, seeds = config.evaluate, list(dict.fromkeys(config.random_seeds))
+    if not plan.tasks_for_random_sets:
+        return {}
+    written = {}
+    for name in _culture_selections(plan, sets):
+        if name not in _random_selections(plan, sets) or name not in sets:
+            continue
+        culture_sets = {label: Path(path) for label, path in sets[name].items()
+                        if label != "general" and _random_draw(label) is None}
+        loaded = {label: NeuronSet.load(path) for label, path in culture_sets.items()}
+        for label in [label for label, s in loaded.items() if s.is_empty]:
+            skipped[f"random sets of {name}/{label}"] = "the set holds no neuron: a random set like it masks nothing"
+        folder = out / name / CULTURE_RANDOM_FOLDER
+        files = {label: {f"{label}-{RANDOM_DRAWS[draw]}{seed}": (draw, seed) for draw in plan.random_draws
+                         for seed in seeds} for label, s in loaded.items() if not s.is_empty}
+        expected = {"sets": {label: file_sha256(path) for label, path in sorted(culture_sets.items())},
+                    "seeds": seeds, "draws": sorted(plan.random_draws)}
+        stamp = folder / "done.json"
+        complete = all((folder / f"{random_label}.pt").is_file() for drawn in files.values()
+                       for random_label in drawn)
+        if force or not complete or not _stamp_matches(stamp, expected):
+            with atomic_folder(folder) as staging:
+                for label, drawn in files.items():
+                    for random_label, (draw, seed) in drawn.items():
+                        _draw(draw, loaded[label], seed).save(staging / f"{random_label}.pt")
+                _write_stamp(staging / stamp.name, expected)  # in the unit: the folder and its stamp agree
+        written[name] = {label: {random_label: folder / f"{random_label}.pt" for random_label in drawn}
+                         for label, drawn in files.items()}
+    return written
 
 
 def loadable_tasks(tasks: list[str], manager, skipped: dict[str, str]) -> list[str]:
@@ -307,7 +456,8 @@ def loadable_tasks(tasks: list[str], manager, skipped: dict[str, str]) -> list[s
     return ok
 
 
-def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bool, skipped: dict[str, str]):
+def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bool, skipped: dict[str, str],
+                        culture_randoms: dict[str, dict[str, dict[str, Path]]] | None = None):
     """One ``simple_evaluate`` per (condition, task), saved as lm-eval saves it."""
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
@@ -317,9 +467,12 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
 
     manager = TaskManager()
     plan = config.evaluate
-    for condition in conditions(plan, sets):
+    planned = conditions(plan, sets, culture_randoms)
+    # each task's data is checked once, not once per condition (there are hundreds of random sets)
+    loadable = set(loadable_tasks(list(dict.fromkeys(t for c in planned for t in c.tasks)), manager, skipped))
+    for condition in planned:
         key = "+".join(file_sha256(p)[:12] for p in condition.set_paths) or "unmasked"
-        for task in loadable_tasks(condition.tasks, manager, skipped):
+        for task in [t for t in condition.tasks if t in loadable]:
             folder = out / condition.label / task
             stamp = folder / "done.json"
             expected = {"model_args": config.model_args, "sets": key, "task": task, "limit": plan.limit}
@@ -363,11 +516,16 @@ def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = Fals
         tasks = load_role_tasks(config.role_tasks, config.scoring)  # data errors before the model loads
         lm = load_lm(config.model_args, batch_size=config.evaluate.batch_size)
         score_files = score_roles(lm, config.role_tasks, config.scoring, out / "scores", tasks=tasks)
-        sets = select_all(config, score_files, out / "sets", force, skipped)
-        evaluate_conditions(lm, config, sets, out / "eval", force, skipped)
+        half_files = score_stability_half(lm, config, out / "scores", tasks)
+        sets = select_all(config, score_files, out / "sets", force, skipped, half_files=half_files)
+        culture_randoms = culture_random_sets(config, sets, out / "sets", force, skipped)
+        evaluate_conditions(lm, config, sets, out / "eval", force, skipped, culture_randoms=culture_randoms)
         instances = None
         if config.evaluate.instance_task and config.evaluate.instance_task not in skipped:
-            instances = write_instance_scores(lm, config.evaluate.instance_task, sets, config.scoring,
+            # the sets' own instance view: random sets (20 or more per set) would only repeat it as noise
+            selected = {name: {label: path for label, path in labelled.items() if _random_draw(label) is None}
+                        for name, labelled in sets.items()}
+            instances = write_instance_scores(lm, config.evaluate.instance_task, selected, config.scoring,
                                               out / "instance_scores.jsonl", limit=config.evaluate.limit,
                                               batch_size=config.evaluate.batch_size)
         return build_report([out / "eval"], out / "report", instance_scores=instances)

@@ -28,6 +28,22 @@ for comparison.  Per module kind (no pooling), each culture normalised by its ow
 count, the top ``r``% CRC neurons are excluded BEFORE the cut, so every set holds exactly
 ``t``% (specific sets: exactly ``t_s``% before the z filter).
 
+``specific_rule`` (the culture-specific side only; the culture-general set is unchanged):
+
+* ``"z"`` (default): the paper's top ``t_s``% by ``S_c``, then the z-score filter.
+* ``"contrast"`` (``+contrast``, ours): each culture's ``S_c`` is scaled to mean ``|S_c|`` 1
+  over the pooled ranking, then a neuron's contrast is its scaled ``S_c`` minus the mean
+  scaled score of the other cultures; the top ``t_s``% by contrast are taken among neurons
+  with ``S_c > 0`` and outside ``c``'s CRC top ``r``% (excluded BEFORE the cut).  Measured on
+  real BLEnD (README), the paper's z-filter lets the top of every culture's ranking be the
+  model's general neurons and empties some cultures; a contrast cut keeps every culture at
+  exactly ``t_s``% and ranks what distinguishes ``c`` from the others.
+* ``"rank-contrast"`` (``+rank-contrast``, ours): as ``contrast`` with each culture's ``S_c``
+  replaced by its percentile rank in the pooled ranking (robust to a few huge scores).
+* ``exclude_general_set`` (``+general-set-excluded``): the culture-general set of the same
+  selection is removed from the candidates before the specific cut (contrast rules only).
+  ``z_min`` is not used by the contrast rules.
+
 Options for both rules:
 
 * ``general_exclude`` (``+general-exclusion``): the top ``r_g``% by the general-prose score,
@@ -92,6 +108,7 @@ CRC_FIRST = "culnig-crc-first"
 RULES = {"paper": PAPER, "crc-first": CRC_FIRST}
 GENERAL_EXCLUSION = PAPER + "+general-exclusion"
 NORMALISED_Z = "+normalised-z"
+SPECIFIC_RULES = ("z", "contrast", "rank-contrast")
 
 # rankings of the paper rule: module kinds pooled into one ranking
 GENERAL_GROUPS = (("mlp_gate",), ("mlp_up",), ("attn_q", "attn_k", "attn_v"))
@@ -136,6 +153,8 @@ class Thresholds:
     # answers the model finds likely (P^2 weighting) does not dominate every neuron's z-score
     normalise_z: bool = False
     rule: str = "paper"  # "paper" (the published code) or "crc-first" (CRC excluded before the cut)
+    specific_rule: str = "z"  # "z" (the paper), "contrast" or "rank-contrast" (ours; module docstring)
+    exclude_general_set: bool = False  # contrast rules: culture-general neurons never in a specific set
 
     def __post_init__(self):
         self.top_mlp = _percent("top_mlp", self.top_mlp)
@@ -157,6 +176,14 @@ class Thresholds:
             raise ThresholdError(f"normalise_z={self.normalise_z!r}: must be true or false")
         if self.rule not in RULES:
             raise ThresholdError(f"rule={self.rule!r}: must be one of {', '.join(RULES)}")
+        if self.specific_rule not in SPECIFIC_RULES:
+            raise ThresholdError(f"specific_rule={self.specific_rule!r}: must be one of {', '.join(SPECIFIC_RULES)}")
+        if self.specific_rule != "z" and self.rule != "paper":
+            raise ThresholdError(f"specific_rule={self.specific_rule!r} works with rule='paper' only")
+        if not isinstance(self.exclude_general_set, bool):
+            raise ThresholdError(f"exclude_general_set={self.exclude_general_set!r}: must be true or false")
+        if self.exclude_general_set and self.specific_rule == "z":
+            raise ThresholdError("exclude_general_set needs specific_rule 'contrast' or 'rank-contrast'")
 
     def top_for(self, kind: str) -> float:
         return self.top_mlp if kind.startswith("mlp") else self.top_attention
@@ -165,7 +192,9 @@ class Thresholds:
     def selection_name(self) -> str:
         name = RULES[self.rule]
         name += "+general-exclusion" if self.general_exclude is not None else ""
-        return name + (NORMALISED_Z if self.normalise_z else "")
+        name += NORMALISED_Z if self.normalise_z else ""
+        name += f"+{self.specific_rule}" if self.specific_rule != "z" else ""
+        return name + ("+general-set-excluded" if self.exclude_general_set else "")
 
 
 # -- checks ------------------------------------------------------------------------------
@@ -289,6 +318,53 @@ def _general_excluded(general, group, thresholds) -> dict[str, torch.Tensor] | N
     return pooled_top({k: _sum_scores(general, k).sum(-1) for k in group}, thresholds.general_exclude)
 
 
+def contrast_scores(per_culture: torch.Tensor, ranked: bool) -> torch.Tensor:
+    """[neurons, cultures] -> contrast [neurons, cultures]: a culture's scaled score minus the
+    mean scaled score of the other cultures.  Scaled = divided by the culture's mean |score|
+    (``ranked=False``) or replaced by its percentile rank in [0, 1] (``ranked=True``)."""
+    n, cultures = per_culture.shape
+    if ranked:
+        # one contiguous fp32 row per culture: sorting rows is several times faster than columns of fp64
+        rows = per_culture.t().to(torch.float32).contiguous()
+        order = rows.argsort(dim=1)
+        ranks = torch.empty(rows.shape, dtype=per_culture.dtype)
+        ranks.scatter_(1, order, torch.arange(n, dtype=per_culture.dtype).expand(cultures, n).contiguous())
+        scaled = ranks.t() / max(n - 1, 1)
+    else:
+        scaled = per_culture / per_culture.abs().mean(dim=0, keepdim=True).clamp(min=1e-30)
+    if cultures == 1:
+        return scaled
+    others = (scaled.sum(dim=1, keepdim=True) - scaled) / (cultures - 1)
+    return scaled - others
+
+
+def _contrast_specific(per_c, crc_c, crc_index, general, general_masks, thresholds, cultures, specific):
+    """{culture: masks}: the top t_s% by contrast (module docstring), exclusions before the cut."""
+    kinds = list(per_c)
+    out = {c: {} for c in specific}
+    for group in _groups(kinds, SPECIFIC_GROUPS):
+        sizes = [per_c[k][..., 0].numel() for k in group]
+        values = torch.cat([per_c[k].reshape(-1, len(cultures)) for k in group])  # [neurons, cultures]
+        contrast = contrast_scores(values, ranked=thresholds.specific_rule == "rank-contrast")
+        excluded = torch.zeros(values.shape[0], dtype=torch.bool)
+        prose = _general_excluded(general, group, thresholds)
+        if prose is not None:
+            excluded |= torch.cat([prose[k].flatten() for k in group])
+        if thresholds.exclude_general_set:
+            excluded |= torch.cat([general_masks[k].flatten() if k in general_masks
+                                   else torch.zeros(per_c[k][..., 0].numel(), dtype=torch.bool) for k in group])
+        for c in specific:
+            i = cultures.index(c)
+            allowed = ~excluded & (values[:, i] > 0)
+            if crc_c is not None:
+                crc_top = pooled_top({k: crc_c[k][..., crc_index[c]] for k in group}, thresholds.crc_exclude)
+                allowed &= ~torch.cat([crc_top[k].flatten() for k in group])
+            chosen = top_mask(contrast[:, i], thresholds.top_specific, allowed)
+            for k, part in zip(group, chosen.split(sizes)):
+                out[c][k] = part.view_as(per_c[k][..., 0])
+    return out
+
+
 def _paper_masks(task, control, crc, general, thresholds, cultures, specific):
     """(general masks, {culture: masks}) by the published rule (module docstring)."""
     kinds = list(task.scores)
@@ -307,8 +383,11 @@ def _paper_masks(task, control, crc, general, thresholds, cultures, specific):
             chosen = {k: chosen[k] & ~crc_top[k] for k in group}
         general_masks.update(chosen)
 
-    z = {k: _z_scores(per_c[k], thresholds.normalise_z) for k in kinds}
     crc_index = {c: i for i, c in enumerate(crc.cultures)} if crc is not None else {}
+    if thresholds.specific_rule != "z":
+        return general_masks, _contrast_specific(per_c, crc_c, crc_index, general, general_masks, thresholds,
+                                                 cultures, specific)
+    z = {k: _z_scores(per_c[k], thresholds.normalise_z) for k in kinds}
     specific_masks = {c: {} for c in specific}
     for group in _groups(kinds, SPECIFIC_GROUPS):
         excluded = _general_excluded(general, group, thresholds)
@@ -443,11 +522,20 @@ def random_uniform(reference: NeuronSet, seed: int) -> NeuronSet:
     return NeuronSet.from_masks(masks, meta)
 
 
+def select_tables(tables: dict[str, ScoreTable], thresholds: Thresholds, model_name: str = "") -> dict[str, NeuronSet]:
+    """:func:`select` on a {role: table} mapping."""
+    return select(tables["task"], tables.get("control"), tables.get("crc"), tables.get("general"),
+                  thresholds=thresholds, model_name=model_name)
+
+
 def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: Path, *, model_name: str = "",
-                    random_seeds: Sequence[int] = ()) -> dict[str, Path]:
+                    random_seeds: Sequence[int] = (), half_tables: dict[str, ScoreTable] | None = None) -> dict[str, Path]:
     """Select, then write ``<out>/<label>.pt`` for every set, ``random<seed>.pt`` (layer-matched)
     and ``random-uniform<seed>.pt`` (the reference's uniform draw) for every seed, and
-    ``selection.json``, all as one unit (:func:`atomic_folder`).  Returns {label: final path}."""
+    ``selection.json``, all as one unit (:func:`atomic_folder`).  Returns {label: final path}.
+
+    ``half_tables`` ({"task": fold table, "control": fold table}, see :mod:`.stability`): every
+    selected set also records the Jaccard overlap of the sets selected on the two halves."""
     unknown = sorted(set(tables) - {"task", "control", "crc", "general"})
     if unknown or "task" not in tables:
         raise ValueError(f"score tables: expected roles task, control, crc, general; got {sorted(tables)}")
@@ -456,8 +544,14 @@ def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: 
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError(f"random seed {seed!r}: seeds are integers from 0 to 2**63-1")
         seeds.append(seed)
-    sets = select(tables["task"], tables.get("control"), tables.get("crc"), tables.get("general"),
-                  thresholds=thresholds, model_name=model_name)
+    sets = select_tables(tables, thresholds, model_name)
+    stability = {}
+    if half_tables:
+        from .stability import annotate, halves
+
+        half_a, half_b = halves(tables, half_tables)
+        stability = annotate(sets, select_tables(half_a, thresholds, model_name),
+                             select_tables(half_b, thresholds, model_name))
     for seed in dict.fromkeys(seeds):
         sets[f"{RANDOM_PREFIX}{seed}"] = sets["general"].random_like(seed)
         sets[f"{RANDOM_PREFIX}-uniform{seed}"] = random_uniform(sets["general"], seed)
@@ -468,11 +562,14 @@ def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: 
         "random_seeds": list(dict.fromkeys(seeds)),
         "files": files,
         "summary": {label: {"neurons": len(s), "per_kind": s.counts(), "fraction": s.fraction(),
-                            "selection": s.meta.get("selection"), "culture": s.meta.get("culture")}
+                            "selection": s.meta.get("selection"), "culture": s.meta.get("culture"),
+                            **({"stability": stability[label]} if label in stability else {})}
                     for label, s in sets.items()},
         "score_files": {role: {"path": t.meta.get("path"), "sha256": t.meta.get("sha256")}
                         for role, t in sorted(tables.items())
                         if t is not None and (role != "general" or thresholds.general_exclude is not None)},
+        **({"half_score_files": {role: {"path": t.meta.get("path"), "sha256": t.meta.get("sha256")}
+                                 for role, t in sorted(half_tables.items())}} if half_tables else {}),
     }
     out = Path(out)
     with atomic_folder(out) as staging:

@@ -28,7 +28,9 @@ def config_for(checkpoint):
         "selections": {"paper": {}, "general-excluded": {"general_exclude": 5.0}},
         "random_seeds": [0, 1],
         "evaluate": {"batch_size": 8, "limit": 8, "cultural": ["blend_cloze_test"], "per_culture": ["blend_cloze_test"],
-                     "general": ["general_ppl"], "nlu": ["no_such_task_here"], "instance_task": "blend_cloze_test"},
+                     "general": ["general_ppl"], "nlu": ["no_such_task_here"], "instance_task": "blend_cloze_test",
+                     # random sets for paper's general and culture sets, on the per-culture task only
+                     "culture_sets_for": ["paper"], "random_for": ["paper"], "random_tasks": ["blend_cloze_test"]},
     })
 
 
@@ -58,6 +60,38 @@ def test_experiment_runs_skips_and_forces(tiny_checkpoint, tmp_path, monkeypatch
         assert general.per_layer() == random0.per_layer()
         assert len(general) == int(2 * 200 * 0.01)
     assert NeuronSet.load(out / "sets" / "general-excluded" / "general.pt").meta["selection"].endswith("general-exclusion")
+
+    # stability: task and control scored again on fold 0 of 2; every set records its halves' overlap
+    from culnig_lm_eval.scoring.run import load_table
+
+    for role in ("task", "control"):
+        half = load_table(out / "scores" / "half0" / f"{role}.scores.pt")
+        assert half.meta["settings"]["fold"] == "0/2"
+        assert half.meta["num_samples"] < load_table(out / "scores" / f"{role}.scores.pt").meta["num_samples"]
+    assert not (out / "scores" / "half0" / "crc.scores.pt").exists()
+    stamp = json.loads((out / "sets" / ".paper.done.json").read_text())
+    assert set(stamp["half_scores"]) == {"task", "control"}
+    stability = NeuronSet.load(out / "sets" / "paper" / "general.pt").meta["stability"]
+    assert set(stability) >= {"halves_jaccard", "seeds_jaccard", "unstable"}
+
+    # random sets: random_seeds of them for the general set and for every non-empty culture set of paper
+    selection = json.loads((out / "sets" / "paper" / "selection.json").read_text())
+    cultures = [label for label, info in selection["summary"].items()
+                if info["culture"] and info["neurons"] and not label.startswith("random")]
+    assert cultures
+    evaluated_sets = [Path(args.split("neurons=")[1]) for tasks, args in calls if "neurons=" in args]
+    for label in cultures:
+        drawn = sorted((out / "sets" / "paper" / "random").glob(f"{label}-random*.pt"))
+        assert [p.name for p in drawn] == [f"{label}-random0.pt", f"{label}-random1.pt"]
+        own = NeuronSet.load(out / "sets" / "paper" / f"{label}.pt")
+        assert all(NeuronSet.load(p).per_layer() == own.per_layer() for p in drawn)
+        assert sorted(p for p in evaluated_sets if p.parent.name == "random" and p.name.startswith(f"{label}-random")) \
+            == drawn
+    general_randoms = [p for p in evaluated_sets if p.parent.name == "paper" and p.name.startswith("random")]
+    assert sorted(p.name for p in general_randoms) == ["random0.pt", "random1.pt"]
+    assert not any(p.parent.name == "general-excluded" and p.name.startswith("random") for p in evaluated_sets)
+    # each random set ran the random task only
+    assert all(tasks == ["blend_cloze_test"] for tasks, args in calls if "random" in args.split("neurons=")[-1])
     # the sets name the data files their samples came from, with their hashes
     from culnig_lm_eval._io import file_sha256
     from culnig_lm_eval._startup import task_dir
@@ -79,6 +113,7 @@ def test_experiment_runs_skips_and_forces(tiny_checkpoint, tmp_path, monkeypatch
     assert "no_such_task_here" in skipped
     text = report.read_text()
     assert "no_such_task_here" in text
+    assert "**Drop vs its random sets.**" in text and "## Stability of the selected sets" in text
     assert list((out / "report").rglob("*.png"))
     n_first = len(calls)
     assert n_first > 0

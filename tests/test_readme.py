@@ -131,6 +131,21 @@ def test_every_readme_command_runs(tmp_path):
             proc = run.sh(line + " --max-train-examples 16")
             assert "report:" in proc.stdout
             continue
+        if re.match(r"^(CULNIG_\w+=\S+ )+culnig-score (run|study)", line):
+            # real-BLEnD scoring / the selection study: the same command on the shipped sample, small
+            line = re.sub(r"^(CULNIG_\w+=\S+ )+", "", line)
+            if line.startswith("culnig-score run"):
+                line = re.sub(r"--tasks (\S+)", r"--tasks \1:48", line)
+                line = re.sub(r"--control (\S+)", r"--control \1:48", line)
+                line = re.sub(r"--crc \S+ ", "", line)
+                line = re.sub(r"--general \S+ ", "", line)
+                run.sh(line)
+                continue
+            for flag, value in (("--per-culture", "1"), ("--random-draws", "2")):
+                line = re.sub(rf"{flag} \d+", f"{flag} {value}", line)
+            proc = run.sh(line + " --variants paper,contrast --general-limit 1 --min-samples 1")
+            assert "| variant |" in proc.stdout and "study:" in proc.stderr
+            continue
         if line.startswith(("lm_eval", "culnig-score", "culnig-sets", "culnig-report", "culnig-models",
                             "culnig-lape", "culnig-modules", "python benchmarks/")):
             line = shrink(line).replace("--sets-out neuron_sets/", "--sets-out sets_out/")

@@ -272,25 +272,34 @@ def test_specificity(full):
     _, text, _, _ = full
     sec = _section(text, "## Specificity")
     assert "<= **1.1**" in sec  # threshold stated
-    # general: all 38 per-culture items, unmasked 8+6+5+6 = 25, general 6+5+4+4 = 19 -> Δ = -6/38 = -0.1579
-    # random: seed 0 loses 1 item (-1/38 = -0.0263), seed 1 none -> mean -0.0132 [-0.0263, +0.0000]
-    # perplexity ratio exp(2/30) = 1.0689 <= 1.1 -> specific
+    # general: all 38 per-culture items, unmasked 8+6+5+6 = 25, general 6+5+4+4 = 19 -> Δ = -6/38 = -0.1579;
+    # b/c = 0/6 -> McNemar p = 2 / 2**6 = 0.03125 (shown, not used by the verdict)
+    # random drops: seed 0 loses 1 item (1/38 = 0.0263), seed 1 none: empirical p = (1 + 0) / (1 + 2) = 0.333,
+    # the smallest two random sets allow, so the set is not specific although its perplexity ratio
+    # exp(2/30) = 1.0689 <= 1.1
     row = _row(sec, "**general [culnig-paper]**")
     assert row[2:4] == ["38", "-0.1579"]
-    assert row[5] == "-0.0132 [-0.0263, +0.0000]"
-    assert row[6] == "0.333 (n=2)"  # below both seeds: (1 + 0) / (1 + 2)
+    assert row[5] == "0.03125"
+    assert row[6] == "0.333 (n=2)"
     assert row[7].startswith(f"{math.exp(2 / 30):.4f}")
     assert row[8] == "+0.0000"  # qnli unchanged
-    assert row[-1].startswith("specific: drop 0.1579 > random 0.0132, perplexity ratio 1.0689")
+    assert row[-1] == ("not specific: drop 0.1579 is within its random sets' drops (empirical p 0.333 >= 0.05, "
+                       "n=2; 2 random sets allow no p below 0.333)")
+    # the distribution table: drops 0.0263 and 0 -> mean 0.0132, 5th pct 0.05 * 0.0263 = 0.0013, 95th 0.0250
+    dist = _row(sec, "general [culnig-paper]")
+    assert dist[2:9] == ["38", "+0.1579", "+0.0132", "+0.0013", "+0.0250", "2", "0.333 (n=2)"]
     # korea: items of korea = blend_korea (8 -> 6) + culture_mcq korea docs (3 -> 1): Δ = -4/14 = -0.2857;
     # perplexity ratio exp(10/30) = 1.3956 > 1.1 and no random baseline -> not specific
     row = _row(sec, "**korea**")
-    assert row[2:4] == ["14", "-0.2857"] and row[6] == "-" and row[8] == "-0.1000"
+    assert row[2:4] == ["14", "-0.2857"] and row[6] == "no random baseline" and row[8] == "-0.1000"
     assert row[-1].startswith("not specific:")
     assert "no random baseline" in row[-1] and "general perplexity ratio 1.3956 > 1.1" in row[-1]
+    # korea's gap: own drop 4/14 = 0.2857 minus the mean of mexico's (-0.1) and uk's (0) drops = 0.3357
+    assert _row(sec, "korea")[9] == "+0.3357"
     # uk did not run general_ppl
     assert "no paired `general_ppl` records" in _row(sec, "**uk**")[-1]
     assert _row(sec, "random layer-matched seed 0 (matched to general [culnig-paper])")[-1] == "baseline"
+    assert "](figures/tiny-model_random_drops.png)" in sec
 
 
 def test_instances_and_skipped(full):
@@ -309,7 +318,8 @@ def test_figures_exist_and_are_png(full):
     names = {f.name for f in figs}
     for expected in ("tiny-model_accuracy.png", "tiny-model_accuracy_change.png",
                      "tiny-model_culture_matrix_blend.png", "tiny-model_culture_matrix_culture_mcq.png",
-                     "tiny-model_neuron_layers.png", "tiny-model_specificity.png", "instances_korea.png"):
+                     "tiny-model_neuron_layers.png", "tiny-model_specificity.png", "tiny-model_random_drops.png",
+                     "instances_korea.png"):
         assert expected in names, expected
         assert f"](figures/{expected})" in text
     for f in figs:

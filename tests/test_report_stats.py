@@ -170,3 +170,24 @@ def test_rank_p_value_counts_the_observed_value_as_one_draw():
     assert rank_p_value(0.0, baseline) == pytest.approx(3 / 5)  # ties count against the set
     assert rank_p_value(0.05, baseline) == pytest.approx(1.0)
     assert math.isnan(rank_p_value(-0.1, [])) and math.isnan(rank_p_value(float("nan"), baseline))
+
+
+def test_empirical_p_of_a_drop_by_hand():
+    from culnig_lm_eval.report.stats import distribution_summary, empirical_p
+
+    random_drops = [0.10, 0.00, 0.20, 0.40]  # unmasked - masked accuracy of four random sets
+    # the set's drop 0.40: one random drop is >= it (the tie counts against the set): (1 + 1) / (1 + 4)
+    assert empirical_p(0.40, random_drops) == pytest.approx(2 / 5)
+    # above every random drop: the smallest p four random sets allow, 1 / 5
+    assert empirical_p(0.50, random_drops) == pytest.approx(1 / 5)
+    # below every random drop: (1 + 4) / 5
+    assert empirical_p(-0.10, random_drops) == pytest.approx(1.0)
+    # 20 random sets beaten: 1 / 21 < 0.05 (19 would give exactly 0.05)
+    assert empirical_p(0.3, [0.0] * 20) == pytest.approx(1 / 21) and 1 / 21 < 0.05
+    # non-finite random drops are left out; nothing to compare with -> nan
+    assert empirical_p(0.40, random_drops + [float("nan"), None]) == pytest.approx(2 / 5)
+    assert math.isnan(empirical_p(0.4, [])) and math.isnan(empirical_p(float("nan"), random_drops))
+    # spread: sorted 0, 0.1, 0.2, 0.4; 5th percentile at rank 0.15 -> 0.015, 95th at rank 2.85 -> 0.37
+    spread = distribution_summary(random_drops)
+    assert spread["n"] == 4 and spread["mean"] == pytest.approx(0.175)
+    assert spread["low"] == pytest.approx(0.015) and spread["high"] == pytest.approx(0.37)

@@ -11,6 +11,7 @@ Parse -> settings -> call: the work is done by ``scoring.run.score_roles`` and
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--window", type=int, default=96, help="general prose: tokens of preceding text per sample")
     run_p.add_argument("--stride", type=int, default=16, help="general prose: score every STRIDE-th token")
     run_p.add_argument("--force", action="store_true", help="recompute score files that already exist")
+    run_p.add_argument("--fold", default=None, metavar="I/K",
+                       help="score only the documents of fold I of K (e.g. 0/2: one half of the items, for the "
+                            "stability check of `culnig-score study --half-scores-dir`)")
     run_p.add_argument("--no-select", action="store_true", help="only write score files")
     _selection_args(run_p)
 
@@ -66,12 +70,46 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--scores-dir", type=Path, help="folder written by `culnig-score run`")
     for role in ROLE_FLAGS:
         sel.add_argument(f"--{role}-scores", type=Path, default=None, help=f"{role} score file (overrides --scores-dir)")
+    sel.add_argument("--half-scores-dir", type=Path, default=None,
+                     help="task/control score files of one fold (`culnig-score run --fold 0/2`): every set "
+                          "records its stability (Jaccard of the sets selected on the two halves)")
     _selection_args(sel)
+
+    from ..study import DEFAULT_VARIANTS, StudySettings
+
+    d = StudySettings()
+    st = sub.add_parser("study", help="compare culture-specific selections on one score folder (table + Pareto figure)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    st.add_argument("--scores-dir", type=Path, required=True, help="folder written by `culnig-score run`")
+    st.add_argument("--half-scores-dir", type=Path, default=None,
+                    help="task/control score files of one fold (`culnig-score run --fold 0/2`): adds the stability "
+                         "of every set (Jaccard of the sets selected on the two halves)")
+    st.add_argument("--out", type=Path, required=True, help="study folder (replaced as a whole)")
+    st.add_argument("--model_args", default=d.model_args)
+    st.add_argument("--variants", type=_comma, default=list(DEFAULT_VARIANTS),
+                    help=f"variants to compare, from: {', '.join(DEFAULT_VARIANTS)}")
+    st.add_argument("--eval-task", default=d.eval_task, help="per-culture evaluation task (multiple choice)")
+    st.add_argument("--per-culture", type=int, default=d.per_culture, help="evaluation documents per culture")
+    st.add_argument("--general-task", default=d.general_task, help="general-prose perplexity task ('' to skip)")
+    st.add_argument("--general-limit", type=int, default=d.general_limit, help="general-prose documents")
+    st.add_argument("--random-draws", type=int, default=d.random_draws, help="random sets in the null distribution")
+    st.add_argument("--batch_size", type=int, default=d.batch_size)
+    st.add_argument("--select-only", action="store_true", help="selection, sizes and stability only (no model)")
+    from ..selection import Thresholds
+
+    t = Thresholds()
+    st.add_argument("--top-mlp", type=float, default=t.top_mlp, help="t: %% of MLP neurons (culture-general)")
+    st.add_argument("--top-attention", type=float, default=t.top_attention, help="t: %% of attention neurons")
+    st.add_argument("--top-specific", type=float, default=t.top_specific, help="t_s: %% per culture-specific set")
+    st.add_argument("--crc-exclude", type=float, default=t.crc_exclude, help="r: %% top CRC neurons excluded")
+    st.add_argument("--z-min", type=float, default=t.z_min, help="z-score threshold of the paper's rule")
+    st.add_argument("--min-samples", type=int, default=t.min_samples,
+                    help="cultures with fewer task samples get no culture-specific set")
     return parser
 
 
 def _selection_args(p):
-    from ..selection import RULES, Thresholds
+    from ..selection import RULES, SPECIFIC_RULES, Thresholds
 
     d = Thresholds()
     p.add_argument("--sets-out", "--out-sets", dest="sets_out", type=Path, default=None,
@@ -90,6 +128,12 @@ def _selection_args(p):
     p.add_argument("--rule", choices=sorted(RULES), default=d.rule,
                    help="paper: the published CULNIG code (top t%% then minus CRC, pooled attention); "
                         "crc-first: CRC excluded before the cut, per module kind (see culnig_lm_eval.selection)")
+    p.add_argument("--specific-rule", choices=list(SPECIFIC_RULES), default=d.specific_rule,
+                   help="culture-specific sets: z (the paper: top t_s%% then z-score filter), contrast or "
+                        "rank-contrast (ours: top t_s%% by the culture's score minus the other cultures'; "
+                        "see `culnig-score study`)")
+    p.add_argument("--exclude-general-set", action="store_true",
+                   help="contrast rules: keep the culture-general neurons out of every culture-specific set")
     p.add_argument("--random-seeds", type=_comma, default=[], metavar="S1,S2",
                    help="also write size-matched random baselines of the culture-general set for these seeds")
 
@@ -99,7 +143,8 @@ def thresholds_from_args(args):
 
     return Thresholds(top_mlp=args.top_mlp, top_attention=args.top_attention, top_specific=args.top_specific,
                       crc_exclude=args.crc_exclude, general_exclude=args.exclude_general, z_min=args.z_min,
-                      min_samples=args.min_samples, normalise_z=args.normalise_z, rule=args.rule)
+                      min_samples=args.min_samples, normalise_z=args.normalise_z, rule=args.rule,
+                      specific_rule=args.specific_rule, exclude_general_set=args.exclude_general_set)
 
 
 def _seeds(values: list[str]) -> list[int]:
@@ -119,7 +164,7 @@ def settings_from_args(args):
         model_args=args.model_args, kinds=kinds, batch_size=args.batch_size, limit=args.limit,
         num_fewshot=args.num_fewshot, fewshot_seed=args.fewshot_seed, apply_chat_template=args.apply_chat_template,
         fewshot_as_multiturn=args.fewshot_as_multiturn, culture_field=args.culture_field, window=args.window,
-        stride=args.stride, force=args.force,
+        stride=args.stride, force=args.force, fold=args.fold,
     )
 
 
@@ -142,7 +187,7 @@ def _score(args) -> dict[str, Path]:
     return score_roles(lm, role_tasks, settings, args.out, tasks=tasks)
 
 
-def _select(paths: dict[str, Path], args) -> dict[str, Path]:
+def _select(paths: dict[str, Path], args, half_paths: dict[str, Path] | None = None) -> dict[str, Path]:
     from .._io import file_sha256
     from ..scoring.run import load_table
     from ..selection import select_and_save
@@ -156,7 +201,11 @@ def _select(paths: dict[str, Path], args) -> dict[str, Path]:
         tables[role].meta["sha256"] = file_sha256(path)
     name = tables["task"].meta.get("model", {}).get("name") or "model"
     out = args.sets_out or Path("neuron_sets") / Path(name).name
-    written = select_and_save(tables, thresholds, out, model_name=name, random_seeds=seeds)
+    half_tables = {role: load_table(path) for role, path in (half_paths or {}).items()}
+    for role, table in half_tables.items():
+        table.meta["sha256"] = file_sha256(half_paths[role])
+    written = select_and_save(tables, thresholds, out, model_name=name, random_seeds=seeds,
+                              half_tables=half_tables or None)
     from ..neuron_set import NeuronSet
 
     for label, path in written.items():
@@ -166,7 +215,53 @@ def _select(paths: dict[str, Path], args) -> dict[str, Path]:
     return written
 
 
+def _table_paths(folder: Path, flag: str) -> dict[str, Path]:
+    from ..scoring.run import ROLES, score_file
+
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {folder}: no such folder (culnig-score run --out writes it)")
+    return {role: score_file(folder, role) for role in ROLES if score_file(folder, role).exists()}
+
+
+def _study(args) -> int:
+    from .._io import check_writable_folder, file_sha256
+    from ..scoring.run import load_table
+    from ..study import DEFAULT_VARIANTS, StudySettings, run_study
+
+    unknown = [v for v in args.variants if v not in DEFAULT_VARIANTS]
+    if unknown or not args.variants:
+        raise ValueError(f"--variants {','.join(unknown) or '(none)'}: choose from {', '.join(DEFAULT_VARIANTS)}")
+    settings = StudySettings(
+        model_args=args.model_args, variants={v: DEFAULT_VARIANTS[v] for v in args.variants},
+        eval_task=args.eval_task, per_culture=args.per_culture, general_task=args.general_task or None, general_limit=args.general_limit,
+        random_draws=args.random_draws, batch_size=args.batch_size, select_only=args.select_only,
+        thresholds={"top_mlp": args.top_mlp, "top_attention": args.top_attention, "top_specific": args.top_specific,
+                    "crc_exclude": args.crc_exclude, "z_min": args.z_min, "min_samples": args.min_samples},
+    )
+    paths = _table_paths(args.scores_dir, "--scores-dir")
+    if "task" not in paths:
+        raise ValueError(f"--scores-dir {args.scores_dir}: holds no task.scores.pt")
+    half_paths = _table_paths(args.half_scores_dir, "--half-scores-dir") if args.half_scores_dir else {}
+    half_paths = {role: p for role, p in half_paths.items() if role in ("task", "control")}
+    if args.half_scores_dir and "task" not in half_paths:
+        raise ValueError(f"--half-scores-dir {args.half_scores_dir}: holds no task.scores.pt")
+    tables = {}
+    for role, path in paths.items():
+        tables[role] = load_table(path)
+        tables[role].meta["sha256"] = file_sha256(path)
+    half_tables = {role: load_table(path) for role, path in half_paths.items()}
+    check_writable_folder(args.out.parent if args.out.parent != Path("") else Path("."), "--out")
+    command = "culnig-score " + shlex.join(args.argv)
+    report = run_study(settings, tables, args.out, half_tables=half_tables or None, command=command,
+                       progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(report.read_text(encoding="utf-8"))
+    print(f"study: {report}", file=sys.stderr)
+    return 0
+
+
 def _main(args) -> int:
+    if args.command == "study":
+        return _study(args)
     if args.command == "run":
         paths = _score(args)
         if not args.no_select:
@@ -183,12 +278,20 @@ def _main(args) -> int:
             paths[role] = explicit
         elif args.scores_dir and score_file(args.scores_dir, role).exists():
             paths[role] = score_file(args.scores_dir, role)
-    _select(paths, args)
+    half_paths = None
+    if args.half_scores_dir:
+        half_paths = {r: p for r, p in _table_paths(args.half_scores_dir, "--half-scores-dir").items()
+                      if r in ("task", "control")}
+        if "task" not in half_paths:
+            raise ValueError(f"--half-scores-dir {args.half_scores_dir}: holds no task.scores.pt")
+    _select(paths, args, half_paths)
     return 0
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     return run(PROG, _main, args)
 
 

@@ -109,22 +109,69 @@ class CultureCell(PairedColumns):
 
 @dataclass
 class SpecificityRow(PairedColumns):
-    """A neuron set's cultural drop next to its random baselines' and its general cost, with the verdict."""
+    """A neuron set's cultural drop (with McNemar vs unmasked), its empirical p among its random
+    sets (:class:`RandomDistributionRow`) and its general cost, with the verdict."""
 
     section: str = "specificity"
     model: str = ""
     specificity: str = ""  # the set's condition label
     cultural_items: str = ""
-    random_diff_mean: float = float("nan")
-    random_diff_min: float = float("nan")
-    random_diff_max: float = float("nan")
     n_random: int = 0
-    # where the set's difference falls among its random sets' differences: (1 + #{random <= set}) / (1 + n)
-    random_rank_p: float = float("nan")
+    # the verdict's test: (1 + #{random drops >= the set's drop}) / (1 + n_random), same items
+    empirical_p: float = float("nan")
     ppl_ratio: dict = field(default_factory=dict)  # task -> masked / unmasked perplexity
     nlu_diff: dict = field(default_factory=dict)  # task -> accuracy difference
     verdict: str = ""
     masked_nothing: bool = False
+
+
+@dataclass
+class RandomDistributionRow:
+    """A set's accuracy drop (unmasked - masked, on the same items) within the drops of its random
+    sets, and for a culture set its gap (own-culture drop minus the mean drop over the other
+    cultures) within theirs.  Every drop is measured on the tasks the set, the unmasked model and
+    every one of its random sets ran (``tasks``)."""
+
+    section: str = "random_distribution"
+    model: str = ""
+    set: str = ""  # the set's condition label
+    items: str = ""  # which items the drop is measured on
+    tasks: list = field(default_factory=list)
+    n_items: int = 0
+    drop: float = float("nan")
+    n_random: int = 0  # random sets with a measured drop
+    random_drops: list = field(default_factory=list)  # one per random set, in seed order
+    random_drop_mean: float = float("nan")
+    random_drop_p5: float = float("nan")
+    random_drop_p95: float = float("nan")
+    empirical_p: float = float("nan")  # (1 + #{random drops >= drop}) / (1 + n_random)
+    culture: str | None = None  # a culture set's culture (the gap is measured for those only)
+    gap: float | None = None  # own-culture drop - mean drop over the other cultures (each culture weighs 1)
+    random_gaps: list | None = None
+    random_gap_mean: float | None = None
+    random_gap_p5: float | None = None
+    random_gap_p95: float | None = None
+    gap_p: float | None = None  # (1 + #{random gaps >= gap}) / (1 + n)
+    masked_nothing: bool = False
+
+
+@dataclass
+class StabilityRow:
+    """How stable a set's selection is, as its file's ``meta["stability"]`` records it: the
+    Jaccard overlap of the sets selected on two disjoint halves of the neuron-finding items, and
+    over selection seeds (None for a deterministic selection)."""
+
+    section: str = "stability"
+    model: str = ""
+    set: str = ""
+    file: str = ""
+    neurons: int = 0
+    recorded: bool = False  # the file carries a stability entry
+    halves_jaccard: float | None = None
+    seeds_jaccard: float | None = None
+    threshold: float = 0.3
+    unstable: bool = False  # halves_jaccard < threshold (or the entry says so)
+    note: str = ""
 
 
 @dataclass
@@ -240,12 +287,29 @@ class ModelAnalysis:
         ref = ref or self.unmasked
         if ref is None:
             return None
-        key = (cond.key, ref.key, tuple(sorted((t, None if s is None else tuple(sorted(s, key=str)))
-                                              for t, s in selection.items())))
+        key = (cond.key, ref.key, _selection_key(selection))
         if key not in self._cache:
             a, b = self.paired_vectors(cond, ref, selection)
             self._cache[key] = Paired.of(a, b, self.opts)
         return self._cache[key]
+
+    def drop(self, cond: Condition, selection: Selection) -> tuple[int, float]:
+        """(paired items, unmasked - masked mean) on ``selection``: :meth:`compare` without the
+        bootstrap, for the hundreds of random sets of the random distributions."""
+        key = ("drop", cond.key, _selection_key(selection))
+        if key not in self._cache:
+            a, b = self.paired_vectors(cond, self.unmasked, selection)
+            self._cache[key] = (int(a.size), float(np.mean(b - a)) if a.size else float("nan"))
+        return self._cache[key]
+
+    def culture_items(self, culture: str, tasks) -> Selection:
+        """The items of ``culture`` in every per-culture family, on ``tasks`` only."""
+        sel: Selection = {}
+        for fam in self.families:
+            for c, items in fam.items.items():
+                if norm(c) == norm(culture):
+                    _merge(sel, items)
+        return _restrict(sel, tasks)
 
     def metric_vectors(self, cond: Condition, ref: Condition, task: str, metric: str):
         """Per-item ``metric`` of ``cond`` and ``ref`` on the items both ran (paired by doc_id)."""
@@ -362,6 +426,14 @@ class ModelAnalysis:
         keys = {s.key for s in self.set_conds}
         blocks += [(None, g) for k, g in self.random_groups.items() if k not in keys]
         return blocks
+
+
+def _selection_key(selection: Selection) -> tuple:
+    return tuple(sorted((t, None if s is None else tuple(sorted(s, key=str))) for t, s in selection.items()))
+
+
+def _restrict(selection: Selection, tasks) -> Selection:
+    return {t: ids for t, ids in selection.items() if t in tasks}
 
 
 def _merge(sel: Selection, items: Selection) -> None:
@@ -591,22 +663,26 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def specificity_verdict(p: Paired, random_diffs: dict, ppl: PplPaired | None, ppl_task: str | None, opts: Options,
-                        masked_nothing: bool = False) -> str:
-    """"specific: ..." when the cultural drop beats the random baselines' mean drop and the general
-    perplexity ratio stays <= ``opts.ppl_threshold``; otherwise "not specific: " and every reason."""
+def specificity_verdict(p: Paired, dist: RandomDistributionRow, ppl: PplPaired | None, ppl_task: str | None,
+                        opts: Options, masked_nothing: bool = False) -> str:
+    """"specific: ..." when the set's cultural drop lies beyond its random sets' drops (empirical
+    p < ``opts.alpha``, :func:`stats.empirical_p`) and the general perplexity ratio stays <=
+    ``opts.ppl_threshold``; otherwise "not specific: " and every reason.  ``p`` (the pooled
+    comparison with the unmasked run) only adds a caveat when its interval includes 0."""
     if masked_nothing:
         return "not specific: the set masked 0 neurons"
-    if not _finite(p.diff) or p.n == 0:
+    if not _finite(dist.drop) or dist.n_items == 0:
         return "not specific: no cultural items to measure"
     reasons = []
-    drop = -p.diff
-    if drop <= 0:
-        reasons.append(f"cultural accuracy did not drop (Δ {p.diff:+.4f})")
-    if not random_diffs["n"] or not _finite(random_diffs["mean"]):
+    if dist.drop <= 0:
+        reasons.append(f"cultural accuracy did not drop (drop {dist.drop:+.4f})")
+    if not dist.n_random or not _finite(dist.empirical_p):
         reasons.append("no random baseline to compare with")
-    elif drop <= -random_diffs["mean"]:
-        reasons.append(f"drop {drop:.4f} is not larger than the random baseline's {-random_diffs['mean']:.4f}")
+    elif dist.empirical_p >= opts.alpha:
+        floor = 1 / (1 + dist.n_random)
+        limit = (f"; {dist.n_random} random sets allow no p below {floor:.3f}" if floor >= opts.alpha else "")
+        reasons.append(f"drop {dist.drop:.4f} is within its random sets' drops (empirical p {dist.empirical_p:.3f} "
+                       f">= {opts.alpha:g}, n={dist.n_random}{limit})")
     if ppl_task is None:
         reasons.append("no general-perplexity task ran")
     elif ppl is None or not _finite(ppl.ratio):
@@ -616,10 +692,11 @@ def specificity_verdict(p: Paired, random_diffs: dict, ppl: PplPaired | None, pp
     if reasons:
         return "not specific: " + "; ".join(reasons)
     caveat = ""
-    if p.ci is not None and _finite(p.ci.high) and p.ci.high >= 0:
-        caveat = f" (but the drop's {100 * (1 - opts.alpha):g}% CI includes 0: not significant on these items)"
-    return (f"specific: drop {drop:.4f} > random {(-random_diffs['mean']):.4f}, perplexity ratio {ppl.ratio:.4f} "
-            f"<= {opts.ppl_threshold:g}{caveat}")
+    if p is not None and p.ci is not None and _finite(p.ci.high) and p.ci.high >= 0:
+        caveat = f" (but the pooled drop's {100 * (1 - opts.alpha):g}% CI vs unmasked includes 0)"
+    return (f"specific: drop {dist.drop:.4f}, empirical p {dist.empirical_p:.3f} < {opts.alpha:g} among "
+            f"{dist.n_random} random sets (their 95th percentile {dist.random_drop_p95:.4f}), perplexity ratio "
+            f"{ppl.ratio:.4f} <= {opts.ppl_threshold:g}{caveat}")
 
 
 def _seed_key(seed):
@@ -965,6 +1042,38 @@ def neuron_section(ma: ModelAnalysis) -> NeuronSection:
         random_matches=matches, sets=set_layers, layer_totals=totals)
 
 
+# -- stability of the selection ----------------------------------------------------------------
+STABILITY_THRESHOLD = 0.3  # halves Jaccard below this: "unstable" (when the set's entry names none)
+
+
+def _number_or_none(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def stability_rows(ma: ModelAnalysis) -> list[StabilityRow]:
+    """One row per evaluated (non-random) set file, from its ``meta["stability"]``."""
+    rows, seen = [], set()
+    for c in ma.set_conds:
+        for si in c.sets:
+            k = str(si.path.resolve()) if si.path else si.spec
+            if si.neuron_set is None or si.is_random or k in seen:
+                continue
+            seen.add(k)
+            row = StabilityRow(model=ma.base_model, set=c.label if len(c.sets) == 1 else f"{si.stem} (in {c.label})",
+                               file=si.path.name if si.path else si.spec, neurons=len(si.neuron_set))
+            entry = si.meta.get("stability")
+            if isinstance(entry, dict):
+                row.recorded = True
+                row.halves_jaccard = _number_or_none(entry.get("halves_jaccard"))
+                row.seeds_jaccard = _number_or_none(entry.get("seeds_jaccard"))
+                row.threshold = _number_or_none(entry.get("threshold")) or STABILITY_THRESHOLD
+                row.unstable = entry.get("unstable") is True or (
+                    row.halves_jaccard is not None and row.halves_jaccard < row.threshold)
+                row.note = str(entry.get("note") or "")
+            rows.append(row)
+    return rows
+
+
 # -- specificity -------------------------------------------------------------------------------
 @dataclass
 class ConditionMeasures:
@@ -979,11 +1088,13 @@ class ConditionMeasures:
 
 @dataclass
 class SpecificityBlock:
-    """A set (None when its seeds have no set run) with its verdict row, then its random seeds."""
+    """A set (None when its seeds have no set run) with its verdict row and random distribution,
+    then its random seeds."""
 
     set_measures: ConditionMeasures | None
     row: SpecificityRow | None
     seeds: list[ConditionMeasures]
+    distribution: RandomDistributionRow | None = None
 
 
 @dataclass
@@ -1006,6 +1117,10 @@ class SpecificitySection:
     ppl_metrics: list[str]
     points: list[ScatterPoint]  # those with both coordinates finite
 
+    @property
+    def distributions(self) -> list[RandomDistributionRow]:
+        return [b.distribution for b in self.blocks if b.distribution is not None]
+
 
 def condition_measures(ma: ModelAnalysis, c: Condition) -> ConditionMeasures:
     sel, what = ma.cultural_selection(ma.cond_cultures(c))
@@ -1014,27 +1129,64 @@ def condition_measures(ma: ModelAnalysis, c: Condition) -> ConditionMeasures:
                              nlu={t: ma.compare(c, {t: None}) for t in ma.nlu_tasks})
 
 
-def specificity_row(ma: ModelAnalysis, m: ConditionMeasures, seeds: list[ConditionMeasures],
+def random_distribution(ma: ModelAnalysis, setc: Condition, seeds: list[Condition]) -> RandomDistributionRow:
+    """``setc``'s drop and its random sets' drops on the same items: its cultural items (its
+    culture's for a culture set) in the tasks that it, the unmasked model and every random set ran."""
+    common = set(setc.tasks) & set(ma.unmasked.tasks)
+    for r in seeds:
+        common &= set(r.tasks)
+    cultures = ma.cond_cultures(setc)
+    selection, what = ma.cultural_selection(cultures)
+    selection = _restrict(selection, common)
+    n_items, drop = ma.drop(setc, selection)
+    random_drops = [ma.drop(r, selection)[1] for r in seeds]
+    spread = stats.distribution_summary(random_drops)
+    row = RandomDistributionRow(
+        model=ma.base_model, set=setc.label, items=what, tasks=sorted(selection), n_items=n_items, drop=drop,
+        n_random=spread["n"], random_drops=random_drops, random_drop_mean=spread["mean"],
+        random_drop_p5=spread["low"], random_drop_p95=spread["high"],
+        empirical_p=stats.empirical_p(drop, random_drops), masked_nothing=setc.masks_nothing)
+    if cultures and len(cultures) == 1 and ma.cultural_from_families:
+        own = cultures[0]
+        others = [c for c in ma.culture_names if norm(c) != norm(own)]
+        if others:
+            gaps = [_culture_gap(ma, r, own, others, common) for r in seeds]
+            gap_spread = stats.distribution_summary(gaps)
+            row.culture, row.gap, row.random_gaps = own, _culture_gap(ma, setc, own, others, common), gaps
+            row.random_gap_mean, row.random_gap_p5, row.random_gap_p95 = (gap_spread["mean"], gap_spread["low"],
+                                                                          gap_spread["high"])
+            row.gap_p = stats.empirical_p(row.gap, gaps)
+    return row
+
+
+def _culture_gap(ma: ModelAnalysis, cond: Condition, own: str, others: list[str], tasks) -> float:
+    """Drop on ``own``'s items minus the mean of the drops on each other culture's items."""
+    own_drop = ma.drop(cond, ma.culture_items(own, tasks))[1]
+    other = [d for c in others if (items := ma.culture_items(c, tasks)) and _finite(d := ma.drop(cond, items)[1])]
+    return own_drop - float(np.mean(other)) if other and _finite(own_drop) else float("nan")
+
+
+def specificity_row(ma: ModelAnalysis, m: ConditionMeasures, dist: RandomDistributionRow,
                     ppl_task: str | None) -> SpecificityRow:
-    rd = summary_over([s.cultural.diff for s in seeds])
     c = m.condition
-    verdict = specificity_verdict(m.cultural, rd, m.ppl.get(ppl_task) if ppl_task else None, ppl_task, ma.opts,
+    verdict = specificity_verdict(m.cultural, dist, m.ppl.get(ppl_task) if ppl_task else None, ppl_task, ma.opts,
                                   masked_nothing=c.masks_nothing)
     return SpecificityRow(
         **vars(PairedColumns.of(m.cultural)), model=ma.base_model, specificity=c.label, cultural_items=m.cultural_items,
-        random_diff_mean=rd["mean"], random_diff_min=rd["min"], random_diff_max=rd["max"], n_random=rd["n"],
-        random_rank_p=stats.rank_p_value(m.cultural.diff, [s.cultural.diff for s in seeds]),
+        n_random=dist.n_random, empirical_p=dist.empirical_p,
         ppl_ratio={t: (v.ratio if v else None) for t, v in m.ppl.items()},
         nlu_diff={t: (v.diff if v else None) for t, v in m.nlu.items()}, verdict=verdict,
         masked_nothing=c.masks_nothing)
 
 
-def _point(m: ConditionMeasures, ppl_task: str | None, group: str, random: bool) -> ScatterPoint:
+def _point(m: ConditionMeasures, ppl_task: str | None, group: str, random: bool,
+           drop: float | None = None) -> ScatterPoint:
+    """``drop``: the x to use instead of the pooled cultural drop (a set's drop on its random sets' items)."""
     c = m.condition
     ppl = m.ppl.get(ppl_task) if ppl_task else None
     short = (f"seed {c.seed}" if c.seed is not None else c.label) if random else None
-    return ScatterPoint(x=-m.cultural.diff, y=ppl.ratio if ppl else float("nan"), label=c.label, random=random,
-                        group=group, short=short)
+    return ScatterPoint(x=-m.cultural.diff if drop is None else drop, y=ppl.ratio if ppl else float("nan"),
+                        label=c.label, random=random, group=group, short=short)
 
 
 def specificity_section(ma: ModelAnalysis) -> SpecificitySection | None:
@@ -1046,10 +1198,13 @@ def specificity_section(ma: ModelAnalysis) -> SpecificitySection | None:
     for setc, seed_conds in ma.group_blocks():
         seeds = [condition_measures(ma, r) for r in seed_conds]
         m = condition_measures(ma, setc) if setc is not None else None
-        row = specificity_row(ma, m, seeds, ppl_task) if m is not None else None
-        blocks.append(SpecificityBlock(set_measures=m, row=row, seeds=seeds))
+        dist = random_distribution(ma, setc, seed_conds) if setc is not None else None
+        row = specificity_row(ma, m, dist, ppl_task) if m is not None else None
+        blocks.append(SpecificityBlock(set_measures=m, row=row, seeds=seeds, distribution=dist))
         if m is not None:
-            points.append(_point(m, ppl_task, setc.label, random=False))
+            # with random sets the set is placed by its drop on their items, as they are
+            same_items = dist.drop if dist.n_random else None
+            points.append(_point(m, ppl_task, setc.label, random=False, drop=same_items))
         points += [_point(s, ppl_task, setc.label if setc is not None else s.condition.group_label, random=True)
                    for s in seeds]
     ppl_rows = [(c.label, v) for c in ma.ordered_conditions() for t in ma.ppl_tasks if (v := ma.ppl(c, t))]
@@ -1132,6 +1287,7 @@ class ModelReport:
     specificity: SpecificitySection | None
     aggregate_mismatches: list[str]  # per-sample means that disagree with lm-eval's aggregates
     generation: GenerationSection
+    stability: list[StabilityRow] = field(default_factory=list)
 
     def json_rows(self) -> list:
         """The rows of report.json, in report order (a difference row only where an unmasked run paired it)."""
@@ -1140,7 +1296,9 @@ class ModelReport:
         rows += [cell for m in self.culture.matrices for cell in m.cells]
         rows += self.generation.rows
         rows += self.neurons.rows
+        rows += self.stability
         if self.specificity is not None:
+            rows += self.specificity.distributions
             rows += [b.row for b in self.specificity.blocks if b.row is not None]
         return rows
 
@@ -1149,4 +1307,4 @@ def model_report(ma: ModelAnalysis) -> ModelReport:
     return ModelReport(analysis=ma, tasks=task_rows(ma), subset_tasks=subset_tasks(ma),
                        accuracy=accuracy_section(ma), culture=culture_section(ma), neurons=neuron_section(ma),
                        specificity=specificity_section(ma), aggregate_mismatches=aggregate_mismatches(ma),
-                       generation=generation_section(ma))
+                       generation=generation_section(ma), stability=stability_rows(ma))

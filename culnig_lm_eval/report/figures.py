@@ -191,10 +191,15 @@ def specificity_scatter(path: Path, points: list[dict], threshold: float, title:
             groups.append(g)
     colors = dict(zip(groups, _palette(len(groups))))
     offsets = [(6, 5), (6, -11), (-6, 5), (-6, -11)]
+    randoms_per_group = {g: sum(1 for p in points if p["random"] and (p.get("group") or p["label"]) == g)
+                         for g in groups}
     for k, p in enumerate(points):
-        color = colors[p.get("group") or p["label"]]
+        group = p.get("group") or p["label"]
+        color = colors[group]
         if p["random"]:
             ax.scatter(p["x"], p["y"], marker="x", color=color, s=45, zorder=3)
+            if randoms_per_group[group] > 3:  # 20 seeds per set: the crosses say enough, names would pile up
+                continue
         else:
             ax.scatter(p["x"], p["y"], marker="o", color=color, s=60, zorder=3, edgecolor="black", linewidth=0.6)
         dx, dy = offsets[k % len(offsets)] if p["random"] else (6, 5)
@@ -219,4 +224,36 @@ def specificity_scatter(path: Path, points: list[dict], threshold: float, title:
         ax.set_xlim(min(min(xs), 0) - 2 * pad, max(max(xs), 0) + 3 * pad)
     pad = max(0.01, 0.12 * (max(ys) - min(ys)))
     ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    return _save(fig, path)
+
+
+def random_drop_histograms(path: Path, panels: list[dict], title: str) -> Path:
+    """One panel per set: the histogram of its random sets' accuracy drops and a vertical line at
+    the set's own drop.  ``panels``: dicts with ``label``, ``random_drops``, ``drop``, ``p``
+    (empirical p) and ``n`` (random sets)."""
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = _new(4.3 * cols, 3.1 * rows + 0.7)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, panel in zip(axes, panels):
+        drops = np.asarray([x for x in panel["random_drops"] if x is not None and math.isfinite(x)], dtype=float)
+        own = panel["drop"]
+        shown = np.concatenate([drops, [own] if math.isfinite(own) else []])
+        lo, hi = (float(shown.min()), float(shown.max())) if shown.size else (-0.01, 0.01)
+        pad = max(0.005, 0.08 * (hi - lo))
+        bins = np.linspace(lo - pad, hi + pad, min(20, max(6, drops.size // 2)) + 1)
+        ax.hist(drops, bins=bins, color="#9e9e9e", edgecolor="white", label=f"{drops.size} random sets")
+        if math.isfinite(own):
+            ax.axvline(own, color="#d62728", linewidth=2, label=f"the set: {own:+.4f}")
+        ax.axvline(0.0, color="black", linewidth=0.6, alpha=0.5)
+        p = panel.get("p")
+        p_text = f"empirical p = {p:.3f} (n = {panel['n']})" if p is not None and math.isfinite(p) else "no p"
+        ax.set_title(_wrap(panel["label"], 44) + "\n" + p_text, fontsize=9)
+        ax.set_xlabel("accuracy drop (unmasked - masked)", fontsize=8)
+        ax.set_ylabel("random sets", fontsize=8)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=7, frameon=False)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
     return _save(fig, path)

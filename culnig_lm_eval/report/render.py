@@ -25,10 +25,12 @@ from .analysis import (
     AccuracyRow,
     ConditionMeasures,
     CultureMatrix,
+    ModelAnalysis,
     ModelReport,
     Options,
     PairedColumns,
     RandomMeanRow,
+    StabilityRow,
     TaskSeries,
     analyse,
     loglik_counterpart,
@@ -101,6 +103,16 @@ def _rel(path: Path, out_dir: Path) -> str:
         return path.relative_to(out_dir).as_posix()
     except ValueError:
         return str(path)
+
+
+# random sets matched to one set are listed one by one up to this many; a larger group (20 per set
+# by default) is shown by its mean and spread, and every one of its rows stays in report.json
+LIST_SEEDS_UP_TO = 3
+
+
+def summarised_random_labels(ma: ModelAnalysis) -> set[str]:
+    """Labels of the random conditions whose group is too large to list one by one."""
+    return {c.label for group in ma.random_groups.values() if len(group) > LIST_SEEDS_UP_TO for c in group}
 
 
 def _paired_cells(p: PairedColumns, n_own: int | None = None) -> list[str]:
@@ -215,6 +227,7 @@ def _write_report(rep: _Report, col: Collection, models: list[ModelReport], run_
         _section_generation(rep, mr, h)
         _section_culture_matrix(rep, mr, h, s)
         _section_neurons(rep, mr, h, s)
+        _section_stability(rep, mr, h)
         _section_specificity(rep, mr, h, s)
     mismatches = [m for mr in models for m in mr.aggregate_mismatches]
     if mismatches:
@@ -251,10 +264,19 @@ def _header(rep: _Report, col: Collection, models: list[ModelReport], run_dirs, 
         rep.add(f"## Runs: {code(ma.base_model)}", "")
         rep.add(f"Model: {code(ma.base_model)} (base model_args {code(ma.base_key)}).", "")
         rows = []
+        summarised = summarised_random_labels(ma)
         for c in ma.ordered_conditions():
+            if c.label in summarised:
+                continue
             files = ", ".join(f"{code(s.spec)}" + ("" if s.neuron_set is not None else f" ({s.error})")
                               for s in c.sets) or "-"
             rows.append([_condition_cell(c), c.kind, files, ", ".join(code(_short(p)) for p in c.results_files)])
+        for group in ma.random_groups.values():
+            if len(group) > LIST_SEEDS_UP_TO:
+                specs = [s.spec for c in group for s in c.sets]
+                rows.append([f"{len(group)} random sets (matched to {group[0].group_label})", "random",
+                             f"{code(specs[0])} ... {code(specs[-1])}",
+                             f"{sum(len(c.results_files) for c in group)} results files"])
         rep.add(*table(["condition", "kind", "neuron-set files", "results file(s)"], rows))
         if warnings := _empty_set_warnings(ma.conditions):
             rep.add(*[f"- {w}" for w in warnings], "")
@@ -312,8 +334,12 @@ def _section_accuracy(rep: _Report, mr: ModelReport, h: str, s: str):
     if ma.no_sample_tasks:
         rep.add(f"Tasks without per-sample records (run without `--log_samples`?) are left out: "
                 f"{', '.join(ma.no_sample_tasks)}.", "")
+    summarised = summarised_random_labels(ma)
+    if summarised:
+        rep.add(f"Random sets: a group of more than {LIST_SEEDS_UP_TO} matched to one set is shown by its mean and "
+                "spread (every random set's row is in report.json).", "")
     rows = [[_seeds_label(r.n_seeds, r.label) if r.n_seeds else r.label] + [format_accuracy(x) for x in r.values]
-            for r in sec.overview]
+            for r in sec.overview if r.n_seeds or r.label not in summarised]
     rep.add("Overview (accuracy of each condition on all of its items; metric per task in the table of tasks "
             "above):", "")
     rep.add(*table(["condition"] + tasks, rows))
@@ -326,7 +352,8 @@ def _section_accuracy(rep: _Report, mr: ModelReport, h: str, s: str):
         if ta.unmasked is not None:
             n, acc = ta.unmasked
             rows.append(["unmasked", n, format_accuracy(acc), "-", "-", "-", "-"])
-        rows += [_random_mean_cells(r) if isinstance(r, RandomMeanRow) else _accuracy_cells(r) for r in ta.rows]
+        rows += [_random_mean_cells(r) if isinstance(r, RandomMeanRow) else _accuracy_cells(r) for r in ta.rows
+                 if isinstance(r, RandomMeanRow) or r.condition not in summarised]
         rep.add(*table(["condition", "n", "accuracy", "Δ vs unmasked", ci_label(rep.opts.alpha),
                         "b / c", "McNemar p"], rows))
     if sec.accuracy_series:
@@ -459,7 +486,10 @@ def _section_neurons(rep: _Report, mr: ModelReport, h: str, s: str):
     rep.add(f"Depth split into thirds of the {sec.num_layers} layers: {'; '.join(thirds)}. Fraction = share of all "
             "neurons of that module kind in the model (`NeuronSet.fraction()`).", "")
     rows = []
+    summarised = summarised_random_labels(ma)
     for d in sec.rows:
+        if d.set in summarised:
+            continue
         rows.append([_set_cell(d.set, d.neurons), code(d.file), d.method or "?", d.selection or "-", d.neurons,
                      ", ".join(f"{k} {v}" for k, v in d.per_kind.items()),
                      ", ".join(f"{k} {_percent(v)}" for k, v in d.fraction_per_kind.items()) or "n/a",
@@ -468,9 +498,16 @@ def _section_neurons(rep: _Report, mr: ModelReport, h: str, s: str):
     rep.add(*table(["set", "file", "method", "selection", "neurons", "per kind", "fraction per kind",
                     "fraction overall", "shallow", "middle", "deep"], rows))
     if sec.random_matches:
+        listed = [f"- {m.random}: per-layer counts {'match' if m.same else '**do not match**'} {m.target}."
+                  for m in sec.random_matches if m.random not in summarised]
+        targets = list(dict.fromkeys(m.target for m in sec.random_matches if m.random in summarised))
+        for target in targets:
+            group = [m for m in sec.random_matches if m.target == target and m.random in summarised]
+            same = sum(m.same for m in group)
+            listed.append(f"- {len(group)} random sets matched to {target}: per-layer counts match in "
+                          + (f"{same} of {len(group)}." if same == len(group) else f"**only {same} of {len(group)}**."))
         rep.add("Random baselines keep the per-layer, per-kind counts of the set they are matched to:", "",
-                *[f"- {m.random}: per-layer counts {'match' if m.same else '**do not match**'} {m.target}."
-                  for m in sec.random_matches], "")
+                *listed, "")
     if sec.sets:
         rep.add("Neurons per layer (all module kinds):", "")
         rep.add(*table(["layer"] + [x.label for x in sec.sets],
@@ -482,6 +519,77 @@ def _section_neurons(rep: _Report, mr: ModelReport, h: str, s: str):
 
 
 # ----------------------------------------------------------------------------------------
+def _jaccard_cell(x) -> str:
+    return f"{x:.3f}" if _ok(x) else "n/a"
+
+
+def _stability_cell(r: StabilityRow) -> str:
+    if not r.recorded:
+        return "not recorded"
+    if r.unstable:
+        return f"**unstable (< {r.threshold:g})**"
+    return f"stable (>= {r.threshold:g})" if r.halves_jaccard is not None else "n/a"
+
+
+def _section_stability(rep: _Report, mr: ModelReport, h: str):
+    rows = mr.stability
+    rep.add(f"{h} Stability of the selected sets", "")
+    if not rows:
+        rep.add("No readable (non-random) neuron-set file; section dropped.", "")
+        return
+    rep.add("Each selected set records in its metadata (`meta[\"stability\"]`) the Jaccard overlap "
+            "|A ∩ B| / |A ∪ B| of the sets selected on two disjoint halves of the neuron-finding items "
+            "(`scoring.stability_fold`), and over selection seeds (n/a for a deterministic selection). A set whose "
+            "halves overlap less than the threshold is flagged **unstable**: which neurons it holds depends on "
+            "the items it was found on more than on the model.", "")
+    if not any(r.recorded for r in rows):
+        rep.add("No evaluated set records a stability entry (`scoring.stability_fold: null`, or sets selected "
+                "before the check existed).", "")
+    rep.add(*table(["set", "file", "neurons", "halves Jaccard", "seeds Jaccard", "stability", "note"],
+                   [[_set_cell(r.set, r.neurons), code(r.file), r.neurons, _jaccard_cell(r.halves_jaccard),
+                     _jaccard_cell(r.seeds_jaccard), _stability_cell(r), r.note or "-"] for r in rows]))
+
+
+def _p_cell(p, n: int) -> str:
+    return f"{p:.3f} (n={n})" if n and _ok(p) else "-"
+
+
+def _spread_cells(mean, low, high) -> list[str]:
+    return [format_difference(mean), format_difference(low), format_difference(high)]
+
+
+def _section_random_distribution(rep: _Report, mr: ModelReport, s: str):
+    """Each set's drop within the drops of its own random sets: table and histograms."""
+    ma, dists = mr.analysis, mr.specificity.distributions
+    if not dists:
+        return
+    rep.add("**Drop vs its random sets.** A drop is unmasked - masked accuracy on the same items: the set's "
+            "cultural items (a culture set: its culture's) in the tasks the set, the unmasked model and every one "
+            "of its random sets ran. Each random set has the set's size (layer-matched: the same count per layer "
+            "and module kind). Empirical p = (1 + #{random drops >= the set's drop}) / (1 + n random), one-sided; "
+            "the smallest value n random sets allow is 1 / (1 + n). The gap (culture sets) is the drop on the own "
+            "culture minus the mean drop over the other cultures, and its p places it among the random sets' gaps "
+            "likewise.", "")
+    rows = []
+    for d in dists:
+        gap = ([format_difference(d.gap)] + (_spread_cells(d.random_gap_mean, d.random_gap_p5, d.random_gap_p95)
+                                             if d.n_random else ["no random set", "", ""])
+               + [_p_cell(d.gap_p, d.n_random)]) if d.gap is not None else ["-"] * 5
+        rows.append([_warned_label(d.set, d.masked_nothing), f"{d.items} ({', '.join(d.tasks) or 'no task'})",
+                     d.n_items, format_difference(d.drop)]
+                    + (_spread_cells(d.random_drop_mean, d.random_drop_p5, d.random_drop_p95) if d.n_random
+                       else ["no random set", "", ""])
+                    + [d.n_random, _p_cell(d.empirical_p, d.n_random)] + gap)
+    rep.add(*table(["set", "items", "n", "drop", "random drops mean", "5th pct", "95th pct", "n random",
+                    "empirical p", "gap (own - others)", "random gaps mean", "5th pct", "95th pct", "gap p"], rows))
+    panels = [{"label": d.set, "random_drops": d.random_drops, "drop": d.drop, "p": d.empirical_p, "n": d.n_random}
+              for d in dists if d.n_random]
+    if panels:
+        title = f"Cultural accuracy drop vs random sets of the same size - {ma.base_model}"
+        path = figures.random_drop_histograms(rep.fig_dir / f"{s}_random_drops.png", panels, title)
+        rep.figure(path, "random-set drop distributions")
+
+
 def _section_specificity(rep: _Report, mr: ModelReport, h: str, s: str):
     o, ma, sec = rep.opts, mr.analysis, mr.specificity
     rep.add(f"{h} Specificity", "")
@@ -492,10 +600,12 @@ def _section_specificity(rep: _Report, mr: ModelReport, h: str, s: str):
         rep.add("No masked run; section dropped.", "")
         return
     ppl_task = sec.ppl_task
-    rep.add("Verdict rule: a set is **specific** when its cultural accuracy drops (Δ < 0) by more than the mean "
-            "drop of its size-matched random baselines AND the general perplexity ratio (masked / unmasked"
-            + (f", task `{ppl_task}`" if ppl_task else "") + f") is <= **{o.ppl_threshold:g}** (threshold; "
-            "`--ppl-threshold`). Otherwise it is **not specific**, with the reason. \"Cultural items\": "
+    rep.add("Verdict rule: a set is **specific** when its cultural accuracy drop lies beyond the drops of its own "
+            f"size-matched random sets (empirical p < **{o.alpha:g}**, table below) AND the general perplexity ratio "
+            "(masked / unmasked" + (f", task `{ppl_task}`" if ppl_task else "") + f") is <= **{o.ppl_threshold:g}** "
+            "(threshold; `--ppl-threshold`). Otherwise it is **not specific**, with the reason. McNemar p "
+            "(masked vs unmasked on the pooled cultural items) is shown but not used: a random set of the same size "
+            "can differ from the unmasked model as much. \"Cultural items\": "
             + ("for a culture set, the items of its culture in the per-culture tasks; for a culture-general set, "
                "all per-culture items; random baselines use the items of the set they are matched to."
                if ma.cultural_from_families else
@@ -510,20 +620,20 @@ def _section_specificity(rep: _Report, mr: ModelReport, h: str, s: str):
         notes.append(f"no NLU control ({', '.join(o.nlu_tasks)}) ran")
     if notes:
         rep.add(*[f"- Note: {n}." for n in notes], "")
-    header = ["set", "cultural items", "n", "Δ cultural acc", ci_label(o.alpha), "random Δ mean [min, max]",
-              "p vs random"]
+    _section_random_distribution(rep, mr, s)
+    header = ["set", "cultural items", "n", "Δ cultural acc", ci_label(o.alpha), "McNemar p",
+              "empirical p vs random"]
     header += [f"ppl ratio {t}" for t in ma.ppl_tasks] + [f"Δ {t}" for t in ma.nlu_tasks] + ["verdict"]
     rows = []
+    summarised = summarised_random_labels(ma)
     for block in sec.blocks:
         if (m := block.set_measures) is not None:
             r = block.row
-            random = (f"{format_difference(r.random_diff_mean)} [{format_difference(r.random_diff_min)}, "
-                      f"{format_difference(r.random_diff_max)}]" if r.n_random else "no random baseline")
-            rank_p = f"{r.random_rank_p:.3f} (n={r.n_random})" if r.n_random and math.isfinite(r.random_rank_p) else "-"
-            rows.append([f"**{_condition_cell(m.condition)}**"] + _cultural_cells(m) + [random, rank_p]
-                        + _cost_cells(m) + [r.verdict])
-        rows += [[_condition_cell(x.condition)] + _cultural_cells(x) + ["(baseline)", ""] + _cost_cells(x)
-                 + ["baseline"] for x in block.seeds]
+            rows.append([f"**{_condition_cell(m.condition)}**"] + _cultural_cells(m)
+                        + [format_p(r.mcnemar_p), _p_cell(r.empirical_p, r.n_random) if r.n_random
+                           else "no random baseline"] + _cost_cells(m) + [r.verdict])
+        rows += [[_condition_cell(x.condition)] + _cultural_cells(x) + [format_p(x.cultural.p), "(baseline)"]
+                 + _cost_cells(x) + ["baseline"] for x in block.seeds if x.condition.label not in summarised]
     rep.add(*table(header, rows))
     if not ma.ppl_tasks:
         rep.add("No general-perplexity task ran, so the cultural-drop vs general-cost figure is dropped.", "")
@@ -532,7 +642,14 @@ def _section_specificity(rep: _Report, mr: ModelReport, h: str, s: str):
             "from the per-sample `" + "`/`".join(sec.ppl_metrics) + "` records; the ratio's "
             "interval is a paired bootstrap over documents.", "")
     prow = [[label, v.task, v.metric, v.n, f"{v.ppl_a:.4g}", f"{v.ppl_b:.4g}", format_ratio(v.ratio),
-             format_ratio_ci(v.ci)] for label, v in sec.ppl_rows]
+             format_ratio_ci(v.ci)] for label, v in sec.ppl_rows if label not in summarised]
+    for group in ma.random_groups.values():
+        labels = {c.label for c in group}
+        for task in ma.ppl_tasks:
+            ratios = [v.ratio for label, v in sec.ppl_rows if label in labels and v.task == task]
+            if len(group) > LIST_SEEDS_UP_TO and ratios:
+                prow.append([f"{len(ratios)} random sets (matched to {group[0].group_label})", task, "", "", "", "",
+                             f"{format_ratio(min(ratios))} - {format_ratio(max(ratios))} (min - max)", ""])
     rep.add(*table(["condition", "task", "metric", "docs", "perplexity", "unmasked", "ratio", "CI"], prow))
     if sec.points:
         path = figures.specificity_scatter(rep.fig_dir / f"{s}_specificity.png", [asdict(p) for p in sec.points],

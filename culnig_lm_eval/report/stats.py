@@ -13,6 +13,8 @@ reported difference is ``mean(a) - mean(b)``.
 * :func:`weighted_perplexity`, :func:`perplexity_ratio`, :func:`paired_bootstrap_ratio_ci` -
   lm-eval's corpus perplexity ``exp(-sum(loglik) / sum(units))`` and the masked/unmasked
   ratio with a paired bootstrap interval.
+* :func:`empirical_p` - where a set's accuracy drop falls among its random sets' drops
+  (``(1 + #{random >= set}) / (1 + n)``), with :func:`distribution_summary` for their spread.
 
 The bootstrap is vectorised: resample indices are drawn as a ``(resamples, n)`` integer
 matrix from ``numpy.random.default_rng(seed)`` (in row chunks to bound memory; chunking does
@@ -37,6 +39,9 @@ __all__ = [
     "perplexity_ratio",
     "paired_bootstrap_ratio_ci",
     "bootstrap_indices",
+    "empirical_p",
+    "rank_p_value",
+    "distribution_summary",
 ]
 
 # largest number of index cells drawn at once (resamples x items); 4M int64 = 32 MB
@@ -175,11 +180,38 @@ def paired_bootstrap_ratio_ci(
     return _percentile_interval(np.concatenate(ratios), alpha)
 
 
-def rank_p_value(value: float, baseline) -> float:
-    """Empirical one-sided p-value of ``value`` within the ``baseline`` draws (lower = more extreme):
-    ``(1 + #{b <= value}) / (1 + n)``, the permutation-test convention that counts the observed
-    value as one draw (so it is never 0).  NaN without a finite value or baseline."""
-    b = np.asarray([x for x in baseline if x is not None and math.isfinite(x)], dtype=float)
-    if b.size == 0 or value is None or not math.isfinite(value):
+def _finite_values(values) -> np.ndarray:
+    return np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+
+
+def empirical_p(drop: float, random_drops) -> float:
+    """One-sided empirical p-value of a set's accuracy drop within the drops of its random sets:
+    ``(1 + #{random drops >= drop}) / (1 + n_random)``.
+
+    A drop is ``unmasked accuracy - masked accuracy`` on the same items.  The observed set counts
+    as one draw (the permutation-test convention), so p is never 0 and its smallest value is
+    ``1 / (1 + n_random)``: 20 random sets are the fewest that allow p < 0.05.  Ties count
+    against the set.  Non-finite random drops are left out; NaN without a finite ``drop`` or
+    without a finite random drop."""
+    r = _finite_values(random_drops)
+    if r.size == 0 or drop is None or not math.isfinite(drop):
         return float("nan")
-    return float((1 + np.count_nonzero(b <= value)) / (1 + b.size))
+    return float((1 + np.count_nonzero(r >= drop)) / (1 + r.size))
+
+
+def rank_p_value(value: float, baseline) -> float:
+    """:func:`empirical_p` for differences (masked - unmasked, lower = more extreme):
+    ``(1 + #{b <= value}) / (1 + n)``."""
+    b = _finite_values(baseline)
+    return empirical_p(-value if value is not None else None, -b)
+
+
+def distribution_summary(values, low: float = 5.0, high: float = 95.0) -> dict:
+    """``n``, ``mean`` and the ``low``/``high`` percentiles (numpy's linear interpolation) of the
+    finite ``values``; NaN statistics when there is none."""
+    v = _finite_values(values)
+    if v.size == 0:
+        nan = float("nan")
+        return {"n": 0, "mean": nan, "low": nan, "high": nan}
+    lo, hi = np.percentile(v, [low, high])
+    return {"n": int(v.size), "mean": float(v.mean()), "low": float(lo), "high": float(hi)}

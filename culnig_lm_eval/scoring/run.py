@@ -41,6 +41,10 @@ class ScoringSettings:
     window: int = 96  # general prose: tokens of preceding text per sample
     stride: int = 16  # general prose: every stride-th token is a sample
     force: bool = False  # recompute score files that exist
+    # "i/K": score only the documents of fold i of K (a document's fold is a hash of its index, so
+    # a task and its control split the same questions the same way).  Used for the stability
+    # halves (selection on fold 0 of 2 vs the rest = full - fold 0) and to shard a long run.
+    fold: str | None = None
 
     def __post_init__(self):
         unknown = set(self.kinds) - set(MODULE_KINDS)
@@ -52,6 +56,8 @@ class ScoringSettings:
                 raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)})")
         if self.limit is not None and int(self.limit) < 1:
             raise ValueError(f"--limit must be >= 1 (got {self.limit})")
+        if self.fold is not None:
+            parse_fold(self.fold)
 
     def stamp(self) -> dict:
         """What makes two score files comparable (batch size and force do not change scores)."""
@@ -59,7 +65,22 @@ class ScoringSettings:
         for volatile in ("batch_size", "force"):
             keep.pop(volatile)
         keep["kinds"] = list(self.kinds)
+        if keep["fold"] is None:
+            keep.pop("fold")  # score files written before folds existed stay reusable
         return keep
+
+
+def parse_fold(spec: str) -> tuple[int, int]:
+    """``"0/2"`` -> (0, 2); anything else is an error naming the flag."""
+    index, sep, total = str(spec).partition("/")
+    if not (sep and index.isdigit() and total.isdigit() and int(total) >= 2 and int(index) < int(total)):
+        raise ValueError(f"--fold {spec!r}: write I/K with K >= 2 folds and 0 <= I < K (e.g. 0/2)")
+    return int(index), int(total)
+
+
+def fold_of(doc_id: int, folds: int) -> int:
+    """The fold of a document: a hash of its index, so folds mix cultures and topics."""
+    return int.from_bytes(hashlib.sha256(f"doc:{doc_id}".encode()).digest()[:8], "big") % folds
 
 
 def parse_task_specs(specs: list[str], default_limit: int | None) -> list[tuple[str, int | None]]:
@@ -137,6 +158,9 @@ def score_roles(lm, role_tasks: dict[str, list[str]], settings: ScoringSettings,
         ]
         for role, specs in parsed.items()
     }
+    if settings.fold is not None:
+        index, folds = parse_fold(settings.fold)
+        samples = {role: [s for s in found if fold_of(s.doc_id, folds) == index] for role, found in samples.items()}
     model = lm.model.eval()
     scorer = AttributionScorer(model, settings.kinds)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0

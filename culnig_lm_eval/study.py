@@ -1,0 +1,419 @@
+"""The selection study: which culture-specific selection gives sets that are specific?
+
+``culnig-score study`` runs :func:`run_study` on one score folder:
+
+1. every variant (a name and its :class:`~culnig_lm_eval.selection.Thresholds` overrides) is
+   selected from the stored tables, timed, and -- with fold tables -- checked for stability
+   (:mod:`.stability`);
+2. the model is loaded once and the evaluation requests (lm-eval's own: ``build_all_requests``
+   of the evaluation task, the first ``per_culture`` documents of every culture, and the
+   general-prose task) are built once; every culture-specific set, and ``random_draws``
+   random sets, are then applied as folded masks and the same requests re-run;
+3. per (variant, culture): the own-culture drop, the mean drop on the other cultures, their
+   ratio, the empirical p of the own drop among the random sets' drops on that culture, and the
+   general perplexity ratio.  A culture *passes* when own >= ``ratio_min`` x other (own > 0),
+   p < ``alpha`` and perplexity ratio <= ``ppl_max``; the recommended variant passes most
+   cultures (ties: larger mean own-minus-other gap).
+
+Random sets: uniform draws over the pooled module kinds of the specific sets (the reference's
+``decide_random_neuron.py``), of the LARGEST culture-specific set size among the variants.
+One pool serves every variant: the contrast rules give every culture exactly that size, and
+the paper's sets are never larger (its z filter only removes neurons), so for them the test is
+conservative (random sets with more neurons hurt more on average).
+
+Results are computed first (``study.json``); :func:`render_markdown` and :func:`pareto_figure`
+only format them.  The study folder (json, md, png and the sets of every variant) is written
+as a unit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ._io import atomic_folder, safe_name, write_text
+from .neuron_set import NeuronSet
+from .scoring.attribution import ScoreTable
+
+DEFAULT_VARIANTS = {
+    "paper": {},
+    "paper-normalised-z": {"normalise_z": True},
+    "contrast": {"specific_rule": "contrast"},
+    "rank-contrast": {"specific_rule": "rank-contrast"},
+    "contrast-excl": {"specific_rule": "contrast", "exclude_general_set": True, "general_exclude": 5.0},
+    "rank-contrast-excl": {"specific_rule": "rank-contrast", "exclude_general_set": True, "general_exclude": 5.0},
+}
+
+
+class StudyError(ValueError):
+    """Study settings or inputs that cannot work (one line for the CLI)."""
+
+
+@dataclass
+class StudySettings:
+    model_args: str = "pretrained=smollm2-135m,dtype=float32"
+    variants: dict[str, dict] = field(default_factory=lambda: dict(DEFAULT_VARIANTS))
+    thresholds: dict = field(default_factory=dict)  # shared by every variant (the variant's keys win)
+    eval_task: str = "blend_cloze_test"
+    per_culture: int = 40  # evaluation documents per culture (the first ones in file order)
+    general_task: str | None = "general_ppl"
+    general_limit: int | None = 4  # general-prose documents (each about a thousand tokens); None = all
+    random_draws: int = 20
+    batch_size: int = 16
+    ratio_min: float = 2.0
+    alpha: float = 0.05
+    ppl_max: float = 1.1
+    culture_field: str = "culture"
+    select_only: bool = False  # selection, sizes and stability only; no model
+
+    def __post_init__(self):
+        from .selection import ThresholdError, Thresholds
+
+        if not self.variants:
+            raise StudyError("no selection variant to study")
+        for name, overrides in self.variants.items():
+            safe_name(name, "variant name")
+            try:
+                Thresholds(**{**self.thresholds, **overrides})
+            except (TypeError, ThresholdError) as err:
+                raise StudyError(f"variant {name}: {err}") from None
+        for key in ("per_culture", "random_draws", "batch_size", "general_limit"):
+            value = getattr(self, key)
+            if key == "general_limit" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise StudyError(f"{key}={value!r}: must be a whole number >= 1")
+        for key in ("ratio_min", "alpha", "ppl_max"):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise StudyError(f"{key}={value!r}: must be a finite number > 0")
+
+
+# -- selection --------------------------------------------------------------------------------
+def select_variants(settings: StudySettings, tables: dict[str, ScoreTable],
+                    half_tables: dict[str, ScoreTable] | None, model_name: str = ""):
+    """{variant: {label: set}} and {variant: {"seconds": .., "stability": {label: entry}}}."""
+    from .selection import Thresholds, select_tables
+    from .stability import annotate, halves
+
+    split = halves(tables, half_tables) if half_tables else None
+    sets, info = {}, {}
+    for name, overrides in settings.variants.items():
+        thresholds = Thresholds(**{**settings.thresholds, **overrides})
+        if thresholds.general_exclude is not None and tables.get("general") is None:
+            raise StudyError(f"variant {name} excludes general-prose neurons but there is no general.scores.pt")
+        started = time.perf_counter()
+        chosen = select_tables(tables, thresholds, model_name)
+        seconds = time.perf_counter() - started
+        stability = {}
+        if split is not None:
+            stability = annotate(chosen, select_tables(split[0], thresholds, model_name),
+                                 select_tables(split[1], thresholds, model_name))
+        sets[name] = chosen
+        info[name] = {"selection": thresholds.selection_name, "thresholds": asdict(thresholds),
+                      "seconds": seconds, "stability": stability,
+                      "sizes": {label: len(s) for label, s in chosen.items()}}
+    return sets, info
+
+
+# -- evaluation on the loaded model --------------------------------------------------------------
+@dataclass
+class EvalRequests:
+    """Requests built once and re-run for every masked state."""
+
+    task: object
+    instances: list
+    docs: dict[int, dict]  # doc_id -> document
+    culture_of: dict[int, str]
+    cultures: list[str]
+    general_instances: list = field(default_factory=list)
+    general_tokens: int = 0
+
+
+def build_requests(lm, settings: StudySettings, tasks: dict) -> EvalRequests:
+    task = tasks[settings.eval_task]
+    task.build_all_requests(limit=None, rank=0, world_size=1)
+    per_culture: dict[str, list[int]] = {}
+    docs, culture_of = {}, {}
+    for inst in task.instances:
+        if inst.doc_id in docs:
+            continue
+        culture = str(inst.doc.get(settings.culture_field, ""))
+        taken = per_culture.setdefault(culture, [])
+        if len(taken) < settings.per_culture:
+            taken.append(inst.doc_id)
+            docs[inst.doc_id], culture_of[inst.doc_id] = inst.doc, culture
+    instances = [inst for inst in task.instances if inst.doc_id in docs]
+    requests = EvalRequests(task, instances, docs, culture_of, sorted(per_culture))
+    if settings.general_task:
+        general = tasks[settings.general_task]
+        general.build_all_requests(limit=None, rank=0, world_size=1)
+        requests.general_instances = list(general.instances)[: settings.general_limit]
+        requests.general_tokens = sum(len(lm.tok_encode(inst.arguments[0])) for inst in requests.general_instances)
+    return requests
+
+
+def evaluate_state(lm, requests: EvalRequests) -> dict:
+    """Accuracy per culture (lm-eval's own ``process_results``) and general-prose NLL per token."""
+    responses = lm.loglikelihood(requests.instances, disable_tqdm=True)
+    by_doc: dict[int, list] = {}
+    for inst, resp in sorted(zip(requests.instances, responses), key=lambda pair: (pair[0].doc_id, pair[0].idx)):
+        by_doc.setdefault(inst.doc_id, []).append(resp)
+    correct = {c: [] for c in requests.cultures}
+    for doc_id, results in by_doc.items():
+        metrics = requests.task.process_results(requests.docs[doc_id], results)
+        correct[requests.culture_of[doc_id]].append(float(metrics["acc"]))
+    out = {"acc": {c: sum(v) / len(v) for c, v in correct.items() if v},
+           "n": {c: len(v) for c, v in correct.items()}}
+    if requests.general_instances:
+        lls = lm.loglikelihood_rolling(requests.general_instances, disable_tqdm=True)
+        out["nll_per_token"] = -sum(lls) / max(requests.general_tokens, 1)
+    return out
+
+
+def random_pool(sets: dict[str, dict[str, NeuronSet]], draws: int) -> list[NeuronSet]:
+    """``draws`` uniform random sets of the largest culture-specific set's size (module docstring)."""
+    from .selection import random_uniform
+
+    specific = [s for labelled in sets.values() for label, s in labelled.items() if label != "general"]
+    if not specific:
+        return []
+    largest = max(specific, key=len)
+    if largest.is_empty:
+        return []
+    return [random_uniform(largest, seed) for seed in range(draws)]
+
+
+def _set_key(neuron_set: NeuronSet) -> tuple:
+    return tuple((kind, tuple(tuple(row.tolist()) for row in rows)) for kind, rows in sorted(neuron_set.indices.items()))
+
+
+def evaluate_all(lm, requests: EvalRequests, sets, randoms, progress=print) -> dict:
+    """{"unmasked": result, "sets": {variant: {label: result}}, "random": [result, ...]}; a set
+    shared by two variants is evaluated once."""
+    cache: dict = {}
+
+    def run(neuron_set: NeuronSet | None) -> dict:
+        key = _set_key(neuron_set) if neuron_set is not None else ("unmasked",)
+        if neuron_set is not None and key not in cache and neuron_set.is_empty:
+            return {"empty": True}
+        if key not in cache:
+            with lm.masked([neuron_set] if neuron_set is not None else []):
+                cache[key] = evaluate_state(lm, requests)
+        return cache[key]
+
+    started = time.perf_counter()
+    out = {"unmasked": run(None), "sets": {}, "random": []}
+    progress(f"unmasked evaluated in {time.perf_counter() - started:.0f} s")
+    for name, labelled in sets.items():
+        out["sets"][name] = {label: run(s) for label, s in labelled.items() if label != "general"}
+        progress(f"{name}: {len(cache)} states evaluated, {time.perf_counter() - started:.0f} s")
+    for i, neuron_set in enumerate(randoms):
+        out["random"].append(run(neuron_set))
+        progress(f"random {i + 1}/{len(randoms)}, {time.perf_counter() - started:.0f} s")
+    return out
+
+
+# -- analysis (pure) --------------------------------------------------------------------------
+def empirical_p(value: float, null: list[float]) -> float | None:
+    """:func:`culnig_lm_eval.report.stats.empirical_p` (one-sided, ``(1 + #{null >= value}) / (1 + n)``),
+    None instead of NaN without random sets (study.json holds no NaN)."""
+    from .report.stats import empirical_p as p_value
+
+    p = p_value(value, null)
+    return None if math.isnan(p) else p
+
+
+def analyse(settings: StudySettings, evaluations: dict, info: dict) -> dict:
+    base = evaluations["unmasked"]
+    cultures = sorted(base["acc"])
+    ppl_base = base.get("nll_per_token")
+
+    def drops(result):
+        return {c: base["acc"][c] - result["acc"][c] for c in cultures}
+
+    random_drops = [drops(r) for r in evaluations["random"]]
+    variants = {}
+    for name, labelled in evaluations["sets"].items():
+        rows = {}
+        for culture in cultures:
+            result = labelled.get(culture)
+            stability = info[name]["stability"].get(culture, {})
+            row = {"neurons": info[name]["sizes"].get(culture, 0),
+                   "halves_jaccard": stability.get("halves_jaccard")}
+            if result is None or result.get("empty"):
+                rows[culture] = {**row, "empty": True, "passes": False}
+                continue
+            d = drops(result)
+            own = d[culture]
+            other = sum(v for c, v in d.items() if c != culture) / max(len(cultures) - 1, 1)
+            # None where the other cultures did not drop on average (float noise of a zero mean included)
+            ratio = own / other if other > 1e-9 else None
+            p = empirical_p(own, [r[culture] for r in random_drops])
+            ppl_ratio = (math.exp(result["nll_per_token"] - ppl_base)
+                         if ppl_base is not None and "nll_per_token" in result else None)
+            passes = (own > 0 and own >= settings.ratio_min * other and p is not None
+                      and p < settings.alpha and (ppl_ratio is None or ppl_ratio <= settings.ppl_max))
+            rows[culture] = {**row, "empty": False, "own_drop": own, "other_drop": other, "ratio": ratio,
+                             "p_random": p, "ppl_ratio": ppl_ratio, "passes": bool(passes)}
+        filled = [r for r in rows.values() if not r["empty"]]
+        mean = lambda key: (sum(r[key] for r in filled if r[key] is not None) / len(filled)) if filled else None
+        jaccards = [r["halves_jaccard"] for r in rows.values() if r["halves_jaccard"] is not None]
+        variants[name] = {
+            "selection": info[name]["selection"],
+            "seconds": info[name]["seconds"],
+            "passing": sum(r["passes"] for r in rows.values()),
+            "empty": sum(r["empty"] for r in rows.values()),
+            "mean_own_drop": mean("own_drop"),
+            "mean_other_drop": mean("other_drop"),
+            "mean_ppl_ratio": mean("ppl_ratio"),
+            "mean_halves_jaccard": sum(jaccards) / len(jaccards) if jaccards else None,
+            "per_culture": rows,
+        }
+    ranked = sorted(variants, key=lambda n: (-variants[n]["passing"],
+                                             -((variants[n]["mean_own_drop"] or 0) - (variants[n]["mean_other_drop"] or 0))))
+    return {
+        "cultures": cultures,
+        "unmasked_acc": base["acc"],
+        "items_per_culture": base["n"],
+        "random": {"draws": len(random_drops),
+                   "mean_drop": {c: sum(r[c] for r in random_drops) / len(random_drops) for c in cultures}
+                   if random_drops else {}},
+        "criteria": {"ratio_min": settings.ratio_min, "alpha": settings.alpha, "ppl_max": settings.ppl_max},
+        "variants": variants,
+        "recommended": ranked[0] if ranked else None,
+    }
+
+
+def selection_only_summary(info: dict) -> dict:
+    return {"variants": {name: {"selection": v["selection"], "seconds": v["seconds"], "sizes": v["sizes"],
+                                "halves_jaccard": {label: e["halves_jaccard"] for label, e in v["stability"].items()}}
+                         for name, v in info.items()}}
+
+
+# -- formatting only ------------------------------------------------------------------------------
+def _fmt(value, spec=".1f", scale=1.0, none="–"):
+    if value is None:
+        return none
+    return format(value * scale, spec)
+
+
+def render_markdown(results: dict, command: str = "") -> str:
+    lines = ["# Selection study", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    if "cultures" not in results:  # selection only
+        lines += ["| variant | selection | seconds | sizes | halves Jaccard |", "|---|---|---|---|---|"]
+        for name, v in results["variants"].items():
+            sizes = ", ".join(f"{k} {n}" for k, n in v["sizes"].items())
+            jac = ", ".join(f"{k} {_fmt(j, '.2f')}" for k, j in v["halves_jaccard"].items())
+            lines.append(f"| {name} | `{v['selection']}` | {v['seconds']:.2f} | {sizes} | {jac or '–'} |")
+        return "\n".join(lines) + "\n"
+    c = results["criteria"]
+    lines += [
+        f"Items per culture: {results['items_per_culture']}; random sets: {results['random']['draws']}. "
+        f"A culture passes when its own drop is > 0 and >= {c['ratio_min']:g}x the mean drop on the other cultures, "
+        f"its empirical p among the random sets is < {c['alpha']:g}, and general perplexity rises by at most "
+        f"x{c['ppl_max']:g}. Drops are accuracy points (unmasked minus masked).",
+        "",
+        "| variant | cultures passing | empty | mean own drop | mean other drop | mean ppl ratio | mean halves Jaccard | selection s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in results["variants"].items():
+        mark = " **(recommended)**" if name == results["recommended"] else ""
+        lines.append(f"| {name}{mark} | {v['passing']}/{len(results['cultures'])} | {v['empty']} | "
+                     f"{_fmt(v['mean_own_drop'], '+.1f', 100)} | {_fmt(v['mean_other_drop'], '+.1f', 100)} | "
+                     f"{_fmt(v['mean_ppl_ratio'], '.3f')} | {_fmt(v['mean_halves_jaccard'], '.2f')} | {v['seconds']:.2f} |")
+    for name, v in results["variants"].items():
+        lines += ["", f"## {name} (`{v['selection']}`)", "",
+                  "| culture | neurons | own drop | other drop | own/other | p vs random | ppl ratio | halves Jaccard | passes |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for culture, r in v["per_culture"].items():
+            if r["empty"]:
+                lines.append(f"| {culture} | 0 | – | – | – | – | – | {_fmt(r['halves_jaccard'], '.2f')} | empty |")
+                continue
+            flag = " (unstable)" if r["halves_jaccard"] is not None and r["halves_jaccard"] < 0.3 else ""
+            lines.append(f"| {culture} | {r['neurons']} | {_fmt(r['own_drop'], '+.1f', 100)} | "
+                         f"{_fmt(r['other_drop'], '+.1f', 100)} | {_fmt(r['ratio'], '.1f')} | {_fmt(r['p_random'], '.3f')} | "
+                         f"{_fmt(r['ppl_ratio'], '.3f')} | {_fmt(r['halves_jaccard'], '.2f')}{flag} | "
+                         f"{'yes' if r['passes'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_figure(results: dict, path: Path) -> Path:
+    """Left: general cost (ppl ratio) vs specificity gap per variant; right: own vs other drop per culture."""
+    from .report.figures import _new, _palette, _save
+
+    fig = _new(11, 4.5)
+    left, right = fig.subplots(1, 2)
+    names = list(results["variants"])
+    colors = dict(zip(names, _palette(len(names))))
+    for name, v in results["variants"].items():
+        rows = [r for r in v["per_culture"].values() if not r["empty"]]
+        if not rows:
+            continue
+        gap = 100 * ((v["mean_own_drop"] or 0) - (v["mean_other_drop"] or 0))
+        left.scatter([v["mean_ppl_ratio"] or 1.0], [gap], color=colors[name], s=60, label=f"{name} ({v['passing']} pass)")
+        right.scatter([100 * r["other_drop"] for r in rows], [100 * r["own_drop"] for r in rows],
+                      color=colors[name], s=18, alpha=0.8)
+    left.set_xlabel("mean general perplexity ratio (masked / unmasked)")
+    left.set_ylabel("mean own-minus-other drop (points)")
+    left.axvline(results["criteria"]["ppl_max"], color="grey", ls=":", lw=1)
+    left.legend(fontsize=7)
+    left.set_title("cost vs specificity, per variant")
+    lims = right.get_xlim()
+    xs = [min(lims[0], 0), max(lims[1], 1)]
+    right.plot(xs, [results["criteria"]["ratio_min"] * x for x in xs], color="grey", ls=":", lw=1,
+               label=f"own = {results['criteria']['ratio_min']:g} x other")
+    right.axhline(0, color="black", lw=0.5)
+    right.axvline(0, color="black", lw=0.5)
+    right.set_xlabel("mean drop on the other cultures (points)")
+    right.set_ylabel("own-culture drop (points)")
+    right.legend(fontsize=7)
+    right.set_title("each culture-specific set")
+    return _save(fig, path)
+
+
+# -- the whole study -------------------------------------------------------------------------------
+def run_study(settings: StudySettings, tables: dict[str, ScoreTable], out: Path, *,
+              half_tables: dict[str, ScoreTable] | None = None, command: str = "", progress=print) -> Path:
+    """Select every variant, evaluate (unless ``select_only``) and write the study folder."""
+    model_name = (tables["task"].meta.get("model") or {}).get("name", "")
+    tasks = None
+    if not settings.select_only:
+        from .scoring.samples import load_tasks
+
+        names = [settings.eval_task] + ([settings.general_task] if settings.general_task else [])
+        tasks = load_tasks(names)  # data problems before the model loads
+    sets, info = select_variants(settings, tables, half_tables, model_name)
+    for name, v in info.items():
+        progress(f"{name}: selected in {v['seconds']:.2f} s: " + ", ".join(f"{k} {n}" for k, n in v["sizes"].items()))
+    if settings.select_only:
+        results = selection_only_summary(info)
+    else:
+        from .lm import load_lm
+
+        lm = load_lm(settings.model_args, batch_size=settings.batch_size)
+        requests = build_requests(lm, settings, tasks)
+        randoms = random_pool(sets, settings.random_draws)
+        evaluations = evaluate_all(lm, requests, sets, randoms, progress)
+        results = analyse(settings, evaluations, info)
+        results["evaluations"] = evaluations
+    results["settings"] = asdict(settings)
+    results["score_files"] = {role: t.meta.get("path") for role, t in tables.items()}
+    results["half_score_files"] = {role: t.meta.get("path") for role, t in (half_tables or {}).items()}
+    out = Path(out)
+    with atomic_folder(out) as staging:
+        for name, labelled in sets.items():
+            for label, neuron_set in labelled.items():
+                neuron_set.save(staging / "sets" / name / f"{safe_name(label, 'set label')}.pt")
+        write_text(staging / "study.json", json.dumps(results, indent=1, sort_keys=True, allow_nan=False) + "\n")
+        write_text(staging / "study.md", render_markdown(results, command))
+        if "cultures" in results:
+            pareto_figure(results, staging / "pareto.png")
+    return out / "study.md"

@@ -1,0 +1,296 @@
+"""Issue 11: the contrast selections, fold tables and stability, and ``culnig-score study``."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from culnig_lm_eval.scoring.attribution import ScoreTable
+from culnig_lm_eval.selection import Thresholds, ThresholdError, select
+from culnig_lm_eval.stability import HalfTableError, complement, halves, jaccard
+from culnig_lm_eval.study import StudyError, StudySettings, analyse, empirical_p
+
+LAYERS = 3
+WIDTHS = {"mlp_gate": 40, "attn_q": 16, "attn_k": 4, "attn_v": 4}
+GROUP = ["mlp_gate", "attn_q", "attn_k", "attn_v"]
+CULTURES = ["china", "iran", "spain", "uk"]
+SHAPE = {"model_type": "llama", "num_layers": LAYERS, "widths": WIDTHS}
+
+
+def random_table(gen, counts, role, cultures=CULTURES, loud=None):
+    scores = {k: torch.randn(LAYERS, w, len(cultures), generator=gen, dtype=torch.float64).float()
+              for k, w in WIDTHS.items()}
+    if loud is not None:  # one culture whose answers the model finds likely: every score x50
+        for s in scores.values():
+            s[..., loud] *= 50
+    return ScoreTable(list(cultures), scores, torch.tensor(counts), {"model": SHAPE, "task": role, "path": role})
+
+
+def tables(seed, loud=None):
+    gen = torch.Generator().manual_seed(seed)
+    return (random_table(gen, [5, 6, 7, 8], "task", loud=loud), random_table(gen, [5, 6, 7, 8], "control"),
+            random_table(gen, [3, 3, 3, 3], "crc"), random_table(gen, [9], "general", cultures=["none"]))
+
+
+def members(neuron_set):
+    return {(k, layer, int(i)) for k, rows in neuron_set.indices.items() for layer, idx in enumerate(rows) for i in idx}
+
+
+# -- the slow reference: per-neuron dictionaries and sorted lists -----------------------------------
+def neuron_values(table, culture=None):
+    out = {}
+    n = int(table.counts.sum())
+    for kind in GROUP:
+        values = table.scores[kind].double()
+        for layer in range(LAYERS):
+            for idx in range(WIDTHS[kind]):
+                row = {c: float(values[layer, idx, j]) for j, c in enumerate(table.cultures)}
+                out[(kind, layer, idx)] = row
+    return out, n
+
+
+def top(scores: dict, percent: float, allowed=None) -> set:
+    k = int(len(scores) * percent / 100 + 1e-9)
+    ranked = sorted(((v, key) for key, v in scores.items() if allowed is None or key in allowed), reverse=True)
+    return {key for _, key in ranked[:k]}
+
+
+def reference_contrast(task, control, crc, general, general_set, culture, ranked, t_s=5.0, r=10.0, r_g=None):
+    task_v, n_task = neuron_values(task)
+    control_v, n_control = neuron_values(control)
+    crc_v, _ = neuron_values(crc)
+    s = {key: {c: task_v[key][c] / n_task - control_v[key][c] / n_control for c in CULTURES} for key in task_v}
+    scaled = {}
+    for c in CULTURES:
+        column = {key: s[key][c] for key in s}
+        if ranked:
+            order = sorted(column, key=lambda key: column[key])
+            rank = {key: i / (len(order) - 1) for i, key in enumerate(order)}
+            scaled[c] = rank
+        else:
+            mean_abs = sum(abs(v) for v in column.values()) / len(column)
+            scaled[c] = {key: v / mean_abs for key, v in column.items()}
+    contrast = {key: scaled[culture][key] - sum(scaled[c][key] for c in CULTURES if c != culture) / (len(CULTURES) - 1)
+                for key in s}
+    excluded = top({key: crc_v[key][culture] for key in crc_v}, r)
+    if r_g is not None:
+        general_v, _ = neuron_values(general)
+        excluded |= top({key: general_v[key]["none"] for key in general_v}, r_g)
+    excluded |= general_set
+    allowed = {key for key in s if key not in excluded and s[key][culture] > 0}
+    return top(contrast, t_s, allowed)
+
+
+@pytest.mark.parametrize("rule", ["contrast", "rank-contrast"])
+@pytest.mark.parametrize("exclusions", [False, True])
+def test_contrast_rules_match_a_slow_reference(rule, exclusions):
+    task, control, crc, general = tables(3)
+    extra = {"exclude_general_set": True, "general_exclude": 4.0} if exclusions else {}
+    thresholds = Thresholds(top_specific=5.0, crc_exclude=10.0, specific_rule=rule, **extra)
+    sets = select(task, control, crc, general if exclusions else None, thresholds)
+    general_set = members(sets["general"]) if exclusions else set()
+    for culture in CULTURES:
+        expected = reference_contrast(task, control, crc, general, general_set, culture, rule == "rank-contrast",
+                                      r_g=4.0 if exclusions else None)
+        assert members(sets[culture]) == expected
+        assert len(sets[culture]) == int(sum(LAYERS * w for w in WIDTHS.values()) * 5 / 100)  # fixed size
+        assert sets[culture].meta["selection"].endswith(rule + ("+general-set-excluded" if exclusions else ""))
+
+
+def test_a_loud_culture_empties_the_paper_sets_but_not_the_contrast_sets():
+    task, control, crc, _ = tables(5, loud=0)  # china's scores are 50x everyone else's
+    paper = select(task, control, crc, thresholds=Thresholds(top_specific=5.0, crc_exclude=10.0, z_min=0.5))
+    contrast = select(task, control, crc, thresholds=Thresholds(top_specific=5.0, crc_exclude=10.0,
+                                                                specific_rule="contrast"))
+    quiet = [c for c in CULTURES if c != "china"]
+    # z across cultures is dominated by china, so the quiet cultures' top neurons rarely clear z >= 0.5
+    assert sum(len(paper[c]) for c in quiet) < sum(len(contrast[c]) for c in quiet) / 2
+    assert all(len(contrast[c]) == len(contrast["china"]) > 0 for c in quiet)
+
+
+def test_contrast_options_are_checked():
+    with pytest.raises(ThresholdError, match="specific_rule"):
+        Thresholds(specific_rule="zz")
+    with pytest.raises(ThresholdError, match="rule='paper'"):
+        Thresholds(specific_rule="contrast", rule="crc-first")
+    with pytest.raises(ThresholdError, match="exclude_general_set"):
+        Thresholds(exclude_general_set=True)
+
+
+# -- fold tables and stability ---------------------------------------------------------------------
+def fold_table(full, seed, fold="0/2"):
+    gen = torch.Generator().manual_seed(seed)
+    part = random_table(gen, [2, 3, 3, 4], full.meta["task"])
+    part.meta.update(settings={**full.meta.get("settings", {}), "fold": fold}, tasks=full.meta.get("tasks"))
+    return part
+
+
+def test_complement_is_full_minus_fold_and_checks_its_input():
+    task, *_ = tables(1)
+    task.meta.update(settings={"window": 1}, tasks=["t"])
+    part = fold_table(task, 2)
+    rest = complement(task, part, "task")
+    for kind in WIDTHS:
+        assert torch.allclose(rest.scores[kind] + part.scores[kind], task.scores[kind], atol=1e-5)
+    assert rest.counts.tolist() == [3, 3, 4, 4]
+    unfolded = fold_table(task, 2)
+    unfolded.meta["settings"].pop("fold")
+    with pytest.raises(HalfTableError, match="not a fold table"):
+        complement(task, unfolded, "task")
+    other = fold_table(task, 2)
+    other.meta["settings"]["window"] = 2
+    with pytest.raises(HalfTableError, match="other tasks or settings"):
+        complement(task, other, "task")
+    big = fold_table(task, 2)
+    big.counts = torch.tensor([9, 0, 0, 0])
+    with pytest.raises(HalfTableError, match="more samples"):
+        complement(task, big, "task")
+    with pytest.raises(HalfTableError, match="control"):
+        halves({"task": task, "control": task}, {"task": part})
+
+
+def test_jaccard_of_sets():
+    task, control, crc, _ = tables(4)
+    sets = select(task, control, crc, thresholds=Thresholds(top_specific=5.0, specific_rule="contrast"))
+    a, b = sets["china"], sets["iran"]
+    expected = len(members(a) & members(b)) / len(members(a) | members(b))
+    assert jaccard(a, b) == pytest.approx(expected)
+    assert jaccard(a, a) == 1.0
+    assert jaccard(a, None) is None
+
+
+def test_select_and_save_records_the_stability_of_every_set(tmp_path):
+    from culnig_lm_eval.neuron_set import NeuronSet
+    from culnig_lm_eval.selection import select_and_save
+
+    task, control, crc, _ = tables(6)
+    for t in (task, control):
+        t.meta.update(settings={"window": 1}, tasks=[t.meta["task"]])
+    half = {"task": fold_table(task, 7), "control": fold_table(control, 8)}
+    thresholds = Thresholds(top_specific=5.0, specific_rule="contrast", min_samples=0)
+    written = select_and_save({"task": task, "control": control, "crc": crc}, thresholds, tmp_path / "sets",
+                              random_seeds=[0], half_tables=half)
+    sets_a = select(half["task"], half["control"], crc, thresholds=thresholds)
+    rest = {r: complement(t, half[r], r) for r, t in (("task", task), ("control", control))}
+    sets_b = select(rest["task"], rest["control"], crc, thresholds=thresholds)
+    for label in ["general", *CULTURES]:
+        entry = NeuronSet.load(written[label]).meta["stability"]
+        expected = jaccard(sets_a[label], sets_b[label])
+        assert entry["halves_jaccard"] == pytest.approx(expected)
+        assert entry["unstable"] == (expected < 0.3)
+        assert entry["seeds_jaccard"] is None
+    summary = json.loads((tmp_path / "sets" / "selection.json").read_text())
+    assert "stability" in summary["summary"]["china"] and "half_score_files" in summary
+
+
+# -- the study's analysis ----------------------------------------------------------------------------
+def test_empirical_p_counts_random_drops_at_least_as_large():
+    assert empirical_p(0.10, [0.0, 0.2, 0.1, -0.1]) == pytest.approx((1 + 2) / 5)
+    assert empirical_p(0.5, [0.0] * 19) == pytest.approx(1 / 20)
+    assert empirical_p(0.1, []) is None
+
+
+def test_analysis_applies_the_criteria_per_culture():
+    cultures = ["a", "b", "c"]
+    base = {"acc": {"a": 0.6, "b": 0.6, "c": 0.6}, "n": {c: 10 for c in cultures}, "nll_per_token": 2.0}
+    sets = {
+        "a": {"acc": {"a": 0.3, "b": 0.55, "c": 0.55}, "nll_per_token": 2.05},  # own 0.3 vs other 0.05: passes
+        "b": {"acc": {"a": 0.4, "b": 0.4, "c": 0.4}, "nll_per_token": 2.0},  # own = other: not specific
+        "c": {"acc": {"a": 0.6, "b": 0.6, "c": 0.2}, "nll_per_token": 2.5},  # specific, but ppl x1.65
+    }
+    randoms = [{"acc": {c: 0.6 - 0.01 * i for c in cultures}} for i in range(20)]
+    info = {"v": {"selection": "x", "seconds": 0.1, "sizes": {c: 5 for c in cultures},
+                  "stability": {"a": {"halves_jaccard": 0.5}}}}
+    settings = StudySettings(variants={"v": {}}, select_only=True)
+    out = analyse(settings, {"unmasked": base, "sets": {"v": sets}, "random": randoms}, info)
+    rows = out["variants"]["v"]["per_culture"]
+    assert rows["a"]["passes"] and rows["a"]["ratio"] == pytest.approx(6.0)
+    assert rows["a"]["p_random"] == pytest.approx(1 / 21)
+    assert rows["a"]["ppl_ratio"] == pytest.approx(math.exp(0.05))
+    assert not rows["b"]["passes"] and not rows["c"]["passes"]
+    assert out["variants"]["v"]["passing"] == 1 and out["recommended"] == "v"
+
+
+def test_study_settings_are_checked():
+    with pytest.raises(StudyError, match="per_culture"):
+        StudySettings(per_culture=0)
+    with pytest.raises(StudyError, match="variant bad"):
+        StudySettings(variants={"bad": {"specific_rule": "nope"}})
+
+
+# -- end to end on a tiny model -------------------------------------------------------------------------
+@pytest.fixture
+def scored(tmp_path, tiny_llama_dir, fresh_data_state):
+    from culnig_lm_eval.cli.score import main
+
+    common = ["run", "--model_args", f"pretrained={tiny_llama_dir}", "--tasks", "blend_cloze_neur",
+              "--control", "blend_cloze_ctrl", "--attention", "--no-select", "--batch_size", "8", "--limit", "48"]
+    assert main(common + ["--out", str(tmp_path / "scores")]) == 0
+    for fold in ("0/2", "1/2"):
+        assert main(common + ["--out", str(tmp_path / f"fold{fold[0]}"), "--fold", fold]) == 0
+    return tmp_path
+
+
+def test_folds_partition_the_items_and_the_complement_is_the_other_fold(scored):
+    from culnig_lm_eval.scoring.run import load_table
+
+    full, fold0, fold1 = (load_table(scored / d / "task.scores.pt") for d in ("scores", "fold0", "fold1"))
+    assert 0 < int(fold0.counts.sum()) < int(full.counts.sum())
+    assert int(fold0.counts.sum()) + int(fold1.counts.sum()) == int(full.counts.sum())
+    rest = complement(full, fold0, "task")
+    index = [rest.cultures.index(c) for c in fold1.cultures]
+    for kind in full.scores:
+        assert torch.allclose(rest.scores[kind][..., index], fold1.scores[kind], atol=1e-4, rtol=1e-4)
+
+
+def test_study_command_end_to_end(scored, tiny_llama_dir, capsys):
+    from culnig_lm_eval.cli.score import main
+
+    out = scored / "study"
+    args = ["study", "--scores-dir", str(scored / "scores"), "--half-scores-dir", str(scored / "fold0"),
+            "--out", str(out), "--model_args", f"pretrained={tiny_llama_dir}", "--variants", "paper,contrast",
+            "--per-culture", "2", "--random-draws", "3", "--batch_size", "8",
+            "--top-specific", "5", "--top-mlp", "5", "--top-attention", "5", "--crc-exclude", "0", "--min-samples", "1"]
+    assert main(args) == 0
+    results = json.loads((out / "study.json").read_text())
+    assert set(results["variants"]) == {"paper", "contrast"} and len(results["evaluations"]["random"]) == 3
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "sets" / "contrast" / "general.pt").is_file()
+    table = (out / "study.md").read_text()
+    assert "| contrast" in table and "halves Jaccard" in table
+    rows = {c: r for c, r in results["variants"]["contrast"]["per_culture"].items() if not r["empty"]}
+    assert len(rows) >= 5 and any(r["halves_jaccard"] is not None for r in rows.values())
+    for culture, row in rows.items():
+        own = results["unmasked_acc"][culture] - results["evaluations"]["sets"]["contrast"][culture]["acc"][culture]
+        assert row["own_drop"] == pytest.approx(own)
+    # bad input: one line, exit 2, before any model loads
+    capsys.readouterr()
+    assert main(["study", "--scores-dir", str(scored / "nope"), "--out", str(out)]) == 2
+    assert "--scores-dir" in capsys.readouterr().err
+    assert main(["study", "--scores-dir", str(scored / "scores"), "--out", str(out), "--variants", "zz"]) == 2
+    assert "--variants zz" in capsys.readouterr().err
+    assert main(["run", "--tasks", "x", "--out", str(out), "--fold", "2/2"]) == 2
+    assert "--fold '2/2'" in capsys.readouterr().err
+
+
+def test_select_command_takes_the_new_rules_and_the_fold_tables(scored, capsys):
+    from culnig_lm_eval.cli.score import main
+    from culnig_lm_eval.neuron_set import NeuronSet
+
+    out = scored / "sets"
+    assert main(["select", "--scores-dir", str(scored / "scores"), "--half-scores-dir", str(scored / "fold0"),
+                 "--sets-out", str(out), "--specific-rule", "rank-contrast", "--exclude-general-set",
+                 "--top-specific", "5", "--min-samples", "1"]) == 0
+    summary = json.loads((out / "selection.json").read_text())
+    assert summary["selection"] == "culnig-paper+rank-contrast+general-set-excluded"
+    general = NeuronSet.load(out / "general.pt")
+    cultures = [label for label in summary["files"] if label != "general"]
+    assert cultures and "half_score_files" in summary
+    for label in cultures:
+        neuron_set = NeuronSet.load(out / summary["files"][label])
+        assert "halves_jaccard" in neuron_set.meta["stability"]
+        assert len(neuron_set.intersect(general)) == 0  # the culture-general set is kept out
+    capsys.readouterr()
+    assert main(["select", "--scores-dir", str(scored / "scores"), "--half-scores-dir", str(scored / "nope"),
+                 "--sets-out", str(out)]) == 2
+    assert "--half-scores-dir" in capsys.readouterr().err
