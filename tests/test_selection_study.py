@@ -220,16 +220,24 @@ def test_study_settings_are_checked():
 
 
 # -- end to end on a tiny model -------------------------------------------------------------------------
-@pytest.fixture
-def scored(tmp_path, tiny_llama_dir, fresh_data_state):
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, tiny_llama_dir):
+    """Full, fold-0 and fold-1 score folders of a tiny model on the shipped sample (scored once)."""
+    from conftest import sample_data_only
+
+    from culnig_lm_eval import data
     from culnig_lm_eval.cli.score import main
 
+    folder = tmp_path_factory.mktemp("study")
     common = ["run", "--model_args", f"pretrained={tiny_llama_dir}", "--tasks", "blend_cloze_neur",
               "--control", "blend_cloze_ctrl", "--attention", "--no-select", "--batch_size", "8", "--limit", "48"]
-    assert main(common + ["--out", str(tmp_path / "scores")]) == 0
-    for fold in ("0/2", "1/2"):
-        assert main(common + ["--out", str(tmp_path / f"fold{fold[0]}"), "--fold", fold]) == 0
-    return tmp_path
+    with pytest.MonkeyPatch.context() as mp:
+        sample_data_only(mp)
+        assert main(common + ["--out", str(folder / "scores")]) == 0
+        for fold in ("0/2", "1/2"):
+            assert main(common + ["--out", str(folder / f"fold{fold[0]}"), "--fold", fold]) == 0
+        yield folder
+    data._read.cache_clear()
 
 
 def test_folds_partition_the_items_and_the_complement_is_the_other_fold(scored):
@@ -244,7 +252,7 @@ def test_folds_partition_the_items_and_the_complement_is_the_other_fold(scored):
         assert torch.allclose(rest.scores[kind][..., index], fold1.scores[kind], atol=1e-4, rtol=1e-4)
 
 
-def test_study_command_end_to_end(scored, tiny_llama_dir, capsys):
+def test_study_command_end_to_end(scored, tiny_llama_dir, capsys, fresh_data_state):
     from culnig_lm_eval.cli.score import main
 
     out = scored / "study"
@@ -273,7 +281,7 @@ def test_study_command_end_to_end(scored, tiny_llama_dir, capsys):
     assert "--fold '2/2'" in capsys.readouterr().err
 
 
-def test_select_command_takes_the_new_rules_and_the_fold_tables(scored, capsys):
+def test_select_command_takes_the_new_rules_and_the_fold_tables(scored, capsys, fresh_data_state):
     from culnig_lm_eval.cli.score import main
     from culnig_lm_eval.neuron_set import NeuronSet
 
