@@ -135,6 +135,20 @@ class EvalRequests:
     general_tokens: int = 0
 
 
+def check_tasks(settings: StudySettings, tasks: dict) -> None:
+    """The evaluation task must be multiple choice with a culture per document, the general task
+    rolling log-likelihood (checked before the model loads)."""
+    task = tasks.get(settings.eval_task)
+    if task is None or task.OUTPUT_TYPE != "multiple_choice":
+        raise StudyError(f"--eval-task {settings.eval_task}: must be one multiple-choice task (e.g. blend_cloze_test)")
+    first = next(iter(task.eval_docs), None)
+    if first is None or settings.culture_field not in first:
+        raise StudyError(f"--eval-task {settings.eval_task}: its documents have no {settings.culture_field!r} field")
+    general = tasks.get(settings.general_task) if settings.general_task else None
+    if settings.general_task and (general is None or general.OUTPUT_TYPE != "loglikelihood_rolling"):
+        raise StudyError(f"--general-task {settings.general_task}: must be one perplexity task (e.g. general_ppl)")
+
+
 def build_requests(lm, settings: StudySettings, tasks: dict) -> EvalRequests:
     task = tasks[settings.eval_task]
     task.build_all_requests(limit=None, rank=0, world_size=1)
@@ -207,15 +221,24 @@ def evaluate_all(lm, requests: EvalRequests, sets, randoms, progress=print) -> d
                 cache[key] = evaluate_state(lm, requests)
         return cache[key]
 
-    started = time.perf_counter()
-    out = {"unmasked": run(None), "sets": {}, "random": []}
-    progress(f"unmasked evaluated in {time.perf_counter() - started:.0f} s")
-    for name, labelled in sets.items():
-        out["sets"][name] = {label: run(s) for label, s in labelled.items() if label != "general"}
-        progress(f"{name}: {len(cache)} states evaluated, {time.perf_counter() - started:.0f} s")
-    for i, neuron_set in enumerate(randoms):
-        out["random"].append(run(neuron_set))
-        progress(f"random {i + 1}/{len(randoms)}, {time.perf_counter() - started:.0f} s")
+    from tqdm import tqdm
+
+    total = 1 + sum(label != "general" for labelled in sets.values() for label in labelled) + len(randoms)
+    with tqdm(total=total, desc="study: masked states", unit="state") as bar:
+        out = {"unmasked": run(None), "sets": {}, "random": []}
+        bar.update()
+        for name, labelled in sets.items():
+            out["sets"][name] = {}
+            for label, neuron_set in labelled.items():
+                if label != "general":
+                    bar.set_postfix_str(f"{name}/{label}")
+                    out["sets"][name][label] = run(neuron_set)
+                    bar.update()
+        for i, neuron_set in enumerate(randoms):
+            bar.set_postfix_str(f"random {i + 1}/{len(randoms)}")
+            out["random"].append(run(neuron_set))
+            bar.update()
+    progress(f"{len(cache)} distinct masked states evaluated")
     return out
 
 
@@ -390,6 +413,7 @@ def run_study(settings: StudySettings, tables: dict[str, ScoreTable], out: Path,
 
         names = [settings.eval_task] + ([settings.general_task] if settings.general_task else [])
         tasks = load_tasks(names)  # data problems before the model loads
+        check_tasks(settings, tasks)
     sets, info = select_variants(settings, tables, half_tables, model_name)
     for name, v in info.items():
         progress(f"{name}: selected in {v['seconds']:.2f} s: " + ", ".join(f"{k} {n}" for k, n in v["sizes"].items()))

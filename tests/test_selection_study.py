@@ -277,6 +277,9 @@ def test_study_command_end_to_end(scored, tiny_llama_dir, capsys, fresh_data_sta
     assert "--scores-dir" in capsys.readouterr().err
     assert main(["study", "--scores-dir", str(scored / "scores"), "--out", str(out), "--variants", "zz"]) == 2
     assert "--variants zz" in capsys.readouterr().err
+    for flag, task in (("--eval-task", "general_ppl"), ("--general-task", "blend_cloze_test")):
+        assert main(["study", "--scores-dir", str(scored / "scores"), "--out", str(scored / "bad"), flag, task]) == 2
+        assert flag in capsys.readouterr().err and not (scored / "bad").exists()
     assert main(["run", "--tasks", "x", "--out", str(out), "--fold", "2/2"]) == 2
     assert "--fold '2/2'" in capsys.readouterr().err
 
