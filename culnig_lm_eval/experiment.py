@@ -422,7 +422,8 @@ def culture_random_sets(config: ExperimentConfig, sets: dict[str, dict[str, Path
         folder = out / name / CULTURE_RANDOM_FOLDER
         files = {label: {f"{label}-{RANDOM_DRAWS[draw]}{seed}": (draw, seed) for draw in plan.random_draws
                          for seed in seeds} for label, s in loaded.items() if not s.is_empty}
-        expected = {"sets": {label: file_sha256(path) for label, path in sorted(culture_sets.items())},
+        # the draws depend on the sets' neurons only (random_like keeps the per-layer counts)
+        expected = {"sets": {label: loaded[label].neurons_sha256() for label in sorted(culture_sets)},
                     "seeds": seeds, "draws": sorted(plan.random_draws)}
         stamp = folder / "done.json"
         complete = all((folder / f"{random_label}.pt").is_file() for drawn in files.values()
@@ -463,7 +464,7 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
-    from .neuron_set import load_sets
+    from .neuron_set import NeuronSet, load_sets
 
     manager = TaskManager()
     plan = config.evaluate
@@ -471,7 +472,8 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
     # each task's data is checked once, not once per condition (there are hundreds of random sets)
     loadable = set(loadable_tasks(list(dict.fromkeys(t for c in planned for t in c.tasks)), manager, skipped))
     for condition in planned:
-        key = "+".join(file_sha256(p)[:12] for p in condition.set_paths) or "unmasked"
+        # keyed on the neurons, not the files: new metadata on the same neurons reuses the run
+        key = "+".join("n" + NeuronSet.load(p).neurons_sha256()[:12] for p in condition.set_paths) or "unmasked"
         for task in [t for t in condition.tasks if t in loadable]:
             folder = out / condition.label / task
             stamp = folder / "done.json"

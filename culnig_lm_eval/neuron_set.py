@@ -38,6 +38,7 @@ file.  Published CULNIG JSON and LAPE files are imported by :mod:`culnig_lm_eval
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import operator
 import os
@@ -250,6 +251,20 @@ class NeuronSet:
     def is_empty(self) -> bool:
         """True when the set holds no neuron: masking it changes nothing, which callers should say."""
         return len(self) == 0
+
+    def neurons_sha256(self) -> str:
+        """A hash of what masking this set does: the model shape and the sorted neuron indices,
+        not the metadata.  Cached evaluations are keyed on it, so re-selecting the same neurons
+        with new metadata (a stability entry, a new timestamp) does not re-run them."""
+        h = hashlib.sha256()
+        widths = (self.meta.get("model") or {}).get("widths") or {}
+        h.update(json.dumps({k: widths.get(k) for k in sorted(self.indices)}, sort_keys=True).encode())
+        for kind in sorted(self.indices):
+            h.update(f"|{kind}:{len(self.indices[kind])}".encode())
+            for layer, idx in enumerate(self.indices[kind]):
+                h.update(f"/{layer}:".encode())
+                h.update(torch.sort(idx.to(torch.int64)).values.numpy().tobytes())
+        return h.hexdigest()
 
     def per_layer(self) -> dict[str, list[int]]:
         """Histogram: neurons per layer for each module kind."""

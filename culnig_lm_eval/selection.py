@@ -155,6 +155,10 @@ class Thresholds:
     rule: str = "paper"  # "paper" (the published code) or "crc-first" (CRC excluded before the cut)
     specific_rule: str = "z"  # "z" (the paper), "contrast" or "rank-contrast" (ours; module docstring)
     exclude_general_set: bool = False  # contrast rules: culture-general neurons never in a specific set
+    # ours: a culture-specific set keeps only the neurons that the same rule also selects on both
+    # disjoint halves of the items (complementary-pairs stability selection with one pair, kept
+    # at frequency 1); needs the fold tables, so select_and_save / the study apply it (stability.py)
+    halves_agree: bool = False
 
     def __post_init__(self):
         self.top_mlp = _percent("top_mlp", self.top_mlp)
@@ -184,6 +188,8 @@ class Thresholds:
             raise ThresholdError(f"exclude_general_set={self.exclude_general_set!r}: must be true or false")
         if self.exclude_general_set and self.specific_rule == "z":
             raise ThresholdError("exclude_general_set needs specific_rule 'contrast' or 'rank-contrast'")
+        if not isinstance(self.halves_agree, bool):
+            raise ThresholdError(f"halves_agree={self.halves_agree!r}: must be true or false")
 
     def top_for(self, kind: str) -> float:
         return self.top_mlp if kind.startswith("mlp") else self.top_attention
@@ -194,7 +200,8 @@ class Thresholds:
         name += "+general-exclusion" if self.general_exclude is not None else ""
         name += NORMALISED_Z if self.normalise_z else ""
         name += f"+{self.specific_rule}" if self.specific_rule != "z" else ""
-        return name + ("+general-set-excluded" if self.exclude_general_set else "")
+        name += "+general-set-excluded" if self.exclude_general_set else ""
+        return name + ("+halves-agree" if self.halves_agree else "")
 
 
 # -- checks ------------------------------------------------------------------------------
@@ -459,6 +466,9 @@ def select(
     model_name: str = "",
 ) -> dict[str, NeuronSet]:
     """{"general": set, "<culture>": set, ...} from the score tables."""
+    if thresholds.halves_agree:
+        raise ThresholdError("halves_agree needs the fold tables of the items: select with "
+                             "select_and_save(half_tables=...) or culnig-score select --half-scores-dir")
     _check_tables({"task": task, "control": control, "crc": crc, "general": general})
     if thresholds.general_exclude is not None and general is None:
         raise ValueError("general_exclude was set but no general-prose score table was given")
@@ -544,14 +554,9 @@ def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: 
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError(f"random seed {seed!r}: seeds are integers from 0 to 2**63-1")
         seeds.append(seed)
-    sets = select_tables(tables, thresholds, model_name)
-    stability = {}
-    if half_tables:
-        from .stability import annotate, halves
+    from .stability import select_with_halves
 
-        half_a, half_b = halves(tables, half_tables)
-        stability = annotate(sets, select_tables(half_a, thresholds, model_name),
-                             select_tables(half_b, thresholds, model_name))
+    sets, stability = select_with_halves(tables, half_tables, thresholds, model_name)
     for seed in dict.fromkeys(seeds):
         sets[f"{RANDOM_PREFIX}{seed}"] = sets["general"].random_like(seed)
         sets[f"{RANDOM_PREFIX}-uniform{seed}"] = random_uniform(sets["general"], seed)

@@ -48,6 +48,17 @@ DEFAULT_VARIANTS = {
     "contrast-excl": {"specific_rule": "contrast", "exclude_general_set": True, "general_exclude": 5.0},
     "rank-contrast-excl": {"specific_rule": "rank-contrast", "exclude_general_set": True, "general_exclude": 5.0},
 }
+# variants that need the fold tables (--half-scores-dir): stability selection on the two halves
+HALVES_VARIANTS = {
+    "contrast-excl-agree": {**DEFAULT_VARIANTS["contrast-excl"], "halves_agree": True},
+    "rank-contrast-agree": {**DEFAULT_VARIANTS["rank-contrast"], "halves_agree": True},
+}
+VARIANTS = {**DEFAULT_VARIANTS, **HALVES_VARIANTS}
+
+
+def default_variants(with_halves: bool) -> list[str]:
+    """Every variant that can run: the halves-agree ones only with fold tables."""
+    return list(VARIANTS if with_halves else DEFAULT_VARIANTS)
 
 
 class StudyError(ValueError):
@@ -98,8 +109,8 @@ class StudySettings:
 def select_variants(settings: StudySettings, tables: dict[str, ScoreTable],
                     half_tables: dict[str, ScoreTable] | None, model_name: str = ""):
     """{variant: {label: set}} and {variant: {"seconds": .., "stability": {label: entry}}}."""
-    from .selection import Thresholds, select_tables
-    from .stability import annotate, halves
+    from .selection import ThresholdError, Thresholds
+    from .stability import halves, select_with_halves
 
     split = halves(tables, half_tables) if half_tables else None
     sets, info = {}, {}
@@ -107,13 +118,19 @@ def select_variants(settings: StudySettings, tables: dict[str, ScoreTable],
         thresholds = Thresholds(**{**settings.thresholds, **overrides})
         if thresholds.general_exclude is not None and tables.get("general") is None:
             raise StudyError(f"variant {name} excludes general-prose neurons but there is no general.scores.pt")
+        if thresholds.halves_agree and split is None:
+            raise StudyError(f"variant {name} keeps the neurons selected on both halves: give --half-scores-dir")
         started = time.perf_counter()
-        chosen = select_tables(tables, thresholds, model_name)
+        try:  # timed with its halves when it needs them (a halves-agree selection cannot do without)
+            chosen, stability = select_with_halves(tables, half_tables if thresholds.halves_agree else None,
+                                                   thresholds, model_name, split)
+        except ThresholdError as err:
+            raise StudyError(f"variant {name}: {err}") from None
         seconds = time.perf_counter() - started
-        stability = {}
-        if split is not None:
-            stability = annotate(chosen, select_tables(split[0], thresholds, model_name),
-                                 select_tables(split[1], thresholds, model_name))
+        if split is not None and not thresholds.halves_agree:
+            _, stability = select_with_halves(tables, half_tables, thresholds, model_name, split)
+            for label, entry in stability.items():
+                chosen[label].meta["stability"] = entry
         sets[name] = chosen
         info[name] = {"selection": thresholds.selection_name, "thresholds": asdict(thresholds),
                       "seconds": seconds, "stability": stability,

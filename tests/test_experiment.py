@@ -80,6 +80,8 @@ def test_experiment_runs_skips_and_forces(tiny_checkpoint, tmp_path, monkeypatch
                 if info["culture"] and info["neurons"] and not label.startswith("random")]
     assert cultures
     evaluated_sets = [Path(args.split("neurons=")[1]) for tasks, args in calls if "neurons=" in args]
+    for label in cultures:  # culture sets record their stability too
+        assert "halves_jaccard" in NeuronSet.load(out / "sets" / "paper" / f"{label}.pt").meta["stability"]
     for label in cultures:
         drawn = sorted((out / "sets" / "paper" / "random").glob(f"{label}-random*.pt"))
         assert [p.name for p in drawn] == [f"{label}-random0.pt", f"{label}-random1.pt"]
@@ -121,9 +123,31 @@ def test_experiment_runs_skips_and_forces(tiny_checkpoint, tmp_path, monkeypatch
     # a re-run skips every finished evaluation ...
     run_experiment(config_for(tiny_checkpoint), out)
     assert len(calls) == n_first
+    # ... also when a set file is rewritten with other metadata but the same neurons (evaluations
+    # are keyed on the neurons) ...
+    label = cultures[0]
+    path = out / "sets" / "paper" / f"{label}.pt"
+    rewritten = NeuronSet.load(path)
+    rewritten.meta["note"] = "re-selected"
+    before = file_sha256(path)
+    rewritten.save(path)
+    assert file_sha256(path) != before
+    run_experiment(config_for(tiny_checkpoint), out)
+    assert len(calls) == n_first
+    # ... but not when its neurons change: that set and its own random sets run again
+    per_kind = {k: list(v) for k, v in rewritten.indices.items()}
+    kind, layer = next((k, i) for k, v in per_kind.items() for i, t in enumerate(v) if t.numel())
+    per_kind[kind][layer] = per_kind[kind][layer][1:]
+    smaller = NeuronSet(per_kind, rewritten.meta)
+    assert len(smaller) < len(rewritten)
+    smaller.save(path)
+    run_experiment(config_for(tiny_checkpoint), out)
+    rerun = [args for _, args in calls[n_first:]]
+    assert rerun and all(f"{label}" in args.split("neurons=")[-1] for args in rerun)
+    n_now = len(calls)
     # ... and --force redoes them
     run_experiment(config_for(tiny_checkpoint), out, force=True)
-    assert len(calls) == 2 * n_first
+    assert len(calls) == n_now + n_first
 
 
 def test_bad_config_is_a_clear_error(tmp_path):

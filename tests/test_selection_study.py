@@ -150,6 +150,87 @@ def test_complement_is_full_minus_fold_and_checks_its_input():
         halves({"task": task, "control": task}, {"task": part})
 
 
+def test_folds_split_every_culture_evenly_and_a_task_and_its_control_alike():
+    import random
+
+    from culnig_lm_eval.scoring.run import fold_assignment, in_fold
+    from culnig_lm_eval.scoring.samples import Sample
+
+    rng = random.Random(3)
+    sizes = {"china": 9, "iran": 1, "uk": 2, "usa": 30}
+    docs = [(c, 1000 * i + d) for i, (c, n) in enumerate(sizes.items()) for d in range(n)]
+    task = [Sample("neur", d, c, "t", (1,), (2,)) for c, d in docs]
+    control = [Sample("ctrl", d, c, "t", (3,), (2,)) for c, d in docs]
+    rng.shuffle(control)  # order does not matter
+    for folds in (2, 3):
+        assignment = fold_assignment(task, folds)
+        assert assignment == fold_assignment(control, folds)
+        for culture, n in sizes.items():
+            per_fold = [sum(1 for (c, _), f in assignment.items() if c == culture and f == k) for k in range(folds)]
+            assert sum(per_fold) == n and max(per_fold) - min(per_fold) <= 1, (culture, per_fold)
+        parts = [in_fold(task, f"{k}/{folds}") for k in range(folds)]
+        assert sorted(s.doc_id for part in parts for s in part) == sorted(d for _, d in docs)
+    # a hash split, not the document order: fold 0 of usa is not its first 15 documents
+    assert {s.doc_id for s in in_fold(task, "0/2") if s.culture == "usa"} != {3000 + d for d in range(15)}
+
+
+def test_halves_are_selected_with_half_the_minimum_of_samples(tmp_path):
+    from culnig_lm_eval.stability import half_selections, half_thresholds
+
+    assert half_thresholds(Thresholds(min_samples=5)).min_samples == 3
+    assert half_thresholds(Thresholds(min_samples=0)).min_samples == 0
+    task, control, crc, _ = tables(6)
+    for t in (task, control):
+        t.meta.update(settings={"window": 1}, tasks=[t.meta["task"]])
+    half = {"task": fold_table(task, 7), "control": fold_table(control, 8)}
+    sets_a, _ = half_selections({"task": task, "control": control, "crc": crc}, half,
+                                Thresholds(top_specific=5.0, min_samples=5))
+    half_counts = dict(zip(half["task"].cultures, half["task"].counts.tolist()))  # 2, 3, 3, 4
+    full_sets = select(half["task"], half["control"], crc, thresholds=Thresholds(top_specific=5.0, min_samples=5))
+    assert [c for c in CULTURES if c in full_sets] == []  # with the whole minimum no half-sized culture is selected
+    for culture in CULTURES:
+        assert (culture in sets_a) == (half_counts[culture] >= 3), culture
+
+
+def test_halves_agree_keeps_the_neurons_selected_on_both_halves(tmp_path):
+    from culnig_lm_eval.selection import select_and_save
+    from culnig_lm_eval.stability import select_with_halves
+
+    task, control, crc, _ = tables(6)
+    for t in (task, control):
+        t.meta.update(settings={"window": 1}, tasks=[t.meta["task"]])
+    half = {"task": fold_table(task, 7), "control": fold_table(control, 8)}
+    roles = {"task": task, "control": control, "crc": crc}
+    rule = Thresholds(top_specific=20.0, specific_rule="contrast", min_samples=0)
+    agree = Thresholds(top_specific=20.0, specific_rule="contrast", min_samples=0, halves_agree=True)
+    sets, stability = select_with_halves(roles, half, agree)
+    # the slow way: three selections, intersected neuron by neuron
+    full = select(task, control, crc, thresholds=rule)
+    sets_a = select(half["task"], half["control"], crc, thresholds=rule)
+    rest = {r: complement(t, half[r], r) for r, t in (("task", task), ("control", control))}
+    sets_b = select(rest["task"], rest["control"], crc, thresholds=rule)
+    assert members(sets["general"]) == members(full["general"])  # the culture-general set is not filtered
+    kept_any = False
+    for culture in CULTURES:
+        expected = members(full[culture]) & members(sets_a[culture]) & members(sets_b[culture])
+        assert members(sets[culture]) == expected
+        assert sets[culture].meta["halves_agree"] == {"before": len(full[culture]), "kept": len(expected)}
+        assert sets[culture].meta["selection"].endswith("+contrast+halves-agree")
+        kept_any |= 0 < len(expected) < len(full[culture])
+        assert stability[culture]["halves_jaccard"] == pytest.approx(jaccard(sets_a[culture], sets_b[culture]))
+    assert kept_any  # the filter did something on these tables
+    # it needs the halves: select() and select_and_save without them refuse
+    with pytest.raises(ThresholdError, match="halves_agree"):
+        select(task, control, crc, thresholds=agree)
+    with pytest.raises(ThresholdError, match="half-scores-dir"):
+        select_and_save(roles, agree, tmp_path / "sets")
+    assert not (tmp_path / "sets").exists()
+    written = select_and_save(roles, agree, tmp_path / "sets", half_tables=half)
+    from culnig_lm_eval.neuron_set import NeuronSet
+
+    assert members(NeuronSet.load(written["china"])) == members(sets["china"])
+
+
 def test_jaccard_of_sets():
     task, control, crc, _ = tables(4)
     sets = select(task, control, crc, thresholds=Thresholds(top_specific=5.0, specific_rule="contrast"))
@@ -178,6 +259,7 @@ def test_select_and_save_records_the_stability_of_every_set(tmp_path):
         entry = NeuronSet.load(written[label]).meta["stability"]
         expected = jaccard(sets_a[label], sets_b[label])
         assert entry["halves_jaccard"] == pytest.approx(expected)
+        assert entry["halves_neurons"] == [len(sets_a[label]), len(sets_b[label])]
         assert entry["unstable"] == (expected < 0.3)
         assert entry["seeds_jaccard"] is None
     summary = json.loads((tmp_path / "sets" / "selection.json").read_text())
@@ -246,6 +328,10 @@ def test_folds_partition_the_items_and_the_complement_is_the_other_fold(scored):
     full, fold0, fold1 = (load_table(scored / d / "task.scores.pt") for d in ("scores", "fold0", "fold1"))
     assert 0 < int(fold0.counts.sum()) < int(full.counts.sum())
     assert int(fold0.counts.sum()) + int(fold1.counts.sum()) == int(full.counts.sum())
+    for culture, n in zip(full.cultures, full.counts.tolist()):  # every culture split evenly
+        a, b = (int(t.counts[t.cultures.index(culture)]) if culture in t.cultures else 0 for t in (fold0, fold1))
+        assert a + b == n and abs(a - b) <= 1, (culture, a, b)
+    assert fold0.meta["settings"]["fold_scheme"] == "culture-stratified"
     rest = complement(full, fold0, "task")
     index = [rest.cultures.index(c) for c in fold1.cultures]
     for kind in full.scores:
@@ -301,7 +387,20 @@ def test_select_command_takes_the_new_rules_and_the_fold_tables(scored, capsys, 
         neuron_set = NeuronSet.load(out / summary["files"][label])
         assert "halves_jaccard" in neuron_set.meta["stability"]
         assert len(neuron_set.intersect(general)) == 0  # the culture-general set is kept out
+    # --halves-agree: a subset of the rule's own sets, and refused without the fold tables
+    agree = scored / "sets-agree"
+    assert main(["select", "--scores-dir", str(scored / "scores"), "--half-scores-dir", str(scored / "fold0"),
+                 "--sets-out", str(agree), "--specific-rule", "rank-contrast", "--exclude-general-set",
+                 "--top-specific", "5", "--min-samples", "1", "--halves-agree"]) == 0
+    summary_agree = json.loads((agree / "selection.json").read_text())
+    assert summary_agree["selection"].endswith("+halves-agree")
+    for label in cultures:
+        filtered = NeuronSet.load(agree / summary_agree["files"][label])
+        assert len(filtered.subtract(NeuronSet.load(out / summary["files"][label]))) == 0
     capsys.readouterr()
+    assert main(["select", "--scores-dir", str(scored / "scores"), "--sets-out", str(scored / "nope-out"),
+                 "--halves-agree"]) == 2
+    assert "--halves-agree" in capsys.readouterr().err and not (scored / "nope-out").exists()
     assert main(["select", "--scores-dir", str(scored / "scores"), "--half-scores-dir", str(scored / "nope"),
                  "--sets-out", str(out)]) == 2
     assert "--half-scores-dir" in capsys.readouterr().err

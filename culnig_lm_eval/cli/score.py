@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "records its stability (Jaccard of the sets selected on the two halves)")
     _selection_args(sel)
 
-    from ..study import DEFAULT_VARIANTS, StudySettings
+    from ..study import VARIANTS, StudySettings
 
     d = StudySettings()
     st = sub.add_parser("study", help="compare culture-specific selections on one score folder (table + Pareto figure)",
@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "of every set (Jaccard of the sets selected on the two halves)")
     st.add_argument("--out", type=Path, required=True, help="study folder (replaced as a whole)")
     st.add_argument("--model_args", default=d.model_args)
-    st.add_argument("--variants", type=_comma, default=list(DEFAULT_VARIANTS),
-                    help=f"variants to compare, from: {', '.join(DEFAULT_VARIANTS)}")
+    st.add_argument("--variants", type=_comma, default=None,
+                    help=f"variants to compare, from: {', '.join(VARIANTS)} (default: all; the -agree ones, "
+                         "which keep the neurons selected on both halves, only with --half-scores-dir)")
     st.add_argument("--eval-task", default=d.eval_task, help="per-culture evaluation task (multiple choice)")
     st.add_argument("--per-culture", type=int, default=d.per_culture, help="evaluation documents per culture")
     st.add_argument("--general-task", default=d.general_task, help="general-prose perplexity task ('' to skip)")
@@ -134,6 +135,9 @@ def _selection_args(p):
                         "see `culnig-score study`)")
     p.add_argument("--exclude-general-set", action="store_true",
                    help="contrast rules: keep the culture-general neurons out of every culture-specific set")
+    p.add_argument("--halves-agree", action="store_true",
+                   help="keep in each culture-specific set only the neurons that the same rule also selects on "
+                        "both halves of the items (stability selection; needs --half-scores-dir)")
     p.add_argument("--random-seeds", type=_comma, default=[], metavar="S1,S2",
                    help="also write size-matched random baselines of the culture-general set for these seeds")
 
@@ -144,7 +148,8 @@ def thresholds_from_args(args):
     return Thresholds(top_mlp=args.top_mlp, top_attention=args.top_attention, top_specific=args.top_specific,
                       crc_exclude=args.crc_exclude, general_exclude=args.exclude_general, z_min=args.z_min,
                       min_samples=args.min_samples, normalise_z=args.normalise_z, rule=args.rule,
-                      specific_rule=args.specific_rule, exclude_general_set=args.exclude_general_set)
+                      specific_rule=args.specific_rule, exclude_general_set=args.exclude_general_set,
+                      halves_agree=getattr(args, "halves_agree", False))
 
 
 def _seeds(values: list[str]) -> list[int]:
@@ -226,13 +231,18 @@ def _table_paths(folder: Path, flag: str) -> dict[str, Path]:
 def _study(args) -> int:
     from .._io import check_writable_folder, file_sha256
     from ..scoring.run import load_table
-    from ..study import DEFAULT_VARIANTS, StudySettings, run_study
+    from ..study import VARIANTS, StudySettings, default_variants, run_study
 
-    unknown = [v for v in args.variants if v not in DEFAULT_VARIANTS]
-    if unknown or not args.variants:
-        raise ValueError(f"--variants {','.join(unknown) or '(none)'}: choose from {', '.join(DEFAULT_VARIANTS)}")
+    names = args.variants if args.variants is not None else default_variants(bool(args.half_scores_dir))
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown or not names:
+        raise ValueError(f"--variants {','.join(unknown) or '(none)'}: choose from {', '.join(VARIANTS)}")
+    needs_halves = [v for v in names if VARIANTS[v].get("halves_agree")]
+    if needs_halves and not args.half_scores_dir:
+        raise ValueError(f"--variants {','.join(needs_halves)}: these keep the neurons selected on both halves; "
+                         "give --half-scores-dir (culnig-score run --fold 0/2)")
     settings = StudySettings(
-        model_args=args.model_args, variants={v: DEFAULT_VARIANTS[v] for v in args.variants},
+        model_args=args.model_args, variants={v: VARIANTS[v] for v in names},
         eval_task=args.eval_task, per_culture=args.per_culture, general_task=args.general_task or None, general_limit=args.general_limit,
         random_draws=args.random_draws, batch_size=args.batch_size, select_only=args.select_only,
         thresholds={"top_mlp": args.top_mlp, "top_attention": args.top_attention, "top_specific": args.top_specific,
@@ -262,6 +272,9 @@ def _study(args) -> int:
 def _main(args) -> int:
     if args.command == "study":
         return _study(args)
+    if getattr(args, "halves_agree", False) and not getattr(args, "half_scores_dir", None):
+        raise ValueError("--halves-agree keeps the neurons selected on both halves of the items: it needs "
+                         "culnig-score select --half-scores-dir (the fold scores of culnig-score run --fold 0/2)")
     if args.command == "run":
         paths = _score(args)
         if not args.no_select:

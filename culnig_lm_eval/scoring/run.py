@@ -41,9 +41,10 @@ class ScoringSettings:
     window: int = 96  # general prose: tokens of preceding text per sample
     stride: int = 16  # general prose: every stride-th token is a sample
     force: bool = False  # recompute score files that exist
-    # "i/K": score only the documents of fold i of K (a document's fold is a hash of its index, so
-    # a task and its control split the same questions the same way).  Used for the stability
-    # halves (selection on fold 0 of 2 vs the rest = full - fold 0) and to shard a long run.
+    # "i/K": score only the documents of fold i of K (see fold_assignment: every culture is split
+    # evenly, by a hash of the document index, so a task and its control split the same questions
+    # the same way).  Used for the stability halves (selection on fold 0 of 2 vs the rest =
+    # full - fold 0) and to shard a long run.
     fold: str | None = None
 
     def __post_init__(self):
@@ -67,6 +68,8 @@ class ScoringSettings:
         keep["kinds"] = list(self.kinds)
         if keep["fold"] is None:
             keep.pop("fold")  # score files written before folds existed stay reusable
+        else:  # fold files of the earlier unstratified split are not reused as if they were these
+            keep["fold_scheme"] = FOLD_SCHEME
         return keep
 
 
@@ -78,9 +81,31 @@ def parse_fold(spec: str) -> tuple[int, int]:
     return int(index), int(total)
 
 
-def fold_of(doc_id: int, folds: int) -> int:
-    """The fold of a document: a hash of its index, so folds mix cultures and topics."""
-    return int.from_bytes(hashlib.sha256(f"doc:{doc_id}".encode()).digest()[:8], "big") % folds
+FOLD_SCHEME = "culture-stratified"  # stored with fold score files (ScoringSettings.stamp)
+
+
+def doc_hash(doc_id: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"doc:{doc_id}".encode()).digest()[:8], "big")
+
+
+def fold_assignment(samples: list[Sample], folds: int) -> dict[tuple[str, int], int]:
+    """{(culture, doc_id): fold}: within each culture the documents are ordered by a hash of their
+    index and dealt round-robin, so every culture's folds differ by at most one document (a plain
+    hash gave 1 and 8 of a 9-item culture, and a half too small to select from) while the folds
+    still mix topics.  A task and its control, holding the same documents, split them alike."""
+    by_culture: dict[str, set[int]] = {}
+    for sample in samples:
+        by_culture.setdefault(sample.culture, set()).add(sample.doc_id)
+    return {(culture, doc_id): rank % folds
+            for culture, doc_ids in by_culture.items()
+            for rank, doc_id in enumerate(sorted(doc_ids, key=lambda d: (doc_hash(d), d)))}
+
+
+def in_fold(samples: list[Sample], fold: str) -> list[Sample]:
+    """The samples of fold ``fold`` ("I/K") under :func:`fold_assignment`."""
+    index, folds = parse_fold(fold)
+    assignment = fold_assignment(samples, folds)
+    return [s for s in samples if assignment[(s.culture, s.doc_id)] == index]
 
 
 def parse_task_specs(specs: list[str], default_limit: int | None) -> list[tuple[str, int | None]]:
@@ -159,8 +184,7 @@ def score_roles(lm, role_tasks: dict[str, list[str]], settings: ScoringSettings,
         for role, specs in parsed.items()
     }
     if settings.fold is not None:
-        index, folds = parse_fold(settings.fold)
-        samples = {role: [s for s in found if fold_of(s.doc_id, folds) == index] for role, found in samples.items()}
+        samples = {role: in_fold(found, settings.fold) for role, found in samples.items()}
     model = lm.model.eval()
     scorer = AttributionScorer(model, settings.kinds)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
