@@ -121,16 +121,11 @@ def select_variants(settings: StudySettings, tables: dict[str, ScoreTable],
         if thresholds.halves_agree and split is None:
             raise StudyError(f"variant {name} keeps the neurons selected on both halves: give --half-scores-dir")
         started = time.perf_counter()
-        try:  # timed with its halves when it needs them (a halves-agree selection cannot do without)
-            chosen, stability = select_with_halves(tables, half_tables if thresholds.halves_agree else None,
-                                                   thresholds, model_name, split)
+        try:  # one pass: the full selection and, with fold tables, its two halves (timed together)
+            chosen, stability = select_with_halves(tables, half_tables, thresholds, model_name, split)
         except ThresholdError as err:
             raise StudyError(f"variant {name}: {err}") from None
         seconds = time.perf_counter() - started
-        if split is not None and not thresholds.halves_agree:
-            _, stability = select_with_halves(tables, half_tables, thresholds, model_name, split)
-            for label, entry in stability.items():
-                chosen[label].meta["stability"] = entry
         sets[name] = chosen
         info[name] = {"selection": thresholds.selection_name, "thresholds": asdict(thresholds),
                       "seconds": seconds, "stability": stability,
