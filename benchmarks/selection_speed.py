@@ -3,6 +3,7 @@
     python benchmarks/selection_speed.py                 # 48 layers x 15360 MLP, q/k/v 3840/1024/1024, 8 cultures
     python benchmarks/selection_speed.py --seeds 10 --rule crc-first
     python benchmarks/selection_speed.py --study        # every culnig-score study variant, with the stability halves
+    python benchmarks/selection_speed.py --study --folds 10 --variants contrast-excl,contrast-excl-stable
 
 Task, control and CRC tables (gate + q/k/v) are drawn once; then the selection with the default
 thresholds and ``--seeds`` random seeds (each writes a layer-matched and a uniform random set)
@@ -10,6 +11,9 @@ is written to a temporary folder ``--reps`` times.  Prints each repetition and t
 ``--study`` instead times :func:`culnig_lm_eval.study.select_variants` per variant: the full
 selection plus the two stability halves (a fold table and its complement), i.e. three selections
 and two table subtractions per variant, against the issue's target of 10 s per variant.
+With ``--folds K`` the halves come from K fold tables (``culnig-score run --fold-tables K``):
+every pair of halves up to ``stable_pairs`` (25) is selected, and the ``-stable`` variants also
+draw a second seed's pairs, so their cost grows with the pairs, not with the table size alone.
 """
 
 from __future__ import annotations
@@ -55,19 +59,35 @@ def fold_tables(tables: dict[str, ScoreTable]) -> dict[str, ScoreTable]:
     return out
 
 
-def study_speed(tables, reps: int):
-    from culnig_lm_eval.study import DEFAULT_VARIANTS, StudySettings, select_variants
+def k_fold_tables(tables: dict[str, ScoreTable], folds: int) -> dict[str, list[ScoreTable]]:
+    """K fold tables of the task and control roles whose counts add up to the full tables'."""
+    gen = torch.Generator().manual_seed(2)
+    out = {}
+    for role in ("task", "control"):
+        full = tables[role]
+        full.meta["settings"] = {}
+        counts = [full.counts // folds + (i < full.counts % folds).long() for i in range(folds)]
+        out[role] = [ScoreTable(list(full.cultures), {k: torch.randn(v.shape, generator=gen) for k, v in full.scores.items()},
+                                counts[i], {**full.meta, "settings": {"fold": f"{i}/{folds}"}, "path": f"{role}-fold{i}"})
+                     for i in range(folds)]
+    return out
 
-    half = fold_tables(tables)
-    for name in DEFAULT_VARIANTS:
-        settings = StudySettings(variants={name: DEFAULT_VARIANTS[name]}, select_only=True)
+
+def study_speed(tables, reps: int, folds: int | None, names: list[str] | None):
+    from culnig_lm_eval.study import DEFAULT_VARIANTS, VARIANTS, StudySettings, select_variants
+
+    half = k_fold_tables(tables, folds) if folds else fold_tables(tables)
+    for name in names or DEFAULT_VARIANTS:
+        settings = StudySettings(variants={name: VARIANTS[name]}, select_only=True)
         times = []
         for _ in range(reps):
             start = time.perf_counter()
-            select_variants(settings, tables, half)
+            _, info = select_variants(settings, tables, half)
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
-        print(f"{name:>20}: median {median:.2f} s per variant (3 selections + stability), "
+        pairs = next(iter(info[name]["stability"].values()))["pairs"]
+        print(f"{name:>20}: median {median:.2f} s per variant (full selection + {pairs} pair(s) of halves"
+              f"{', + a second seed' if VARIANTS[name].get('stable_fraction') and folds else ''}), "
               f"{median / 10:.2f}x the 10 s target")
 
 
@@ -77,13 +97,15 @@ def main():
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--rule", default="paper", choices=["paper", "crc-first"])
     parser.add_argument("--study", action="store_true", help="time every culnig-score study variant instead")
+    parser.add_argument("--folds", type=int, default=None, help="--study: halves from K fold tables (default: one fold of 2)")
+    parser.add_argument("--variants", default=None, help="--study: comma-separated variants (default: the rule-only ones)")
     args = parser.parse_args()
     tables = random_tables(0)
     neurons = sum(LAYERS * w for w in WIDTHS.values())
     print(f"tables: {LAYERS} layers, widths {WIDTHS}, {len(CULTURES)} cultures ({neurons} neurons per role); "
           f"torch threads {torch.get_num_threads()}")
     if args.study:
-        return study_speed(tables, args.reps)
+        return study_speed(tables, args.reps, args.folds, args.variants.split(",") if args.variants else None)
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):

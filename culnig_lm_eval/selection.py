@@ -159,6 +159,12 @@ class Thresholds:
     # disjoint halves of the items (complementary-pairs stability selection with one pair, kept
     # at frequency 1); needs the fold tables, so select_and_save / the study apply it (stability.py)
     halves_agree: bool = False
+    # ours: stability selection (stability.py): a culture-specific set is the neurons the rule
+    # selects on at least this fraction of the halves of up to stable_pairs complementary pairs
+    # of fold tables (drawn with stable_seed when there are more); None = off
+    stable_fraction: float | None = None
+    stable_pairs: int = 25
+    stable_seed: int = 0
 
     def __post_init__(self):
         self.top_mlp = _percent("top_mlp", self.top_mlp)
@@ -190,6 +196,17 @@ class Thresholds:
             raise ThresholdError("exclude_general_set needs specific_rule 'contrast' or 'rank-contrast'")
         if not isinstance(self.halves_agree, bool):
             raise ThresholdError(f"halves_agree={self.halves_agree!r}: must be true or false")
+        if self.stable_fraction is not None:
+            fraction = self.stable_fraction
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+                raise ThresholdError(f"stable_fraction={fraction!r}: must be a number in (0, 1], e.g. 0.8")
+            if self.halves_agree:
+                raise ThresholdError("halves_agree and stable_fraction are two stability filters: choose one")
+            self.stable_fraction = float(fraction)
+        for key, least in (("stable_pairs", 1), ("stable_seed", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not least <= value < 2**63 - 1:
+                raise ThresholdError(f"{key}={value!r}: must be a whole number >= {least}")
 
     def top_for(self, kind: str) -> float:
         return self.top_mlp if kind.startswith("mlp") else self.top_attention
@@ -201,7 +218,8 @@ class Thresholds:
         name += NORMALISED_Z if self.normalise_z else ""
         name += f"+{self.specific_rule}" if self.specific_rule != "z" else ""
         name += "+general-set-excluded" if self.exclude_general_set else ""
-        return name + ("+halves-agree" if self.halves_agree else "")
+        name += "+halves-agree" if self.halves_agree else ""
+        return name + (f"+stable{100 * self.stable_fraction:g}" if self.stable_fraction is not None else "")
 
 
 # -- checks ------------------------------------------------------------------------------
@@ -466,8 +484,8 @@ def select(
     model_name: str = "",
 ) -> dict[str, NeuronSet]:
     """{"general": set, "<culture>": set, ...} from the score tables."""
-    if thresholds.halves_agree:
-        raise ThresholdError("halves_agree needs the fold tables of the items: select with "
+    if thresholds.halves_agree or thresholds.stable_fraction is not None:
+        raise ThresholdError("halves_agree and stable_fraction need the fold tables of the items: select with "
                              "select_and_save(half_tables=...) or culnig-score select --half-scores-dir")
     _check_tables({"task": task, "control": control, "crc": crc, "general": general})
     if thresholds.general_exclude is not None and general is None:
@@ -539,13 +557,14 @@ def select_tables(tables: dict[str, ScoreTable], thresholds: Thresholds, model_n
 
 
 def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: Path, *, model_name: str = "",
-                    random_seeds: Sequence[int] = (), half_tables: dict[str, ScoreTable] | None = None) -> dict[str, Path]:
+                    random_seeds: Sequence[int] = (), half_tables: dict | None = None) -> dict[str, Path]:
     """Select, then write ``<out>/<label>.pt`` for every set, ``random<seed>.pt`` (layer-matched)
     and ``random-uniform<seed>.pt`` (the reference's uniform draw) for every seed, and
     ``selection.json``, all as one unit (:func:`atomic_folder`).  Returns {label: final path}.
 
-    ``half_tables`` ({"task": fold table, "control": fold table}, see :mod:`.stability`): every
-    selected set also records the Jaccard overlap of the sets selected on the two halves."""
+    ``half_tables`` ({"task": fold table, "control": fold table}, or a list of the K fold
+    tables per role; see :mod:`.stability`): every selected set also records the Jaccard overlap
+    of the sets selected on the two halves, and the stability filters of ``thresholds`` apply."""
     unknown = sorted(set(tables) - {"task", "control", "crc", "general"})
     if unknown or "task" not in tables:
         raise ValueError(f"score tables: expected roles task, control, crc, general; got {sorted(tables)}")
@@ -554,7 +573,7 @@ def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: 
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError(f"random seed {seed!r}: seeds are integers from 0 to 2**63-1")
         seeds.append(seed)
-    from .stability import select_with_halves
+    from .stability import describe, select_with_halves
 
     sets, stability = select_with_halves(tables, half_tables, thresholds, model_name)
     for seed in dict.fromkeys(seeds):
@@ -573,8 +592,7 @@ def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: 
         "score_files": {role: {"path": t.meta.get("path"), "sha256": t.meta.get("sha256")}
                         for role, t in sorted(tables.items())
                         if t is not None and (role != "general" or thresholds.general_exclude is not None)},
-        **({"half_score_files": {role: {"path": t.meta.get("path"), "sha256": t.meta.get("sha256")}
-                                 for role, t in sorted(half_tables.items())}} if half_tables else {}),
+        **({"half_score_files": describe(half_tables)} if half_tables else {}),
     }
     out = Path(out)
     with atomic_folder(out) as staging:

@@ -52,6 +52,9 @@ DEFAULT_VARIANTS = {
 HALVES_VARIANTS = {
     "contrast-excl-agree": {**DEFAULT_VARIANTS["contrast-excl"], "halves_agree": True},
     "rank-contrast-agree": {**DEFAULT_VARIANTS["rank-contrast"], "halves_agree": True},
+    # stability selection at 80% of the halves (a --fold-tables K run gives many pairs)
+    "contrast-excl-stable": {**DEFAULT_VARIANTS["contrast-excl"], "stable_fraction": 0.8},
+    "rank-contrast-stable": {**DEFAULT_VARIANTS["rank-contrast"], "stable_fraction": 0.8},
 }
 VARIANTS = {**DEFAULT_VARIANTS, **HALVES_VARIANTS}
 
@@ -107,19 +110,20 @@ class StudySettings:
 
 # -- selection --------------------------------------------------------------------------------
 def select_variants(settings: StudySettings, tables: dict[str, ScoreTable],
-                    half_tables: dict[str, ScoreTable] | None, model_name: str = ""):
+                    half_tables: dict | None, model_name: str = ""):
     """{variant: {label: set}} and {variant: {"seconds": .., "stability": {label: entry}}}."""
     from .selection import ThresholdError, Thresholds
-    from .stability import halves, select_with_halves
+    from .stability import HalfSelections, select_with_halves
 
-    split = halves(tables, half_tables) if half_tables else None
+    # the half selections are shared: a filtered variant reuses its rule's (timed on first use)
+    split = HalfSelections(tables, half_tables, model_name) if half_tables else None
     sets, info = {}, {}
     for name, overrides in settings.variants.items():
         thresholds = Thresholds(**{**settings.thresholds, **overrides})
         if thresholds.general_exclude is not None and tables.get("general") is None:
             raise StudyError(f"variant {name} excludes general-prose neurons but there is no general.scores.pt")
-        if thresholds.halves_agree and split is None:
-            raise StudyError(f"variant {name} keeps the neurons selected on both halves: give --half-scores-dir")
+        if (thresholds.halves_agree or thresholds.stable_fraction is not None) and split is None:
+            raise StudyError(f"variant {name} keeps the neurons selected on the halves: give --half-scores-dir")
         started = time.perf_counter()
         try:  # one pass: the full selection and, with fold tables, its two halves (timed together)
             chosen, stability = select_with_halves(tables, half_tables, thresholds, model_name, split)
@@ -280,7 +284,7 @@ def analyse(settings: StudySettings, evaluations: dict, info: dict) -> dict:
             result = labelled.get(culture)
             stability = info[name]["stability"].get(culture, {})
             row = {"neurons": info[name]["sizes"].get(culture, 0),
-                   "halves_jaccard": stability.get("halves_jaccard")}
+                   "halves_jaccard": stability.get("halves_jaccard"), "seeds_jaccard": stability.get("seeds_jaccard")}
             if result is None or result.get("empty"):
                 rows[culture] = {**row, "empty": True, "passes": False}
                 continue
@@ -308,6 +312,7 @@ def analyse(settings: StudySettings, evaluations: dict, info: dict) -> dict:
             "mean_other_drop": mean("other_drop"),
             "mean_ppl_ratio": mean("ppl_ratio"),
             "mean_halves_jaccard": sum(jaccards) / len(jaccards) if jaccards else None,
+            "halves": _halves_used(info[name]["stability"]),
             "per_culture": rows,
         }
     ranked = sorted(variants, key=lambda n: (-variants[n]["passing"],
@@ -325,9 +330,18 @@ def analyse(settings: StudySettings, evaluations: dict, info: dict) -> dict:
     }
 
 
+def _halves_used(stability: dict) -> dict | None:
+    """{"pairs", "folds"} of the halves behind a variant's stability entries (None without fold tables)."""
+    entry = next(iter(stability.values()), None)
+    return {"pairs": entry.get("pairs", 1), "folds": entry.get("folds", 2)} if entry else None
+
+
 def selection_only_summary(info: dict) -> dict:
     return {"variants": {name: {"selection": v["selection"], "seconds": v["seconds"], "sizes": v["sizes"],
-                                "halves_jaccard": {label: e["halves_jaccard"] for label, e in v["stability"].items()}}
+                                "halves": _halves_used(v["stability"]),
+                                "halves_jaccard": {label: e["halves_jaccard"] for label, e in v["stability"].items()},
+                                "seeds_jaccard": {label: e["seeds_jaccard"] for label, e in v["stability"].items()
+                                                  if e.get("seeds_jaccard") is not None}}
                          for name, v in info.items()}}
 
 
@@ -348,6 +362,7 @@ def render_markdown(results: dict, command: str = "") -> str:
             sizes = ", ".join(f"{k} {n}" for k, n in v["sizes"].items())
             jac = ", ".join(f"{k} {_fmt(j, '.2f')}" for k, j in v["halves_jaccard"].items())
             lines.append(f"| {name} | `{v['selection']}` | {v['seconds']:.2f} | {sizes} | {jac or '–'} |")
+        lines += _stability_notes(results["variants"])
         return "\n".join(lines) + "\n"
     c = results["criteria"]
     lines += [
@@ -364,6 +379,7 @@ def render_markdown(results: dict, command: str = "") -> str:
         lines.append(f"| {name}{mark} | {v['passing']}/{len(results['cultures'])} | {v['empty']} | "
                      f"{_fmt(v['mean_own_drop'], '+.1f', 100)} | {_fmt(v['mean_other_drop'], '+.1f', 100)} | "
                      f"{_fmt(v['mean_ppl_ratio'], '.3f')} | {_fmt(v['mean_halves_jaccard'], '.2f')} | {v['seconds']:.2f} |")
+    lines += _stability_notes(results["variants"])
     for name, v in results["variants"].items():
         lines += ["", f"## {name} (`{v['selection']}`)", "",
                   "| culture | neurons | own drop | other drop | own/other | p vs random | ppl ratio | halves Jaccard | passes |",
@@ -378,6 +394,22 @@ def render_markdown(results: dict, command: str = "") -> str:
                          f"{_fmt(r['ppl_ratio'], '.3f')} | {_fmt(r['halves_jaccard'], '.2f')}{flag} | "
                          f"{'yes' if r['passes'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def _stability_notes(variants: dict) -> list[str]:
+    """One line on the halves behind the Jaccard columns, and the seed overlaps where a variant drew pairs."""
+    halves = next((v["halves"] for v in variants.values() if v.get("halves")), None)
+    if not halves:
+        return []
+    lines = ["", f"Halves Jaccard: the mean over {halves['pairs']} complementary pair(s) of halves of the items "
+                 f"({halves['folds']} folds); a filtered variant (-agree, -stable) shows its rule's."]
+    for name, v in variants.items():
+        seeds = v.get("seeds_jaccard") or {c: r["seeds_jaccard"] for c, r in (v.get("per_culture") or {}).items()
+                                           if r.get("seeds_jaccard") is not None}
+        if seeds:
+            lines.append(f"{name}: overlap of the sets kept with two seeds of the pairs: "
+                         + ", ".join(f"{c} {_fmt(j, '.2f')}" for c, j in seeds.items()) + ".")
+    return lines
 
 
 def pareto_figure(results: dict, path: Path) -> Path:
@@ -416,7 +448,7 @@ def pareto_figure(results: dict, path: Path) -> Path:
 
 # -- the whole study -------------------------------------------------------------------------------
 def run_study(settings: StudySettings, tables: dict[str, ScoreTable], out: Path, *,
-              half_tables: dict[str, ScoreTable] | None = None, command: str = "", progress=print) -> Path:
+              half_tables: dict | None = None, command: str = "", progress=print) -> Path:
     """Select every variant, evaluate (unless ``select_only``) and write the study folder."""
     model_name = (tables["task"].meta.get("model") or {}).get("name", "")
     tasks = None
@@ -442,7 +474,9 @@ def run_study(settings: StudySettings, tables: dict[str, ScoreTable], out: Path,
         results["evaluations"] = evaluations
     results["settings"] = asdict(settings)
     results["score_files"] = {role: t.meta.get("path") for role, t in tables.items()}
-    results["half_score_files"] = {role: t.meta.get("path") for role, t in (half_tables or {}).items()}
+    from .stability import describe
+
+    results["half_score_files"] = describe(half_tables or {})
     out = Path(out)
     with atomic_folder(out) as staging:
         for name, labelled in sets.items():

@@ -92,7 +92,7 @@ def test_table_sums_per_culture_and_clamps_controls():
     per_sample = scorer.sample_scores(collate(samples, 0))["mlp_gate"]  # [L, B, W]
     cultures = sorted({s.culture for s in samples})
     for role, clamp in (("task", False), ("control", True)):
-        table = score_samples(scorer, samples, role=role, batch_size=4)
+        table, _ = score_samples(scorer, samples, role=role, batch_size=4)
         assert table.cultures == cultures
         for ci, c in enumerate(cultures):
             members = [i for i, s in enumerate(samples) if s.culture == c]
@@ -116,7 +116,7 @@ def _rank_worker(rank, world_size, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
     scorer = AttributionScorer(tiny_llama(4))
-    table = score_samples(scorer, random_samples(11, seed=2), role="task", batch_size=2, rank=rank, world_size=world_size)
+    table, _ = score_samples(scorer, random_samples(11, seed=2), role="task", batch_size=2, rank=rank, world_size=world_size)
     if rank == 0:
         torch.save({"scores": table.scores["mlp_gate"], "counts": table.counts}, out_file)
     dist.destroy_process_group()
@@ -128,6 +128,6 @@ def test_data_parallel_ranks_share_batches_and_reduce_to_the_single_process_resu
     out = tmp_path / "rank0.pt"
     mp.spawn(_rank_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
     parallel = torch.load(out, weights_only=True)
-    single = score_samples(AttributionScorer(tiny_llama(4)), random_samples(11, seed=2), role="task", batch_size=2)
+    single, _ = score_samples(AttributionScorer(tiny_llama(4)), random_samples(11, seed=2), role="task", batch_size=2)
     assert parallel["counts"].tolist() == single.counts.tolist()
     torch.testing.assert_close(parallel["scores"], single.scores["mlp_gate"], rtol=1e-5, atol=1e-12)

@@ -214,7 +214,7 @@ def test_halves_agree_keeps_the_neurons_selected_on_both_halves(tmp_path):
     for culture in CULTURES:
         expected = members(full[culture]) & members(sets_a[culture]) & members(sets_b[culture])
         assert members(sets[culture]) == expected
-        assert sets[culture].meta["halves_agree"] == {"before": len(full[culture]), "kept": len(expected)}
+        assert sets[culture].meta["halves_agree"] == {"before": len(full[culture]), "kept": len(expected), "halves": 2}
         assert sets[culture].meta["selection"].endswith("+contrast+halves-agree")
         kept_any |= 0 < len(expected) < len(full[culture])
         assert stability[culture]["halves_jaccard"] == pytest.approx(jaccard(sets_a[culture], sets_b[culture]))
@@ -229,6 +229,107 @@ def test_halves_agree_keeps_the_neurons_selected_on_both_halves(tmp_path):
     from culnig_lm_eval.neuron_set import NeuronSet
 
     assert members(NeuronSet.load(written["china"])) == members(sets["china"])
+
+
+def k_fold_tables(full, folds, seed):
+    """``folds`` random fold tables whose counts add up to ``full``'s (scores need not: the halves
+    are sums of folds, never the full table minus them)."""
+    gen = torch.Generator().manual_seed(seed)
+    counts = [[n // folds + (i < n % folds) for n in full.counts.tolist()] for i in range(folds)]
+    parts = []
+    for index in range(folds):
+        part = random_table(gen, counts[index], full.meta["task"])
+        part.meta.update(settings={**full.meta["settings"], "fold": f"{index}/{folds}"}, tasks=full.meta["tasks"])
+        parts.append(part)
+    return parts
+
+
+def test_pair_splits_use_every_split_or_draw_them_with_the_seed():
+    from culnig_lm_eval.stability import pair_splits
+
+    assert pair_splits(2, 25, 0) == ([(0,)], False)
+    every, sampled = pair_splits(4, 25, 0)
+    assert every == [(0, 1), (0, 2), (0, 3)] and not sampled  # each unordered pair once
+    assert len(pair_splits(5, 25, 0)[0]) == math.comb(5, 2)  # odd: halves of 2 and 3 folds
+    drawn, sampled = pair_splits(10, 25, 0)
+    assert sampled and len(set(drawn)) == 25 and all(len(a) == 5 and 0 in a for a in drawn)
+    assert pair_splits(10, 25, 0) == (drawn, True) and pair_splits(10, 25, 1)[0] != drawn
+    assert len(pair_splits(10, 500, 0)[0]) == math.comb(9, 4)
+
+
+def test_stability_selection_keeps_the_neurons_frequent_over_the_halves(tmp_path):
+    """``stable_fraction`` against a slow reference: every split's halves summed fold by fold,
+    selected, and neurons counted one by one."""
+    from culnig_lm_eval.selection import select_and_save
+    from culnig_lm_eval.stability import pair_splits, select_with_halves
+
+    task, control, crc, _ = tables(6)
+    for t in (task, control):
+        t.meta.update(settings={"window": 1}, tasks=[t.meta["task"]])
+    folds = {"task": k_fold_tables(task, 6, 11), "control": k_fold_tables(control, 6, 12)}
+    roles = {"task": task, "control": control, "crc": crc}
+    rule = Thresholds(top_specific=20.0, specific_rule="contrast", min_samples=4)
+    stable = Thresholds(top_specific=20.0, specific_rule="contrast", min_samples=4, stable_fraction=0.8, stable_pairs=4)
+    sets, stability = select_with_halves(roles, folds, stable)
+
+    def summed(parts, chosen):
+        table = random_table(torch.Generator(), [0] * len(CULTURES), parts[0].meta["task"])
+        for kind in WIDTHS:
+            table.scores[kind] = sum(parts[i].scores[kind] for i in chosen)
+        table.counts = sum(parts[i].counts for i in chosen)
+        return table
+
+    half_rule = Thresholds(top_specific=20.0, specific_rule="contrast", min_samples=2)  # 4 halved
+    splits, sampled = pair_splits(6, 4, 0)
+    assert sampled and len(splits) == 4
+    halves_selected = []
+    for half_a in splits:
+        half_b = [i for i in range(6) if i not in half_a]
+        for chosen in (half_a, half_b):
+            halves_selected.append(select(summed(folds["task"], chosen), summed(folds["control"], chosen), crc,
+                                          thresholds=half_rule))
+    full = select(task, control, crc, thresholds=rule)
+    assert members(sets["general"]) == members(full["general"])  # never filtered
+    changed = False
+    for culture in CULTURES:
+        votes = {}
+        for selected in halves_selected:
+            for neuron in members(selected[culture]) if culture in selected else ():
+                votes[neuron] = votes.get(neuron, 0) + 1
+        expected = {n for n, v in votes.items() if v >= math.ceil(0.8 * len(halves_selected))}
+        assert members(sets[culture]) == expected, culture
+        record = sets[culture].meta["stability_selection"]
+        assert record["halves"] == 8 and record["kept"] == len(expected) and record["rule_selects"] == len(full[culture])
+        assert sets[culture].meta["selection"].endswith("+contrast+stable80")
+        changed |= expected != members(full[culture])
+        pairs = [(halves_selected[2 * i][culture], halves_selected[2 * i + 1][culture]) for i in range(4)]
+        assert stability[culture]["halves_jaccard"] == pytest.approx(sum(jaccard(a, b) for a, b in pairs) / 4)
+        assert stability[culture]["pairs"] == 4 and stability[culture]["folds"] == 6
+        assert 0.0 <= stability[culture]["seeds_jaccard"] <= 1.0  # drawn pairs: a second seed is compared
+    assert changed
+    # a deterministic split (all pairs used) has no seed overlap to report
+    _, every = select_with_halves(roles, folds, Thresholds(top_specific=20.0, specific_rule="contrast",
+                                                          min_samples=4, stable_fraction=0.8, stable_pairs=100))
+    assert every["china"]["seeds_jaccard"] is None and every["china"]["pairs"] == math.comb(5, 2)
+    # bad fold lists and bad settings are refused
+    with pytest.raises(HalfTableError, match="expected folds"):
+        select_with_halves(roles, {"task": folds["task"][:5], "control": folds["control"]}, stable)
+    extra = ScoreTable(folds["task"][0].cultures, folds["task"][0].scores, folds["task"][0].counts + 1,
+                       folds["task"][0].meta)  # a fold of another run: one more item per culture
+    with pytest.raises(HalfTableError, match="do not add up"):
+        select_with_halves(roles, {"task": [extra] + folds["task"][1:], "control": folds["control"]}, stable)
+    for bad in ({"stable_fraction": 0.0}, {"stable_fraction": 1.5}, {"stable_fraction": 0.8, "halves_agree": True},
+                {"stable_pairs": 0}, {"stable_seed": -1}):
+        with pytest.raises(ThresholdError):
+            Thresholds(**bad)
+    with pytest.raises(ThresholdError, match="stable_fraction"):
+        select(task, control, crc, thresholds=stable)
+    written = select_and_save(roles, stable, tmp_path / "sets", half_tables=folds)
+    summary = json.loads((tmp_path / "sets" / "selection.json").read_text())
+    assert len(summary["half_score_files"]["task"]) == 6 and summary["selection"].endswith("+stable80")
+    from culnig_lm_eval.neuron_set import NeuronSet
+
+    assert members(NeuronSet.load(written["iran"])) == members(sets["iran"])
 
 
 def test_jaccard_of_sets():
@@ -318,6 +419,8 @@ def scored(tmp_path_factory, tiny_llama_dir):
         assert main(common + ["--out", str(folder / "scores")]) == 0
         for fold in ("0/2", "1/2"):
             assert main(common + ["--out", str(folder / f"fold{fold[0]}"), "--fold", fold]) == 0
+        for folds in (2, 4):  # every fold's tables from one pass
+            assert main(common + ["--out", str(folder / f"k{folds}"), "--fold-tables", str(folds)]) == 0
         yield folder
     data._read.cache_clear()
 
@@ -336,6 +439,91 @@ def test_folds_partition_the_items_and_the_complement_is_the_other_fold(scored):
     index = [rest.cultures.index(c) for c in fold1.cultures]
     for kind in full.scores:
         assert torch.allclose(rest.scores[kind][..., index], fold1.scores[kind], atol=1e-4, rtol=1e-4)
+
+
+def test_fold_tables_of_one_pass_are_the_fold_runs_tables(scored, capsys):
+    """``--fold-tables K`` writes, from one scoring pass, the tables K ``--fold i/K`` runs would
+    write (same items, stamp and sums), and a full table equal to the unfolded run's."""
+    from culnig_lm_eval.cli.score import main
+    from culnig_lm_eval.scoring.run import load_table
+
+    for role in ("task", "control"):
+        full, one_pass = (load_table(scored / d / f"{role}.scores.pt") for d in ("scores", "k2"))
+        assert one_pass.meta["settings"] == full.meta["settings"] and one_pass.cultures == full.cultures
+        assert torch.equal(one_pass.counts, full.counts)
+        assert one_pass.meta["samples_digest"] == full.meta["samples_digest"]
+        for kind in full.scores:
+            assert torch.allclose(one_pass.scores[kind], full.scores[kind], atol=1e-4, rtol=1e-4)
+        for index in (0, 1):
+            run, part = (load_table(p / f"{role}.scores.pt") for p in (scored / f"fold{index}", scored / "k2" / "folds2" / str(index)))
+            assert part.meta["settings"] == run.meta["settings"] and part.cultures == run.cultures
+            assert part.meta["samples_digest"] == run.meta["samples_digest"] and torch.equal(part.counts, run.counts)
+            for kind in run.scores:
+                assert torch.allclose(part.scores[kind], run.scores[kind], atol=1e-4, rtol=1e-4)
+        parts = [load_table(scored / "k4" / "folds4" / str(i) / f"{role}.scores.pt") for i in range(4)]
+        assert sum(int(p.counts.sum()) for p in parts) == int(full.counts.sum())
+        assert [p.meta["settings"]["fold"] for p in parts] == [f"{i}/4" for i in range(4)]
+    assert not (scored / "k2" / "folds2" / "0" / "crc.scores.pt").exists()
+    # the flag is checked before anything loads
+    capsys.readouterr()
+    for bad in (["--fold-tables", "1"], ["--fold-tables", "2", "--fold", "0/2"]):
+        assert main(["run", "--tasks", "x", "--out", str(scored / "bad")] + bad) == 2
+        assert "--fold-tables" in capsys.readouterr().err and not (scored / "bad").exists()
+
+
+def test_select_and_study_take_the_fold_tables_folder(scored, capsys, fresh_data_state):
+    """``--half-scores-dir OUT/foldsK`` of a ``--fold-tables`` run: every pair of halves for the
+    stability entries, ``--stable-fraction`` end to end, and clear refusals."""
+    import shutil
+
+    from culnig_lm_eval.cli.score import main
+    from culnig_lm_eval.neuron_set import NeuronSet
+
+    k4 = scored / "k4"
+    common = ["select", "--scores-dir", str(k4), "--specific-rule", "contrast", "--exclude-general-set",
+              "--top-specific", "5", "--min-samples", "2"]
+    assert main(common + ["--half-scores-dir", str(k4 / "folds4"), "--sets-out", str(scored / "rule")]) == 0
+    assert main(common + ["--half-scores-dir", str(k4 / "folds4"), "--sets-out", str(scored / "stable"),
+                          "--stable-fraction", "0.5"]) == 0
+    summary = json.loads((scored / "stable" / "selection.json").read_text())
+    assert summary["selection"].endswith("+general-set-excluded+stable50")
+    assert len(summary["half_score_files"]["task"]) == 4 == len(summary["half_score_files"]["control"])
+    cultures = [label for label in summary["files"] if label != "general"]
+    assert cultures
+    for label in cultures:
+        kept = NeuronSet.load(scored / "stable" / summary["files"][label])
+        assert set(kept.indices) == set(NeuronSet.load(scored / "rule" / f"{label}.pt").indices)
+        entry = kept.meta["stability"]
+        assert entry["pairs"] == 3 and entry["folds"] == 4 and entry["seeds_jaccard"] is None
+        assert kept.meta["stability_selection"]["halves"] == 6
+        assert NeuronSet.load(scored / "rule" / f"{label}.pt").meta["stability"]["halves_jaccard"] == entry["halves_jaccard"]
+    assert NeuronSet.load(scored / "stable" / "general.pt").neurons_sha256() == \
+        NeuronSet.load(scored / "rule" / "general.pt").neurons_sha256()
+    # the study runs the -stable variants from the same folder (selection only: no model)
+    out = scored / "study-stable"
+    assert main(["study", "--scores-dir", str(k4), "--half-scores-dir", str(k4 / "folds4"), "--out", str(out),
+                 "--variants", "rank-contrast,rank-contrast-stable", "--select-only", "--top-specific", "5",
+                 "--min-samples", "2"]) == 0
+    results = json.loads((out / "study.json").read_text())
+    assert set(results["variants"]) == {"rank-contrast", "rank-contrast-stable"}
+    # refusals: one line, exit 2
+    capsys.readouterr()
+    assert main(common + ["--sets-out", str(scored / "x"), "--stable-fraction", "0.8"]) == 2
+    assert "--stable-fraction" in capsys.readouterr().err
+    assert main(common + ["--half-scores-dir", str(k4 / "folds4"), "--sets-out", str(scored / "x"),
+                          "--stable-fraction", "2"]) == 2
+    assert "stable_fraction" in capsys.readouterr().err
+    broken = scored / "broken-folds"
+    shutil.copytree(k4 / "folds4", broken)
+    (broken / "2" / "control.scores.pt").unlink()
+    assert main(common + ["--half-scores-dir", str(broken), "--sets-out", str(scored / "x")]) == 2
+    assert "lacks its task or control" in capsys.readouterr().err
+    shutil.rmtree(broken / "3")
+    assert main(common + ["--half-scores-dir", str(scored), "--sets-out", str(scored / "x")]) == 2
+    assert "neither task.scores.pt nor fold folders" in capsys.readouterr().err
+    assert main(["study", "--scores-dir", str(k4), "--out", str(out), "--variants", "rank-contrast-stable"]) == 2
+    assert "--half-scores-dir" in capsys.readouterr().err
+    assert not (scored / "x").exists()
 
 
 def test_study_command_end_to_end(scored, tiny_llama_dir, capsys, fresh_data_state):

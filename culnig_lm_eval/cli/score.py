@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--fold", default=None, metavar="I/K",
                        help="score only the documents of fold I of K (e.g. 0/2: one half of the items, for the "
                             "stability check of `culnig-score study --half-scores-dir`)")
+    run_p.add_argument("--fold-tables", type=int, default=None, metavar="K",
+                       help="score every document and, from the same pass, also write the task and control "
+                            "tables of K folds to OUT/foldsK/<i>/ (for --half-scores-dir OUT/foldsK: stability "
+                            "over many splits and --stable-fraction; no extra scoring run)")
     run_p.add_argument("--no-select", action="store_true", help="only write score files")
     _selection_args(run_p)
 
@@ -82,13 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     st.add_argument("--scores-dir", type=Path, required=True, help="folder written by `culnig-score run`")
     st.add_argument("--half-scores-dir", type=Path, default=None,
-                    help="task/control score files of one fold (`culnig-score run --fold 0/2`): adds the stability "
-                         "of every set (Jaccard of the sets selected on the two halves)")
+                    help="task/control fold tables: the folder of `culnig-score run --fold 0/2`, or the foldsK "
+                         "folder of `culnig-score run --fold-tables K` (many pairs of halves); adds the stability "
+                         "of every set (Jaccard of the sets selected on two halves)")
     st.add_argument("--out", type=Path, required=True, help="study folder (replaced as a whole)")
     st.add_argument("--model_args", default=d.model_args)
     st.add_argument("--variants", type=_comma, default=None,
-                    help=f"variants to compare, from: {', '.join(VARIANTS)} (default: all; the -agree ones, "
-                         "which keep the neurons selected on both halves, only with --half-scores-dir)")
+                    help=f"variants to compare, from: {', '.join(VARIANTS)} (default: all; the -agree and "
+                         "-stable ones, which select from the halves, only with --half-scores-dir)")
     st.add_argument("--eval-task", default=d.eval_task, help="per-culture evaluation task (multiple choice)")
     st.add_argument("--per-culture", type=int, default=d.per_culture, help="evaluation documents per culture")
     st.add_argument("--general-task", default=d.general_task, help="general-prose perplexity task ('' to skip)")
@@ -106,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--z-min", type=float, default=t.z_min, help="z-score threshold of the paper's rule")
     st.add_argument("--min-samples", type=int, default=t.min_samples,
                     help="cultures with fewer task samples get no culture-specific set")
+    st.add_argument("--stable-pairs", type=int, default=t.stable_pairs,
+                    help="at most this many complementary pairs of halves (stability and the -stable variants)")
     return parser
 
 
@@ -138,6 +145,14 @@ def _selection_args(p):
     p.add_argument("--halves-agree", action="store_true",
                    help="keep in each culture-specific set only the neurons that the same rule also selects on "
                         "both halves of the items (stability selection; needs --half-scores-dir)")
+    p.add_argument("--stable-fraction", type=float, default=None, metavar="PI",
+                   help="stability selection: each culture-specific set is the neurons the rule selects on at "
+                        "least this fraction (e.g. 0.8) of the halves of the fold tables' complementary pairs "
+                        "(needs --half-scores-dir; many pairs with the folder of `culnig-score run --fold-tables K`)")
+    p.add_argument("--stable-pairs", type=int, default=d.stable_pairs,
+                   help="stability selection: at most this many complementary pairs of halves")
+    p.add_argument("--stable-seed", type=int, default=d.stable_seed,
+                   help="stability selection: seed of the pairs drawn when the folds allow more than --stable-pairs")
     p.add_argument("--random-seeds", type=_comma, default=[], metavar="S1,S2",
                    help="also write size-matched random baselines of the culture-general set for these seeds")
 
@@ -149,7 +164,10 @@ def thresholds_from_args(args):
                       crc_exclude=args.crc_exclude, general_exclude=args.exclude_general, z_min=args.z_min,
                       min_samples=args.min_samples, normalise_z=args.normalise_z, rule=args.rule,
                       specific_rule=args.specific_rule, exclude_general_set=args.exclude_general_set,
-                      halves_agree=getattr(args, "halves_agree", False))
+                      halves_agree=getattr(args, "halves_agree", False),
+                      stable_fraction=getattr(args, "stable_fraction", None),
+                      stable_pairs=getattr(args, "stable_pairs", Thresholds.stable_pairs),
+                      stable_seed=getattr(args, "stable_seed", Thresholds.stable_seed))
 
 
 def _seeds(values: list[str]) -> list[int]:
@@ -170,6 +188,7 @@ def settings_from_args(args):
         num_fewshot=args.num_fewshot, fewshot_seed=args.fewshot_seed, apply_chat_template=args.apply_chat_template,
         fewshot_as_multiturn=args.fewshot_as_multiturn, culture_field=args.culture_field, window=args.window,
         stride=args.stride, force=args.force, fold=args.fold,
+        fold_tables=args.fold_tables,
     )
 
 
@@ -192,7 +211,7 @@ def _score(args) -> dict[str, Path]:
     return score_roles(lm, role_tasks, settings, args.out, tasks=tasks)
 
 
-def _select(paths: dict[str, Path], args, half_paths: dict[str, Path] | None = None) -> dict[str, Path]:
+def _select(paths: dict[str, Path], args, half_tables: dict | None = None) -> dict[str, Path]:
     from .._io import file_sha256
     from ..scoring.run import load_table
     from ..selection import select_and_save
@@ -206,9 +225,6 @@ def _select(paths: dict[str, Path], args, half_paths: dict[str, Path] | None = N
         tables[role].meta["sha256"] = file_sha256(path)
     name = tables["task"].meta.get("model", {}).get("name") or "model"
     out = args.sets_out or Path("neuron_sets") / Path(name).name
-    half_tables = {role: load_table(path) for role, path in (half_paths or {}).items()}
-    for role, table in half_tables.items():
-        table.meta["sha256"] = file_sha256(half_paths[role])
     written = select_and_save(tables, thresholds, out, model_name=name, random_seeds=seeds,
                               half_tables=half_tables or None)
     from ..neuron_set import NeuronSet
@@ -228,6 +244,40 @@ def _table_paths(folder: Path, flag: str) -> dict[str, Path]:
     return {role: score_file(folder, role) for role in ROLES if score_file(folder, role).exists()}
 
 
+def _half_tables(folder: Path, flag: str) -> dict:
+    """The task and control fold tables in ``folder``: {role: table} for one fold's folder
+    (``culnig-score run --fold I/K --out``), {role: [K tables]} for the ``foldsK`` folder of
+    ``culnig-score run --fold-tables K``."""
+    from .._io import file_sha256
+    from ..scoring.run import load_table
+
+    def load(path: Path):
+        table = load_table(path)
+        table.meta["sha256"] = file_sha256(path)
+        return table
+
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {folder}: no such folder (culnig-score run --fold or --fold-tables writes it)")
+    single = {r: p for r, p in _table_paths(folder, flag).items() if r in ("task", "control")}
+    if single:
+        if "task" not in single:
+            raise ValueError(f"{flag} {folder}: holds no task.scores.pt")
+        return {role: load(path) for role, path in single.items()}
+    subfolders = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    if [int(p.name) for p in subfolders] != list(range(len(subfolders))) or len(subfolders) < 2:
+        raise ValueError(f"{flag} {folder}: holds neither task.scores.pt nor fold folders 0, 1, .. "
+                         "(give the folder of culnig-score run --fold, or the foldsK folder of --fold-tables K)")
+    parts = {}
+    for sub in subfolders:
+        for role, path in _table_paths(sub, flag).items():
+            if role in ("task", "control"):
+                parts.setdefault(role, []).append(load(path))
+    if "task" not in parts or any(len(found) != len(subfolders) for found in parts.values()):
+        raise ValueError(f"{flag} {folder}: some fold folder lacks its task or control table; "
+                         "re-run culnig-score run --fold-tables")
+    return parts
+
+
 def _study(args) -> int:
     from .._io import check_writable_folder, file_sha256
     from ..scoring.run import load_table
@@ -237,29 +287,26 @@ def _study(args) -> int:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown or not names:
         raise ValueError(f"--variants {','.join(unknown) or '(none)'}: choose from {', '.join(VARIANTS)}")
-    needs_halves = [v for v in names if VARIANTS[v].get("halves_agree")]
+    needs_halves = [v for v in names if VARIANTS[v].get("halves_agree") or VARIANTS[v].get("stable_fraction")]
     if needs_halves and not args.half_scores_dir:
-        raise ValueError(f"--variants {','.join(needs_halves)}: these keep the neurons selected on both halves; "
-                         "give --half-scores-dir (culnig-score run --fold 0/2)")
+        raise ValueError(f"--variants {','.join(needs_halves)}: these keep the neurons selected on the halves; "
+                         "give --half-scores-dir (culnig-score run --fold-tables K, or --fold 0/2)")
     settings = StudySettings(
         model_args=args.model_args, variants={v: VARIANTS[v] for v in names},
         eval_task=args.eval_task, per_culture=args.per_culture, general_task=args.general_task or None, general_limit=args.general_limit,
         random_draws=args.random_draws, batch_size=args.batch_size, select_only=args.select_only,
         thresholds={"top_mlp": args.top_mlp, "top_attention": args.top_attention, "top_specific": args.top_specific,
-                    "crc_exclude": args.crc_exclude, "z_min": args.z_min, "min_samples": args.min_samples},
+                    "crc_exclude": args.crc_exclude, "z_min": args.z_min, "min_samples": args.min_samples,
+                    "stable_pairs": args.stable_pairs},
     )
     paths = _table_paths(args.scores_dir, "--scores-dir")
     if "task" not in paths:
         raise ValueError(f"--scores-dir {args.scores_dir}: holds no task.scores.pt")
-    half_paths = _table_paths(args.half_scores_dir, "--half-scores-dir") if args.half_scores_dir else {}
-    half_paths = {role: p for role, p in half_paths.items() if role in ("task", "control")}
-    if args.half_scores_dir and "task" not in half_paths:
-        raise ValueError(f"--half-scores-dir {args.half_scores_dir}: holds no task.scores.pt")
+    half_tables = _half_tables(args.half_scores_dir, "--half-scores-dir") if args.half_scores_dir else {}
     tables = {}
     for role, path in paths.items():
         tables[role] = load_table(path)
         tables[role].meta["sha256"] = file_sha256(path)
-    half_tables = {role: load_table(path) for role, path in half_paths.items()}
     check_writable_folder(args.out.parent if args.out.parent != Path("") else Path("."), "--out")
     command = "culnig-score " + shlex.join(args.argv)
     report = run_study(settings, tables, args.out, half_tables=half_tables or None, command=command,
@@ -275,6 +322,9 @@ def _main(args) -> int:
     if getattr(args, "halves_agree", False) and not getattr(args, "half_scores_dir", None):
         raise ValueError("--halves-agree keeps the neurons selected on both halves of the items: it needs "
                          "culnig-score select --half-scores-dir (the fold scores of culnig-score run --fold 0/2)")
+    if getattr(args, "stable_fraction", None) is not None and not getattr(args, "half_scores_dir", None):
+        raise ValueError("--stable-fraction selects from the halves of the items: it needs culnig-score select "
+                         "--half-scores-dir (the foldsK folder of culnig-score run --fold-tables K)")
     if args.command == "run":
         paths = _score(args)
         if not args.no_select:
@@ -291,13 +341,8 @@ def _main(args) -> int:
             paths[role] = explicit
         elif args.scores_dir and score_file(args.scores_dir, role).exists():
             paths[role] = score_file(args.scores_dir, role)
-    half_paths = None
-    if args.half_scores_dir:
-        half_paths = {r: p for r, p in _table_paths(args.half_scores_dir, "--half-scores-dir").items()
-                      if r in ("task", "control")}
-        if "task" not in half_paths:
-            raise ValueError(f"--half-scores-dir {args.half_scores_dir}: holds no task.scores.pt")
-    _select(paths, args, half_paths)
+    half_tables = _half_tables(args.half_scores_dir, "--half-scores-dir") if args.half_scores_dir else None
+    _select(paths, args, half_tables)
     return 0
 
 

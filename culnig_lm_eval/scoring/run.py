@@ -23,6 +23,7 @@ from .samples import Sample, load_tasks, samples_from_task
 log = logging.getLogger("culnig-score")
 
 ROLES = ("task", "control", "crc", "general")
+FOLD_ROLES = ("task", "control")  # the roles whose items are split into folds (a question and its control alike)
 
 
 @dataclass
@@ -46,6 +47,11 @@ class ScoringSettings:
     # the same way).  Used for the stability halves (selection on fold 0 of 2 vs the rest =
     # full - fold 0) and to shard a long run.
     fold: str | None = None
+    # K: score every document once and also write the task and control tables of each of K folds
+    # (``<out>/folds<K>/<i>/``, the same files ``fold="i/K"`` runs would write) from the same pass,
+    # for stability checks and stability selection without another scoring run.  It does not
+    # change the full tables, so it is not part of their stamp.
+    fold_tables: int | None = None
 
     def __post_init__(self):
         unknown = set(self.kinds) - set(MODULE_KINDS)
@@ -59,11 +65,16 @@ class ScoringSettings:
             raise ValueError(f"--limit must be >= 1 (got {self.limit})")
         if self.fold is not None:
             parse_fold(self.fold)
+        if self.fold_tables is not None:
+            if isinstance(self.fold_tables, bool) or not isinstance(self.fold_tables, int) or self.fold_tables < 2:
+                raise ValueError(f"--fold-tables {self.fold_tables!r}: must be a whole number of folds >= 2")
+            if self.fold is not None:
+                raise ValueError("--fold-tables scores every document: it cannot be combined with --fold")
 
     def stamp(self) -> dict:
         """What makes two score files comparable (batch size and force do not change scores)."""
         keep = asdict(self)
-        for volatile in ("batch_size", "force"):
+        for volatile in ("batch_size", "force", "fold_tables"):
             keep.pop(volatile)
         keep["kinds"] = list(self.kinds)
         if keep["fold"] is None:
@@ -134,12 +145,38 @@ def reusable_score_files(role_tasks: dict[str, list[str]], settings: ScoringSett
         if not path.exists() or settings.force:
             continue
         meta = load_table(path).meta
+        if settings.fold_tables and role in FOLD_ROLES and not _fold_files_match(out, role, settings, specs):
+            log.warning("%s: %s exists but not its %d fold tables; scoring it again", role, path, settings.fold_tables)
+            continue
         if meta.get("settings") == settings.stamp() and meta.get("tasks") == list(specs):
             log.warning("%s: %s exists with the same settings; reusing it (--force recomputes)", role, path)
             done[role] = path
         else:
             raise ValueError(f"{path} was made with other settings or tasks; use --force or another --out")
     return done
+
+
+def fold_folder(out: Path, folds: int) -> Path:
+    """``<out>/folds<K>``: the fold tables of a ``fold_tables=K`` run, one folder per fold."""
+    return Path(out) / f"folds{folds}"
+
+
+def fold_settings(settings: ScoringSettings, index: int) -> ScoringSettings:
+    """The settings a ``fold="index/K"`` run would have: its stamp is the fold table's."""
+    from dataclasses import replace
+
+    return replace(settings, fold=f"{index}/{settings.fold_tables}", fold_tables=None)
+
+
+def _fold_files_match(out: Path, role: str, settings: ScoringSettings, specs) -> bool:
+    for index in range(settings.fold_tables):
+        path = score_file(fold_folder(out, settings.fold_tables) / str(index), role)
+        if not path.exists():
+            return False
+        meta = load_table(path).meta
+        if meta.get("settings") != fold_settings(settings, index).stamp() or meta.get("tasks") != list(specs):
+            return False
+    return True
 
 
 def load_role_tasks(role_tasks: dict[str, list[str]], settings: ScoringSettings) -> dict:
@@ -193,16 +230,26 @@ def score_roles(lm, role_tasks: dict[str, list[str]], settings: ScoringSettings,
     from ..lm import model_label
 
     for role, role_samples in samples.items():
+        folds = settings.fold_tables if role in FOLD_ROLES else None
         with torch.inference_mode(False):
-            table = score_samples(scorer, role_samples, role=role, batch_size=settings.batch_size, pad_id=pad_id,
-                                  device=device, rank=lm.rank, world_size=lm.world_size,
-                                  desc=f"{role}: {','.join(todo[role])}")
-        table.meta.update({"task": ",".join(todo[role]), "tasks": list(todo[role]), "settings": settings.stamp(),
-                           "data": {key: source for name, _ in parsed[role] for key, source in task_sources(tasks[name]).items()}})
+            table, fold_parts = score_samples(
+                scorer, role_samples, role=role, batch_size=settings.batch_size, pad_id=pad_id, device=device,
+                rank=lm.rank, world_size=lm.world_size, desc=f"{role}: {','.join(todo[role])}", folds=folds)
+        meta = {"task": ",".join(todo[role]), "tasks": list(todo[role]),
+                "data": {key: source for name, _ in parsed[role] for key, source in task_sources(tasks[name]).items()}}
+        writes = []
+        for index, part in enumerate(fold_parts):
+            part.meta.update(meta, settings=fold_settings(settings, index).stamp())
+            part.meta["model"]["name"] = model_label(settings.model_args)
+            writes.append((part, score_file(fold_folder(out, folds) / str(index), role)))
+        table.meta.update(meta, settings=settings.stamp())
         table.meta["model"]["name"] = model_label(settings.model_args)
+        writes.append((table, score_file(out, role)))  # last: a full file on disk means its folds are there
         if lm.rank == 0:
-            save_table(table, score_file(out, role))
-            log.warning("%s: %d samples -> %s", role, len(role_samples), score_file(out, role))
+            for written, path in writes:
+                save_table(written, path)
+            log.warning("%s: %d samples -> %s%s", role, len(role_samples), score_file(out, role),
+                        f" (+ {folds} fold tables in {fold_folder(out, folds)})" if folds else "")
         done[role] = score_file(out, role)
     return done
 
@@ -232,36 +279,53 @@ def score_samples(
     rank: int = 0,
     world_size: int = 1,
     desc: str = "scoring",
-) -> ScoreTable:
-    """Sum the scores of ``samples`` per culture.  Control-like roles are clamped at 0 per sample."""
+    folds: int | None = None,
+):
+    """(table, fold tables): the scores of ``samples`` summed per culture, and with ``folds=K``
+    the tables of the K folds of :func:`fold_assignment` too (each the table a ``fold="i/K"``
+    run would make; empty list without ``folds``).  One pass: every sample is added to its
+    (culture, fold) column, and the full table is the sum of the folds.  Control-like roles are
+    clamped at 0 per sample."""
     if role not in ROLES:
         raise ValueError(f"role {role!r} is not one of {ROLES}")
     cultures = sorted({s.culture for s in samples})
     culture_index = {c: i for i, c in enumerate(cultures)}
-    table = ScoreTable.empty(scorer, cultures, device)
+    num_folds = folds or 1
+    assignment = fold_assignment(samples, num_folds) if folds else {}
+    # columns culture-major: column c * K + fold
+    table = ScoreTable.empty(scorer, [f"{c}/{f}" for c in cultures for f in range(num_folds)], device)
     my_batches = batches(samples, batch_size, rank, world_size)
     started = time.perf_counter()
     with tqdm(total=sum(len(b) for b in my_batches), desc=desc, unit="sample", disable=rank != 0) as bar:
         for chunk in my_batches:
             batch = collate(chunk, pad_id, device=device)
-            ids = torch.tensor([culture_index[s.culture] for s in chunk], device=device)
+            ids = torch.tensor([culture_index[s.culture] * num_folds + assignment.get((s.culture, s.doc_id), 0)
+                                for s in chunk], device=device)
             table.add(scorer.sample_scores(batch), ids, clamp_at_zero=role != "task")
             bar.update(len(chunk))
             bar.set_postfix(samples_per_s=f"{bar.n / (time.perf_counter() - started):.2f}")
     if world_size > 1:  # the harness model's ranks, not merely an initialised process group
         table.all_reduce()
-    table.meta.update(
-        {
-            "role": role,
-            "num_samples": len(samples),
-            "samples_digest": samples_digest(samples),
-            "kinds": list(scorer.kinds),
-            "model": scorer.shape,
-            "created": now_iso(),
-            "package_version": package_version(),
-        }
-    )
-    return table
+
+    def meta(members: list[Sample]) -> dict:
+        return {"role": role, "num_samples": len(members), "samples_digest": samples_digest(members),
+                "kinds": list(scorer.kinds), "model": dict(scorer.shape), "created": now_iso(),
+                "package_version": package_version()}
+
+    def by_fold(values: torch.Tensor) -> torch.Tensor:  # [..., C*K] -> [..., C, K]
+        return values.reshape(*values.shape[:-1], len(cultures), num_folds)
+
+    full = ScoreTable(cultures, {k: by_fold(v).sum(-1) for k, v in table.scores.items()},
+                      by_fold(table.counts).sum(-1), meta(samples))
+    parts = []
+    for index in range(num_folds if folds else 0):
+        counts = by_fold(table.counts)[:, index]
+        present = [i for i in range(len(cultures)) if counts[i] > 0]  # as a fold run sees it
+        members = [s for s in samples if assignment[(s.culture, s.doc_id)] == index]
+        parts.append(ScoreTable([cultures[i] for i in present],
+                                {k: by_fold(v)[..., present, index].contiguous() for k, v in table.scores.items()},
+                                counts[present].clone(), meta(members)))
+    return full, parts
 
 
 def save_table(table: ScoreTable, path: str | Path) -> Path:
