@@ -214,12 +214,19 @@ class HalfSelections:
         rule = half_thresholds(thresholds)
         key = (half_a, repr(rule))
         if key not in self._selected:
-            a, b = halves(self.tables, None, half_a, self.parts)
-            self._selected[key] = (select_tables(a, rule, self.model_name), select_tables(b, rule, self.model_name))
+            self._selected[key] = tuple(
+                select_tables(half, rule, self.model_name) if _has_items(half) else {}  # a half of empty folds
+                for half in halves(self.tables, None, half_a, self.parts))
         return self._selected[key]
 
     def splits(self, thresholds, seed: int | None = None) -> tuple[list[tuple[int, ...]], bool]:
         return pair_splits(self.folds, thresholds.stable_pairs, thresholds.stable_seed if seed is None else seed)
+
+
+def _has_items(tables: dict[str, ScoreTable]) -> bool:
+    """Whether every split role of a half holds a sample (with fewer items than folds, some folds
+    are empty, and so can a half be: it then selects nothing)."""
+    return all(int(torch.as_tensor(tables[role].counts).sum()) > 0 for role in SPLIT_ROLES if role in tables)
 
 
 def _frequent(selections: list[dict], label: str, fraction: float, like: NeuronSet) -> NeuronSet:

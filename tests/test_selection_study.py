@@ -257,6 +257,35 @@ def test_pair_splits_use_every_split_or_draw_them_with_the_seed():
     assert len(pair_splits(10, 500, 0)[0]) == math.comb(9, 4)
 
 
+def test_a_half_of_empty_folds_selects_nothing():
+    """Fewer items than folds leave folds empty; a half made only of them selects no set, and
+    the pairs where that happens do not count towards the mean overlap."""
+    from culnig_lm_eval.stability import pair_splits, select_with_halves
+
+    task, control, crc, _ = tables(6)
+    for t in (task, control):
+        t.meta.update(settings={"window": 1}, tasks=[t.meta["task"]])
+    folds = {}
+    for role, full in (("task", task), ("control", control)):
+        parts = k_fold_tables(full, 4, 13)
+        for part, counts in zip(parts, ([3, 3, 4, 4], [2, 3, 3, 4], [0, 0, 0, 0], [0, 0, 0, 0])):
+            part.counts = torch.tensor(counts)
+        folds[role] = parts
+    thresholds = Thresholds(top_specific=20.0, specific_rule="contrast", min_samples=0)
+    sets, stability = select_with_halves({"task": task, "control": control, "crc": crc}, folds, thresholds)
+    assert pair_splits(4, 25, 0)[0] == [(0, 1), (0, 2), (0, 3)]  # (0, 1) against (2, 3): an empty half
+    from culnig_lm_eval.stability import HalfSelections
+
+    split = HalfSelections({"task": task, "control": control, "crc": crc}, folds)
+    a, b = split.pair((0, 1), thresholds)
+    assert b == {} and set(a) == {"general", *CULTURES}
+    for label in ("general", *CULTURES):
+        entry = stability[label]
+        assert entry["pairs"] == 3 and entry["halves_neurons"][1] is None  # some half selected no set
+        defined = [j for half_a in ((0, 2), (0, 3)) if (j := jaccard(*(h.get(label) for h in split.pair(half_a, thresholds)))) is not None]
+        assert entry["halves_jaccard"] == (pytest.approx(sum(defined) / len(defined)) if defined else None)
+
+
 def test_stability_selection_keeps_the_neurons_frequent_over_the_halves(tmp_path):
     """``stable_fraction`` against a slow reference: every split's halves summed fold by fold,
     selected, and neurons counted one by one."""
