@@ -142,8 +142,11 @@ def fold_parts(tables: dict[str, ScoreTable], half_tables: dict) -> dict[str, li
         if sorted(folds) != [f"{i}/{total}" for i in range(total)] or total < 2:
             raise HalfTableError(f"{role} fold tables: expected folds 0/{total} .. {total - 1}/{total}, got "
                                  f"{', '.join(folds) or 'none'}")
-        summed = sum_tables(full, given, "all folds")
-        if not torch.equal(summed.counts, torch.as_tensor(full.counts)):
+        counts = torch.zeros_like(torch.as_tensor(full.counts))  # counts only: summing the scores here is wasted work
+        for part in given:
+            counts.index_add_(0, torch.tensor([full.cultures.index(c) for c in part.cultures], dtype=torch.long),
+                              torch.as_tensor(part.counts))
+        if not torch.equal(counts, torch.as_tensor(full.counts)):
             raise HalfTableError(f"{role} fold tables: their samples do not add up to {_where(full)}; "
                                  "use the folds of the same scoring run")
         parts[role] = sorted(given, key=lambda t: int(t.meta["settings"]["fold"].split("/")[0]))
@@ -266,7 +269,11 @@ def select_with_halves(tables: dict[str, ScoreTable], half_tables: dict | None, 
         return sets, {}
     split = split if split is not None else HalfSelections(tables, half_tables, model_name)
     chosen, sampled = split.splits(thresholds)
-    pairs = [split.pair(half_a, base) for half_a in chosen]
+    from tqdm import tqdm
+
+    # many pairs on a large model take minutes: show them (a single pair is instant)
+    pairs = [split.pair(half_a, base) for half_a in tqdm(chosen, desc="pairs of halves", unit="pair",
+                                                          disable=len(chosen) < 5, leave=False)]
     stability = annotate(sets, pairs, folds=split.folds)
     if not filtered:
         return sets, stability
