@@ -29,7 +29,7 @@ def load_model(name: str, tiny: bool):
 
     if not tiny:
         try:
-            from culnig_lm_eval.embedded import resolve_pretrained
+            from culnig_lm_eval.model.embedded import resolve_pretrained
 
             path = resolve_pretrained(name)
             return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), name

@@ -90,9 +90,9 @@ def main(argv=None):
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoConfig
 
-    from culnig_lm_eval.ablation import Ablation
-    from culnig_lm_eval.embedded import resolve_pretrained
-    from culnig_lm_eval.masked_hf import MaskedHFLM
+    from culnig_lm_eval.model.ablation import Ablation
+    from culnig_lm_eval.model.embedded import resolve_pretrained
+    from culnig_lm_eval.model.masked_hf import MaskedHFLM
 
     tmp = Path(tempfile.mkdtemp(prefix="masked-overhead-"))
     if args.tiny:

@@ -50,7 +50,7 @@ def load(args):
         return model, samples, 0
     from lm_eval.api.registry import get_model
 
-    from culnig_lm_eval.embedded import resolve_pretrained
+    from culnig_lm_eval.model.embedded import resolve_pretrained
     from culnig_lm_eval.scoring.samples import load_tasks, samples_from_task
 
     lm = get_model("hf").create_from_arg_string(f"pretrained={resolve_pretrained(args.model)},device=cpu", {"batch_size": args.batch_size})

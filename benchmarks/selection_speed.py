@@ -8,7 +8,7 @@
 Task, control and CRC tables (gate + q/k/v) are drawn once; then the selection with the default
 thresholds and ``--seeds`` random seeds (each writes a layer-matched and a uniform random set)
 is written to a temporary folder ``--reps`` times.  Prints each repetition and the median.
-``--study`` instead times :func:`culnig_lm_eval.study.select_variants` per variant: the full
+``--study`` instead times :func:`culnig_lm_eval.selection.study.select_variants` per variant: the full
 selection plus the two stability halves (a fold table and its complement), i.e. three selections
 and two table subtractions per variant, against the issue's target of 10 s per variant.
 With ``--folds K`` the halves come from K fold tables (``culnig-score run --fold-tables K``):
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from culnig_lm_eval.scoring.attribution import ScoreTable
-from culnig_lm_eval.selection import Thresholds, select_and_save
+from culnig_lm_eval.selection.rules import Thresholds, select_and_save
 
 LAYERS = 48
 WIDTHS = {"mlp_gate": 15360, "attn_q": 3840, "attn_k": 1024, "attn_v": 1024}
@@ -74,7 +74,7 @@ def k_fold_tables(tables: dict[str, ScoreTable], folds: int) -> dict[str, list[S
 
 
 def study_speed(tables, reps: int, folds: int | None, names: list[str] | None):
-    from culnig_lm_eval.study import DEFAULT_VARIANTS, VARIANTS, StudySettings, select_variants
+    from culnig_lm_eval.selection.study import DEFAULT_VARIANTS, VARIANTS, StudySettings, select_variants
 
     half = k_fold_tables(tables, folds) if folds else fold_tables(tables)
     for name in names or DEFAULT_VARIANTS:

@@ -17,7 +17,7 @@ def __getattr__(name):
 
         return getattr(neuron_set, name)
     if name == "MaskedHFLM":
-        from .masked_hf import MaskedHFLM
+        from .model.masked_hf import MaskedHFLM
 
         return MaskedHFLM
     raise AttributeError(name)

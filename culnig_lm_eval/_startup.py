@@ -43,7 +43,7 @@ def _register_model(_models_module):
     from lm_eval.api.registry import model_registry as registry
 
     if "masked-hf" not in registry:
-        registry.register("masked-hf", target="culnig_lm_eval.masked_hf:MaskedHFLM")
+        registry.register("masked-hf", target="culnig_lm_eval.model.masked_hf:MaskedHFLM")
 
 
 def _wrap_init(cls, make_init):

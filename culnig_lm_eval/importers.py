@@ -43,7 +43,7 @@ def config_for(model: str):
     """AutoConfig of a hub id, a local folder, or an embedded alias (without converting it if avoidable)."""
     from transformers import AutoConfig
 
-    from . import embedded
+    from .model import embedded
 
     if embedded.is_alias(model):
         cached = embedded.cache_root() / "models" / model

@@ -47,7 +47,7 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 def sample_data_only(mp) -> None:
     """With ``mp`` (a MonkeyPatch): the shipped sample, no user overrides (``CULNIG_<KEY>``), no
     cached rows.  Module-scoped fixtures call it inside ``pytest.MonkeyPatch.context()``."""
-    from culnig_lm_eval import data
+    from culnig_lm_eval.taskdata import builders as data
 
     mp.setenv("CULNIG_DATA", "sample")
     for key in data.SOURCES:
@@ -59,7 +59,7 @@ def sample_data_only(mp) -> None:
 def fresh_data_state(monkeypatch):
     """Task data as a fresh process sees it: no cached rows or hub verdict, no earlier sample
     warning, no user overrides (``CULNIG_<KEY>``), and the shipped sample unless a test points elsewhere."""
-    from culnig_lm_eval import data
+    from culnig_lm_eval.taskdata import builders as data
 
     sample_data_only(monkeypatch)
     data.hub_reachable.cache_clear()

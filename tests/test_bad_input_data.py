@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from culnig_lm_eval import data
+from culnig_lm_eval.taskdata import builders as data
 from culnig_lm_eval._startup import task_dir
-from culnig_lm_eval.data import DataError
+from culnig_lm_eval.taskdata.builders import DataError
 
 HEADER = ["MCQID", "ID", "country", "prompt", "choices", "choice_countries", "answer_idx"]
 
@@ -315,7 +315,7 @@ def test_cap_from_task_yaml_dataset_kwargs(tmp_path):
     folder.mkdir()
     (folder / "capped.yaml").write_text(
         "task: blend_capped_test_only\n"
-        "custom_dataset: !function culnig_lm_eval.data.blend\n"
+        "custom_dataset: !function culnig_lm_eval.taskdata.builders.blend\n"
         "test_split: test\noutput_type: multiple_choice\ndoc_to_text: prompt\n"
         'doc_to_choice: ["A", "B", "C", "D"]\ndoc_to_target: gold\n'
         "dataset_kwargs:\n  per_question: 1\n  sample_seed: 2\n"

@@ -16,7 +16,7 @@ import torch
 from culnig_lm_eval._io import UnsafeNameError
 from culnig_lm_eval.neuron_set import NeuronSet
 from culnig_lm_eval.scoring.attribution import ScoreTable
-from culnig_lm_eval.selection import (
+from culnig_lm_eval.selection.rules import (
     PAUSE_ENV,
     ScoreTableError,
     ThresholdError,
@@ -151,7 +151,7 @@ WRITER = textwrap.dedent("""
     import sys, torch
     from culnig_lm_eval._io import exit_cleanly_on_sigterm
     from culnig_lm_eval.scoring.attribution import ScoreTable
-    from culnig_lm_eval.selection import Thresholds, select_and_save
+    from culnig_lm_eval.selection.rules import Thresholds, select_and_save
 
     exit_cleanly_on_sigterm()
     seed = int(sys.argv[2])

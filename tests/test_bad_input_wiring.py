@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny_models import save_tiny_llama
 
-from culnig_lm_eval.ablation import operation_factor
+from culnig_lm_eval.model.ablation import operation_factor
 from culnig_lm_eval.architectures import model_shape
 from culnig_lm_eval.neuron_set import NeuronSet, new_meta
 from culnig_lm_eval.scoring.attribution import ScoreTable
@@ -34,7 +34,7 @@ def test_non_finite_factor_is_refused(factor):
 def test_non_finite_factor_fails_before_the_model_loads(monkeypatch):
     from lm_eval.models.huggingface import HFLM
 
-    from culnig_lm_eval.masked_hf import MaskedHFLM
+    from culnig_lm_eval.model.masked_hf import MaskedHFLM
 
     monkeypatch.setattr(HFLM, "__init__", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(ValueError, match="finite"):
@@ -43,7 +43,7 @@ def test_non_finite_factor_fails_before_the_model_loads(monkeypatch):
 
 def test_device_in_model_args_and_on_the_command_line(checkpoint):
     """lm_eval passes device=cuda:0 by default; device= in --model_args must win, not raise."""
-    from culnig_lm_eval.masked_hf import MaskedHFLM
+    from culnig_lm_eval.model.masked_hf import MaskedHFLM
 
     lm = MaskedHFLM.create_from_arg_string(f"pretrained={checkpoint},device=cpu", {"device": "cuda:0", "batch_size": 2})
     assert lm.device.type == "cpu"
@@ -56,7 +56,7 @@ def test_model_args_are_parsed_by_lm_eval(monkeypatch, checkpoint):
     """parallelize=False is the boolean False (hand-parsed it was the true string "False")."""
     from lm_eval.models.huggingface import HFLM
 
-    from culnig_lm_eval.lm import load_lm
+    from culnig_lm_eval.model.lm import load_lm
 
     seen = {}
 
@@ -78,7 +78,7 @@ def test_model_args_are_parsed_by_lm_eval(monkeypatch, checkpoint):
 
 
 def test_model_args_without_pretrained_is_a_clear_error():
-    from culnig_lm_eval.lm import parse_model_args
+    from culnig_lm_eval.model.lm import parse_model_args
 
     with pytest.raises(ValueError, match="pretrained="):
         parse_model_args("dtype=float32")
@@ -86,7 +86,7 @@ def test_model_args_without_pretrained_is_a_clear_error():
 
 # -- masked runs record what they applied; empty sets are loud ------------------------------------
 def test_masked_context_records_the_applied_sets_and_restores(checkpoint, tmp_path, caplog):
-    from culnig_lm_eval.lm import load_lm
+    from culnig_lm_eval.model.lm import load_lm
 
     lm = load_lm(f"pretrained={checkpoint},dtype=float32", batch_size=2)
     shape = model_shape(lm.model.config)
@@ -225,8 +225,8 @@ def test_score_select_bad_seeds_and_missing_folder(tmp_path):
 
 def test_results_record_the_applied_set(tmp_path, checkpoint, monkeypatch):
     """An experiment's masked results name the set file, its hash and counts (not neurons: 0)."""
-    from culnig_lm_eval.experiment import ExperimentConfig, evaluate_conditions
-    from culnig_lm_eval.lm import load_lm
+    from culnig_lm_eval.experiment.run import ExperimentConfig, evaluate_conditions
+    from culnig_lm_eval.model.lm import load_lm
 
     monkeypatch.setenv("CULNIG_DATA", "sample")
     lm = load_lm(f"pretrained={checkpoint},dtype=float32", batch_size=4)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import culnig_lm_eval.experiment as experiment_module
-from culnig_lm_eval.experiment import ExperimentConfig, run_experiment
+import culnig_lm_eval.experiment.run as experiment_module
+from culnig_lm_eval.experiment.run import ExperimentConfig, run_experiment
 from culnig_lm_eval.neuron_set import NeuronSet
 from tiny_models import save_tiny_llama
 
@@ -159,7 +159,7 @@ def test_bad_config_is_a_clear_error(tmp_path):
         experiment_module.load_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("config", sorted((Path(experiment_module.__file__).parent / "experiments").glob("*.yaml")),
+@pytest.mark.parametrize("config", sorted((Path(experiment_module.__file__).parent.parent / "experiments").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_experiment_configs_are_valid(config):
     loaded = experiment_module.load_config(config)
@@ -169,7 +169,7 @@ def test_shipped_experiment_configs_are_valid(config):
 
 
 def test_conditions_follow_random_draws_and_random_for():
-    from culnig_lm_eval.experiment import EvaluationPlan, conditions
+    from culnig_lm_eval.experiment.run import EvaluationPlan, conditions
 
     sets = {sel: {label: Path(f"/sets/{sel}/{label}.pt") for label in
                   ("general", "korea", "random0", "random1", "random-uniform0", "random-uniform1")}

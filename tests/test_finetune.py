@@ -106,7 +106,7 @@ def test_module_choice_names_parameters_and_module_paths():
 
 
 def _lm(folder):
-    from culnig_lm_eval.lm import load_lm
+    from culnig_lm_eval.model.lm import load_lm
 
     lm = load_lm(f"pretrained={folder},dtype=float32", batch_size=4, device="cpu")
     for p in lm.model.parameters():

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from culnig_lm_eval import generation
-from culnig_lm_eval.generation import LETTERS, NORMAD_DIGITS, parse_label, score
+from culnig_lm_eval.taskdata import generation
+from culnig_lm_eval.taskdata.generation import LETTERS, NORMAD_DIGITS, parse_label, score
 
 GEN_TASKS = ["blend_gen_test", "culturalbench_gen", "cultural_norm_gen"]
 ALL_GEN = ["blend_gen", "blend_gen_neur", "blend_gen_test", "blend_gen_korea", *GEN_TASKS[1:]]
@@ -148,7 +148,7 @@ def test_process_results_take_the_gold_from_the_document():
 def gen_tasks():
     from lm_eval.tasks import TaskManager
 
-    from culnig_lm_eval import data
+    from culnig_lm_eval.taskdata import builders as data
     from culnig_lm_eval._startup import task_dir
 
     with pytest.MonkeyPatch.context() as mp:
@@ -321,7 +321,7 @@ def test_generation_tasks_stay_out_of_the_pooled_cultural_items(tiny_runs):
 
 
 def test_default_experiment_evaluates_each_gen_task_with_its_counterpart():
-    from culnig_lm_eval.experiment import load_config
+    from culnig_lm_eval.experiment.run import load_config
     from culnig_lm_eval.report.analysis import loglik_counterpart
 
     cultural = load_config(None).evaluate.cultural

@@ -279,7 +279,7 @@ def test_published_lape_files_and_our_sets_mask_and_evaluate_through_the_same_co
     back with ``culnig-sets convert``, are the same sets and give the same intervention row and
     the same masked model."""
     from culnig_lm_eval.cli import sets as sets_cli
-    from culnig_lm_eval.masked_hf import MaskedHFLM
+    from culnig_lm_eval.model.masked_hf import MaskedHFLM
 
     model_dir = save_tiny_llama(tmp_path / "tiny", seed=6)
     args = f"pretrained={model_dir},device=cpu"
@@ -319,7 +319,7 @@ def test_corpora_come_with_harness_perplexity_tasks_on_the_evaluation_split(tmp_
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from culnig_lm_eval.masked_hf import MaskedHFLM
+    from culnig_lm_eval.model.masked_hf import MaskedHFLM
 
     corpora = tmp_path / "corpora"
     assert cli.main(["corpora", "--blend-annotations", str(FIXTURE), "--out", str(corpora)]) == 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_models import TINY_CONFIGS, save_tiny_llama, tiny_model
 
-from culnig_lm_eval.ablation import Ablation
+from culnig_lm_eval.model.ablation import Ablation
 from culnig_lm_eval.architectures import (
     ADAPTERS,
     MODULE_KINDS,
@@ -348,7 +348,7 @@ def plain_results(checkpoint):
 @pytest.fixture(scope="module")
 def masked(checkpoint):
     """masked-hf (fold) with a.pt + b.json, its results, and the gate_proj outputs of layer 1."""
-    from culnig_lm_eval.masked_hf import MaskedHFLM
+    from culnig_lm_eval.model.masked_hf import MaskedHFLM
 
     folder, a_path, b_path, a = checkpoint
     lm = MaskedHFLM(pretrained=str(folder), neurons=f"{a_path}+{b_path}", device="cpu", batch_size=2)
@@ -392,7 +392,7 @@ def test_masked_hf_model_info_names_the_sets(checkpoint, masked, monkeypatch):
 def test_masked_hf_through_the_registry_in_hooks_mode(checkpoint, masked):
     from lm_eval.api.registry import get_model
 
-    from culnig_lm_eval.masked_hf import MaskedHFLM
+    from culnig_lm_eval.model.masked_hf import MaskedHFLM
 
     folder, a_path, b_path, _ = checkpoint
     cls = get_model("masked-hf")
@@ -407,7 +407,7 @@ def test_masked_hf_through_the_registry_in_hooks_mode(checkpoint, masked):
 
 
 def test_masked_hf_without_neurons_is_hf(checkpoint, plain_results):
-    from culnig_lm_eval.masked_hf import MaskedHFLM
+    from culnig_lm_eval.model.masked_hf import MaskedHFLM
 
     same = MaskedHFLM(pretrained=str(checkpoint[0]), device="cpu", batch_size=2)
     assert same.ablation is None
@@ -415,7 +415,7 @@ def test_masked_hf_without_neurons_is_hf(checkpoint, plain_results):
 
 
 def test_masked_hf_enhance(checkpoint):
-    from culnig_lm_eval.masked_hf import MaskedHFLM
+    from culnig_lm_eval.model.masked_hf import MaskedHFLM
 
     folder, a_path, _, a = checkpoint
     lm = MaskedHFLM(pretrained=str(folder), neurons=str(a_path), operation="enhance", factor="3", device="cpu",
@@ -432,7 +432,7 @@ def test_masked_hf_enhance(checkpoint):
 def test_masked_hf_rejects_bad_input_before_loading(checkpoint, tmp_path, monkeypatch):
     from lm_eval.models.huggingface import HFLM
 
-    from culnig_lm_eval.masked_hf import MaskedHFLM
+    from culnig_lm_eval.model.masked_hf import MaskedHFLM
 
     folder = checkpoint[0]
     loads = []

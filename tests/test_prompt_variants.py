@@ -1,4 +1,4 @@
-"""Prompt-variant task groups (culnig_lm_eval/prompt_variants.py, tasks/*_prompts, tasks/*_culnig)
+"""Prompt-variant task groups (culnig_lm_eval/taskdata/prompt_variants.py, tasks/*_prompts, tasks/*_culnig)
 and CountryRC as the paper builds it: seeded option orders, what every group averages, the
 gold following its option under every wording, the hub loaders on fixtures in the official
 schemas, and CRC's wordings, labels, distractors, dummy countries and size."""
@@ -16,7 +16,7 @@ import pytest
 from conftest import sample_data_only
 import yaml
 
-from culnig_lm_eval import data, prompt_variants as pv
+from culnig_lm_eval.taskdata import builders as data, prompt_variants as pv
 from culnig_lm_eval._startup import task_dir
 
 GROUPS = {
@@ -72,7 +72,7 @@ def test_seeded_shuffle_is_a_deterministic_permutation_and_the_gold_follows_its_
 
 def test_seeded_shuffle_is_the_same_in_another_process_with_another_hash_seed():
     here = [pv.seeded_shuffle(list("ABCD"), "culturalbench", i, 3)[1] for i in range(20)]
-    code = ("import json; from culnig_lm_eval import prompt_variants as pv; "
+    code = ("import json; from culnig_lm_eval.taskdata import prompt_variants as pv; "
             "print(json.dumps([pv.seeded_shuffle(list('ABCD'), 'culturalbench', i, 3)[1] for i in range(20)]))")
     env = {**os.environ, "PYTHONHASHSEED": "12345", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

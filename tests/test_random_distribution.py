@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from culnig_lm_eval.experiment import (ConfigError, EvaluationPlan, ExperimentConfig, conditions,
+from culnig_lm_eval.experiment.run import (ConfigError, EvaluationPlan, ExperimentConfig, conditions,
                                        culture_random_sets)
 from culnig_lm_eval.neuron_set import NeuronSet, new_meta
 from test_report_build import MODEL, PPL, UNMASKED, _row, _section, write_run

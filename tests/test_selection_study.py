@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from culnig_lm_eval.scoring.attribution import ScoreTable
-from culnig_lm_eval.selection import Thresholds, ThresholdError, select
-from culnig_lm_eval.stability import HalfTableError, complement, halves, jaccard
-from culnig_lm_eval.study import StudyError, StudySettings, analyse, empirical_p
+from culnig_lm_eval.selection.rules import Thresholds, ThresholdError, select
+from culnig_lm_eval.selection.stability import HalfTableError, complement, halves, jaccard
+from culnig_lm_eval.selection.study import StudyError, StudySettings, analyse, empirical_p
 
 LAYERS = 3
 WIDTHS = {"mlp_gate": 40, "attn_q": 16, "attn_k": 4, "attn_v": 4}
@@ -175,7 +175,7 @@ def test_folds_split_every_culture_evenly_and_a_task_and_its_control_alike():
 
 
 def test_halves_are_selected_with_half_the_minimum_of_samples(tmp_path):
-    from culnig_lm_eval.stability import half_selections, half_thresholds
+    from culnig_lm_eval.selection.stability import half_selections, half_thresholds
 
     assert half_thresholds(Thresholds(min_samples=5)).min_samples == 3
     assert half_thresholds(Thresholds(min_samples=0)).min_samples == 0
@@ -193,8 +193,8 @@ def test_halves_are_selected_with_half_the_minimum_of_samples(tmp_path):
 
 
 def test_halves_agree_keeps_the_neurons_selected_on_both_halves(tmp_path):
-    from culnig_lm_eval.selection import select_and_save
-    from culnig_lm_eval.stability import select_with_halves
+    from culnig_lm_eval.selection.rules import select_and_save
+    from culnig_lm_eval.selection.stability import select_with_halves
 
     task, control, crc, _ = tables(6)
     for t in (task, control):
@@ -245,7 +245,7 @@ def k_fold_tables(full, folds, seed):
 
 
 def test_pair_splits_use_every_split_or_draw_them_with_the_seed():
-    from culnig_lm_eval.stability import pair_splits
+    from culnig_lm_eval.selection.stability import pair_splits
 
     assert pair_splits(2, 25, 0) == ([(0,)], False)
     every, sampled = pair_splits(4, 25, 0)
@@ -260,7 +260,7 @@ def test_pair_splits_use_every_split_or_draw_them_with_the_seed():
 def test_a_half_of_empty_folds_selects_nothing():
     """Fewer items than folds leave folds empty; a half made only of them selects no set, and
     the pairs where that happens do not count towards the mean overlap."""
-    from culnig_lm_eval.stability import pair_splits, select_with_halves
+    from culnig_lm_eval.selection.stability import pair_splits, select_with_halves
 
     task, control, crc, _ = tables(6)
     for t in (task, control):
@@ -274,7 +274,7 @@ def test_a_half_of_empty_folds_selects_nothing():
     thresholds = Thresholds(top_specific=20.0, specific_rule="contrast", min_samples=0)
     sets, stability = select_with_halves({"task": task, "control": control, "crc": crc}, folds, thresholds)
     assert pair_splits(4, 25, 0)[0] == [(0, 1), (0, 2), (0, 3)]  # (0, 1) against (2, 3): an empty half
-    from culnig_lm_eval.stability import HalfSelections
+    from culnig_lm_eval.selection.stability import HalfSelections
 
     split = HalfSelections({"task": task, "control": control, "crc": crc}, folds)
     a, b = split.pair((0, 1), thresholds)
@@ -289,8 +289,8 @@ def test_a_half_of_empty_folds_selects_nothing():
 def test_stability_selection_keeps_the_neurons_frequent_over_the_halves(tmp_path):
     """``stable_fraction`` against a slow reference: every split's halves summed fold by fold,
     selected, and neurons counted one by one."""
-    from culnig_lm_eval.selection import select_and_save
-    from culnig_lm_eval.stability import pair_splits, select_with_halves
+    from culnig_lm_eval.selection.rules import select_and_save
+    from culnig_lm_eval.selection.stability import pair_splits, select_with_halves
 
     task, control, crc, _ = tables(6)
     for t in (task, control):
@@ -373,7 +373,7 @@ def test_jaccard_of_sets():
 
 def test_select_and_save_records_the_stability_of_every_set(tmp_path):
     from culnig_lm_eval.neuron_set import NeuronSet
-    from culnig_lm_eval.selection import select_and_save
+    from culnig_lm_eval.selection.rules import select_and_save
 
     task, control, crc, _ = tables(6)
     for t in (task, control):
@@ -437,7 +437,7 @@ def scored(tmp_path_factory, tiny_llama_dir):
     """Full, fold-0 and fold-1 score folders of a tiny model on the shipped sample (scored once)."""
     from conftest import sample_data_only
 
-    from culnig_lm_eval import data
+    from culnig_lm_eval.taskdata import builders as data
     from culnig_lm_eval.cli.score import main
 
     folder = tmp_path_factory.mktemp("study")

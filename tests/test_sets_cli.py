@@ -201,7 +201,7 @@ def test_convert_culnig_json_with_model_folder(tmp_path):
 def test_convert_with_embedded_alias_reads_the_cached_config(tmp_path, monkeypatch):
     from tiny_models import tiny_config
 
-    from culnig_lm_eval import embedded
+    from culnig_lm_eval.model import embedded
 
     monkeypatch.setenv("CULNIG_CACHE", str(tmp_path / "cache"))
     tiny_config("llama", num_hidden_layers=3).save_pretrained(tmp_path / "cache" / "models" / "smollm2-135m")

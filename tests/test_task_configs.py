@@ -13,7 +13,7 @@ import pytest
 from conftest import sample_data_only
 import yaml
 
-from culnig_lm_eval import data
+from culnig_lm_eval.taskdata import builders as data
 from culnig_lm_eval._startup import task_dir
 
 TASKS = task_dir()

@@ -17,7 +17,7 @@ import datasets
 import pytest
 from conftest import sample_data_only
 
-from culnig_lm_eval import data
+from culnig_lm_eval.taskdata import builders as data
 from culnig_lm_eval._startup import task_dir
 
 TARGETS = {"china", "indonesia", "iran", "mexico", "korea", "spain", "uk", "usa"}
@@ -223,7 +223,7 @@ def test_join_is_per_culture_and_counts_misses(tmp_path, monkeypatch, caplog):
     ])
     monkeypatch.setenv("CULNIG_BLEND_MCQ", str(mcq))
     monkeypatch.setenv("CULNIG_BLEND_QUESTIONS", str(qdir))
-    with caplog.at_level(logging.WARNING, logger="culnig_lm_eval.data"):
+    with caplog.at_level(logging.WARNING, logger="culnig_lm_eval.taskdata.builders"):
         docs = data.blend()["test"].to_list()
     assert [(d["culture"], d["topic"]) for d in docs] == [("uk", "Sport"), ("korea", "Family"), ("usa", "unknown")]
     assert "1 of 3 items" in caplog.text
@@ -416,7 +416,7 @@ def test_hub_mode_loads_the_official_datasets(fake_hub, monkeypatch):
 def test_auto_mode_offline_uses_the_sample_and_warns_once(fake_hub, monkeypatch, caplog):
     monkeypatch.setenv("CULNIG_DATA", "auto")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with caplog.at_level(logging.WARNING, logger="culnig_lm_eval.data"):
+    with caplog.at_level(logging.WARNING, logger="culnig_lm_eval.taskdata.builders"):
         first = data.culturalbench()["test"]
         data._read.cache_clear()
         second = data.culturalbench()["test"]

@@ -1,4 +1,4 @@
-"""WorldValuesBench (``wvb`` tasks, culnig_lm_eval/wvb.py): question selection by divergence, the
+"""WorldValuesBench (``wvb`` tasks, culnig_lm_eval/taskdata/wvb.py): question selection by divergence, the
 alignment metric, the harness wiring (validate, ls, a run, culnig-score) and bad data files."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from culnig_lm_eval import wvb
+from culnig_lm_eval.taskdata import wvb
 from culnig_lm_eval._startup import task_dir
-from culnig_lm_eval.data import DataError
+from culnig_lm_eval.taskdata.builders import DataError
 
 SAMPLE = task_dir() / "wvb" / "sample"
 BIN = Path(sys.executable).parent
@@ -186,7 +186,7 @@ def test_prompt_and_gold_request():
     requests = task.construct_requests(doc, context)
     assert [r.arguments[1] for r in requests] == [f" {o}" for o in doc["options"]]
     assert requests[doc["gold"]].arguments[1] == f" {doc['majority']}"
-    from culnig_lm_eval.data import task_sources
+    from culnig_lm_eval.taskdata.builders import task_sources
 
     assert task_sources(task)["wvb"]["kind"] == "sample"
 
@@ -284,7 +284,7 @@ def test_hub_mode_says_there_is_no_hub_copy(monkeypatch):
 
 def test_auto_mode_without_a_folder_warns_once_and_reads_the_sample(monkeypatch, caplog):
     monkeypatch.setenv("CULNIG_DATA", "auto")
-    with caplog.at_level("WARNING", logger="culnig_lm_eval.wvb"):
+    with caplog.at_level("WARNING", logger="culnig_lm_eval.taskdata.wvb"):
         first = wvb.wvb(culture="uk")["test"]
         wvb.wvb(culture="china")
     warnings = [r for r in caplog.records if "SMALL INVENTED SAMPLE" in r.getMessage()]

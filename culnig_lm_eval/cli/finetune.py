@@ -129,7 +129,7 @@ def _prepare(args):
 
 
 def _load(args, settings):
-    from ..lm import load_lm
+    from ..model.lm import load_lm
 
     lm = load_lm(args.model_args, batch_size=settings.eval_batch_size, device=args.device)
     for p in lm.model.parameters():

@@ -39,7 +39,7 @@ def _settings(args):
 
 
 def _load_model(model_args: str, device: str | None):
-    from ..lm import load_lm
+    from ..model.lm import load_lm
 
     lm = load_lm(model_args, batch_size=1, device=device)
     lm.model.eval()

@@ -11,7 +11,7 @@ PROG = "culnig-models"
 
 
 def _main(args) -> int:
-    from ..embedded import EMBEDDED, checkpoint_dir
+    from ..model.embedded import EMBEDDED, checkpoint_dir
 
     if args.command == "list":
         for alias, model in EMBEDDED.items():
@@ -22,7 +22,7 @@ def _main(args) -> int:
 
 
 def main(argv=None) -> int:
-    from ..embedded import EMBEDDED
+    from ..model.embedded import EMBEDDED
 
     parser = argparse.ArgumentParser(prog=PROG, description="Embedded offline models.")
     sub = parser.add_subparsers(dest="command", required=True)

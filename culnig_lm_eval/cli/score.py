@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "records its stability (Jaccard of the sets selected on the two halves)")
     _selection_args(sel)
 
-    from ..study import VARIANTS, StudySettings
+    from ..selection.study import VARIANTS, StudySettings
 
     d = StudySettings()
     st = sub.add_parser("study", help="compare culture-specific selections on one score folder (table + Pareto figure)",
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--random-draws", type=int, default=d.random_draws, help="random sets in the null distribution")
     st.add_argument("--batch_size", type=int, default=d.batch_size)
     st.add_argument("--select-only", action="store_true", help="selection, sizes and stability only (no model)")
-    from ..selection import Thresholds
+    from ..selection.rules import Thresholds
 
     t = Thresholds()
     st.add_argument("--top-mlp", type=float, default=t.top_mlp, help="t: %% of MLP neurons (culture-general)")
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _selection_args(p):
-    from ..selection import RULES, SPECIFIC_RULES, Thresholds
+    from ..selection.rules import RULES, SPECIFIC_RULES, Thresholds
 
     d = Thresholds()
     p.add_argument("--sets-out", "--out-sets", dest="sets_out", type=Path, default=None,
@@ -135,7 +135,7 @@ def _selection_args(p):
                    help="cultures with fewer task samples get no culture-specific set")
     p.add_argument("--rule", choices=sorted(RULES), default=d.rule,
                    help="paper: the published CULNIG code (top t%% then minus CRC, pooled attention); "
-                        "crc-first: CRC excluded before the cut, per module kind (see culnig_lm_eval.selection)")
+                        "crc-first: CRC excluded before the cut, per module kind (see culnig_lm_eval.selection.rules)")
     p.add_argument("--specific-rule", choices=list(SPECIFIC_RULES), default=d.specific_rule,
                    help="culture-specific sets: z (the paper: top t_s%% then z-score filter), contrast or "
                         "rank-contrast (ours: top t_s%% by the culture's score minus the other cultures'; "
@@ -158,7 +158,7 @@ def _selection_args(p):
 
 
 def thresholds_from_args(args):
-    from ..selection import Thresholds
+    from ..selection.rules import Thresholds
 
     return Thresholds(top_mlp=args.top_mlp, top_attention=args.top_attention, top_specific=args.top_specific,
                       crc_exclude=args.crc_exclude, general_exclude=args.exclude_general, z_min=args.z_min,
@@ -194,7 +194,7 @@ def settings_from_args(args):
 
 def _score(args) -> dict[str, Path]:
     from .._io import check_writable_folder
-    from ..lm import load_lm, parse_model_args
+    from ..model.lm import load_lm, parse_model_args
     from ..scoring.run import load_role_tasks, reusable_score_files, score_roles
 
     settings = settings_from_args(args)
@@ -214,7 +214,7 @@ def _score(args) -> dict[str, Path]:
 def _select(paths: dict[str, Path], args, half_tables: dict | None = None) -> dict[str, Path]:
     from .._io import file_sha256
     from ..scoring.run import load_table
-    from ..selection import select_and_save
+    from ..selection.rules import select_and_save
 
     if "task" not in paths:
         raise ValueError("a task score file is needed: --task-scores FILE, or --scores-dir with task.scores.pt in it")
@@ -281,7 +281,7 @@ def _half_tables(folder: Path, flag: str) -> dict:
 def _study(args) -> int:
     from .._io import check_writable_folder, file_sha256
     from ..scoring.run import load_table
-    from ..study import VARIANTS, StudySettings, default_variants, run_study
+    from ..selection.study import VARIANTS, StudySettings, default_variants, run_study
 
     names = args.variants if args.variants is not None else default_variants(bool(args.half_scores_dir))
     unknown = [v for v in names if v not in VARIANTS]

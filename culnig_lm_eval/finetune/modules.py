@@ -287,8 +287,8 @@ def meta_model(model_args: str) -> nn.Module:
     """The model's structure without its weights (meta device): enough to count and choose."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..embedded import resolve_pretrained
-    from ..lm import parse_model_args
+    from ..model.embedded import resolve_pretrained
+    from ..model.lm import parse_model_args
 
     args = parse_model_args(model_args)
     config = AutoConfig.from_pretrained(str(resolve_pretrained(args["pretrained"])),

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from .._io import atomic_folder, file_sha256, safe_name
-from ..data import culture_id
+from ..taskdata.builders import culture_id
 
 MANIFEST = "manifest.json"
 

@@ -79,7 +79,7 @@ def _summary_lines(sets: dict[str, NeuronSet], result, mapping: dict[str, str], 
 
 
 def run_demo(config: DemoConfig, out: Path, force: bool = False) -> Path:
-    from ..lm import load_lm, model_label
+    from ..model.lm import load_lm, model_label
 
     # every input is read and checked before the model loads
     mapping = parse_languages(config.culture_languages)

@@ -2,7 +2,7 @@
 
 ``block_nll`` is the reference's metric: the mean next-token NLL inside each fixed-length row
 (the first token of a row has no prediction), averaged over rows.  ``delta_matrix`` masks each
-set in turn (folded into the weights with :class:`culnig_lm_eval.ablation.Ablation`, restored
+set in turn (folded into the weights with :class:`culnig_lm_eval.model.ablation.Ablation`, restored
 exactly afterwards) and gives ``M[i, j] = NLL(mask i, eval j) - NLL(unmasked, eval j)``, the
 change of log-perplexity.  Masking an ``mlp_gate`` neuron zeroes its gate output, so
 ``act(0) * up = 0``: the neuron is off, as in LAPE's ``activation.index_fill_(…, 0)``.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ablation import Ablation
+from ..model.ablation import Ablation
 from ..neuron_set import NeuronSet
 from .corpora import TokenRows
 

@@ -13,7 +13,7 @@ from . import stats
 from .collect import PAIR_METRICS, Condition, TaskRecords
 
 METRIC_PRIORITY = ("acc", "acc_norm", "exact_match")
-# per-item metric of the tasks answered by generation (culnig_lm_eval.generation): 1 = no label read
+# per-item metric of the tasks answered by generation (culnig_lm_eval.taskdata.generation): 1 = no label read
 GENERATION_METRIC = "parse_failure"
 DEFAULT_NLU_TASKS = ("qnli", "mrpc", "commonsense_qa")
 PPL_PRIORITY = ("word_perplexity", "byte_perplexity", "bits_per_byte")

@@ -398,7 +398,7 @@ def _section_generation(rep: _Report, mr: ModelReport, h: str):
     rep.add("`acc (loglik)`: the answer with the highest log-likelihood among the allowed ones, on the "
             "log-likelihood task named in the heading. `acc (generated)`: the answer the model writes itself "
             "(greedy decoding over the whole vocabulary, as the CULNIG paper scores it), read by "
-            "`culnig_lm_eval.generation.parse_label`. `parse failure`: share of items whose generated text "
+            "`culnig_lm_eval.taskdata.generation.parse_label`. `parse failure`: share of items whose generated text "
             "holds no answer label; those items count as wrong. `Δ parse failure` is masked - unmasked on the "
             f"same items, with a paired bootstrap {ci_label(rep.opts.alpha)}.", "")
     for task, loglik in sec.tasks:

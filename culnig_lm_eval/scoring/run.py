@@ -226,8 +226,8 @@ def score_roles(lm, role_tasks: dict[str, list[str]], settings: ScoringSettings,
     scorer = AttributionScorer(model, settings.kinds)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    from ..data import task_sources
-    from ..lm import model_label
+    from ..taskdata.builders import task_sources
+    from ..model.lm import model_label
 
     for role, role_samples in samples.items():
         folds = settings.fold_tables if role in FOLD_ROLES else None

@@ -13,7 +13,7 @@ of the dataset, the item's id and the variant number.  So an item's order is the
 every run, machine and Python version (no ``hash()``), differs between wordings (position
 bias averages out over the group, as in the reference), and does not depend on the other items.
 
-The rows come from :func:`culnig_lm_eval.data.load_rows` (``CULNIG_DATA=sample|hub|auto``,
+The rows come from :func:`culnig_lm_eval.taskdata.builders.load_rows` (``CULNIG_DATA=sample|hub|auto``,
 ``CULNIG_<KEY>`` files), so the general-NLU sets (``qnli``, ``mrpc``, ``commonsense_qa``) are
 the hub datasets lm-eval itself uses, with small hand-written fixtures for offline runs.
 """
@@ -27,7 +27,7 @@ import random
 import string
 from typing import Any, Callable, Iterable, Sequence
 
-from culnig_lm_eval import data
+from . import builders as data
 
 log = logging.getLogger(__name__)
 DataError = data.DataError

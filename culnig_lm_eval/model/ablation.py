@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._io import finite
-from .architectures import model_shape, sites
-from .neuron_set import NeuronSet
+from .._io import finite
+from ..architectures import model_shape, sites
+from ..neuron_set import NeuronSet
 
 OPERATIONS = ("suppress", "enhance", "scale")
 MODES = ("auto", "fold", "hooks")

@@ -9,10 +9,10 @@ from lm_eval import utils as lm_eval_utils
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from ._io import file_sha256
+from .._io import file_sha256
 from .ablation import MODES, Ablation, operation_factor
 from .embedded import hf_kwargs
-from .neuron_set import NeuronSet, load_sets
+from ..neuron_set import NeuronSet, load_sets
 
 log = logging.getLogger("culnig-lm-eval")
 

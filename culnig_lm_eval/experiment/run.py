@@ -35,11 +35,11 @@ from pathlib import Path
 
 import yaml
 
-from ._io import atomic_folder, check_writable_folder, file_sha256, safe_name, write_text
+from .._io import atomic_folder, check_writable_folder, file_sha256, safe_name, write_text
 
 log = logging.getLogger("culnig-experiment")
 
-DEFAULT_CONFIG = Path(__file__).parent / "experiments" / "smollm2-135m.yaml"
+DEFAULT_CONFIG = Path(__file__).parent.parent / "experiments" / "smollm2-135m.yaml"
 SCORING_KEYS = {"tasks", "control", "crc", "general", "limit", "window", "stride", "batch_size", "attention",
                 "up_proj", "apply_chat_template", "num_fewshot", "culture_field", "stability_fold"}
 EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu",
@@ -132,8 +132,8 @@ class ExperimentConfig:
 
     @classmethod
     def from_mapping(cls, raw, path: str | Path = "<config>") -> "ExperimentConfig":
-        from .scoring.run import ScoringSettings, parse_fold
-        from .selection import Thresholds
+        from ..scoring.run import ScoringSettings, parse_fold
+        from ..selection.rules import Thresholds
 
         if not isinstance(raw, dict):
             raise ConfigError(f"experiment config {path}: must be a mapping with model_args, scoring and evaluate")
@@ -197,7 +197,7 @@ class ExperimentConfig:
         except ValueError:
             raise ConfigError(f"experiment config {path}: scoring.stability_fold {fold!r} must be I/K with K >= 2 "
                               "folds and 0 <= I < K (e.g. 0/2), or null to skip the stability check") from None
-        from .data import SOURCES
+        from ..taskdata.builders import SOURCES
 
         require = _str_list(raw.get("require_data"), f"{path}: require_data")
         unknown = sorted(set(require) - set(SOURCES))
@@ -267,7 +267,7 @@ def data_environment(config: ExperimentConfig):
 def check_required_data(config: ExperimentConfig) -> None:
     """Stop (before any model loads) when a dataset in ``require_data`` would not come from the
     user's file or the hub: a real-data study never falls back to the shipped sample silently."""
-    from .data import locate
+    from ..taskdata.builders import locate
 
     for key in config.require_data:
         kind, _ = locate(key, {})
@@ -280,7 +280,7 @@ def stability_folder(fold: str) -> str:
     """``scores/<this>/`` of a fold's score files: ``half0`` for 0/2, ``fold1of3`` for 1/3.  Named
     by the fold, so changing ``scoring.stability_fold`` scores a new folder instead of clashing
     with files made for another fold."""
-    from .scoring.run import parse_fold
+    from ..scoring.run import parse_fold
 
     index, folds = parse_fold(fold)
     return f"half{index}" if folds == 2 else f"fold{index}of{folds}"
@@ -290,7 +290,7 @@ def score_stability_half(lm, config: ExperimentConfig, scores: Path, tasks: dict
     """Score the task and control roles again on ``config.stability_fold`` of their items only,
     into ``scores/<stability_folder>`` ({role: score file}; None when the check is off).  Costs
     about 1/K of their full scoring (half of it for the default 0/2); reused like the full ones."""
-    from .scoring.run import score_roles
+    from ..scoring.run import score_roles
 
     if config.stability_fold is None:
         return None
@@ -301,7 +301,7 @@ def score_stability_half(lm, config: ExperimentConfig, scores: Path, tasks: dict
 
 
 def _load_tables(score_files: dict[str, Path]) -> dict:
-    from .scoring.run import load_table
+    from ..scoring.run import load_table
 
     tables = {role: load_table(path) for role, path in score_files.items()}
     for role, table in tables.items():
@@ -315,7 +315,7 @@ def select_all(config: ExperimentConfig, score_files: dict[str, Path], out: Path
 
     ``half_files``: {role: score file} of the task and control roles scored on the stability fold
     (:func:`score_stability_half`); each set then records how stable its selection is."""
-    from .selection import Thresholds, select_and_save
+    from ..selection.rules import Thresholds, select_and_save
 
     tables = _load_tables(score_files)
     half_tables = _load_tables(half_files or {})
@@ -392,7 +392,7 @@ CULTURE_RANDOM_FOLDER = "random"  # sets/<selection>/random/: the culture sets' 
 
 def _draw(draw: str, neuron_set, seed: int):
     """A random set like ``neuron_set``: layer-matched (``NeuronSet.random_like``) or uniform."""
-    from .selection import random_uniform
+    from ..selection.rules import random_uniform
 
     return neuron_set.random_like(seed) if draw == "layer-matched" else random_uniform(neuron_set, seed)
 
@@ -405,7 +405,7 @@ def culture_random_sets(config: ExperimentConfig, sets: dict[str, dict[str, Path
     the uniform draw).  Deterministic by seed; each selection's folder is written as one unit
     and reused while its stamp (culture-set hashes, seeds, draws) matches.  A set with no neuron
     gets none (each would mask nothing too); ``skipped`` says so."""
-    from .neuron_set import NeuronSet
+    from ..neuron_set import NeuronSet
 
     plan, seeds = config.evaluate, list(dict.fromkeys(config.random_seeds))
     if not plan.tasks_for_random_sets:
@@ -464,7 +464,7 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
-    from .neuron_set import NeuronSet, load_sets
+    from ..neuron_set import NeuronSet, load_sets
 
     manager = TaskManager()
     plan = config.evaluate
@@ -505,10 +505,10 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
 
 def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = False) -> Path:
     """Score, select, evaluate and report; returns the report's path."""
-    from .lm import load_lm
-    from .report import build_report
-    from .scoring.instances import write_instance_scores
-    from .scoring.run import load_role_tasks, score_roles
+    from ..model.lm import load_lm
+    from ..report import build_report
+    from ..scoring.instances import write_instance_scores
+    from ..scoring.run import load_role_tasks, score_roles
 
     with data_environment(config):
         check_required_data(config)

@@ -2,7 +2,7 @@
 
 ``culnig-score study`` runs :func:`run_study` on one score folder:
 
-1. every variant (a name and its :class:`~culnig_lm_eval.selection.Thresholds` overrides) is
+1. every variant (a name and its :class:`~culnig_lm_eval.selection.rules.Thresholds` overrides) is
    selected from the stored tables, timed, and -- with fold tables -- checked for stability
    (:mod:`.stability`);
 2. the model is loaded once and the evaluation requests (lm-eval's own: ``build_all_requests``
@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from ._io import atomic_folder, safe_name, write_text
-from .neuron_set import NeuronSet
-from .scoring.attribution import ScoreTable
+from .._io import atomic_folder, safe_name, write_text
+from ..neuron_set import NeuronSet
+from ..scoring.attribution import ScoreTable
 
 DEFAULT_VARIANTS = {
     "paper": {},
@@ -86,7 +86,7 @@ class StudySettings:
     select_only: bool = False  # selection, sizes and stability only; no model
 
     def __post_init__(self):
-        from .selection import ThresholdError, Thresholds
+        from .rules import ThresholdError, Thresholds
 
         if not self.variants:
             raise StudyError("no selection variant to study")
@@ -112,7 +112,7 @@ class StudySettings:
 def select_variants(settings: StudySettings, tables: dict[str, ScoreTable],
                     half_tables: dict | None, model_name: str = ""):
     """{variant: {label: set}} and {variant: {"seconds": .., "stability": {label: entry}}}."""
-    from .selection import ThresholdError, Thresholds
+    from .rules import ThresholdError, Thresholds
     from .stability import HalfSelections, select_with_halves
 
     # the half selections are shared: a filtered variant reuses its rule's (timed on first use)
@@ -208,7 +208,7 @@ def evaluate_state(lm, requests: EvalRequests) -> dict:
 
 def random_pool(sets: dict[str, dict[str, NeuronSet]], draws: int) -> list[NeuronSet]:
     """``draws`` uniform random sets of the largest culture-specific set's size (module docstring)."""
-    from .selection import random_uniform
+    from .rules import random_uniform
 
     specific = [s for labelled in sets.values() for label, s in labelled.items() if label != "general"]
     if not specific:
@@ -262,7 +262,7 @@ def evaluate_all(lm, requests: EvalRequests, sets, randoms, progress=print) -> d
 def empirical_p(value: float, null: list[float]) -> float | None:
     """:func:`culnig_lm_eval.report.stats.empirical_p` (one-sided, ``(1 + #{null >= value}) / (1 + n)``),
     None instead of NaN without random sets (study.json holds no NaN)."""
-    from .report.stats import empirical_p as p_value
+    from ..report.stats import empirical_p as p_value
 
     p = p_value(value, null)
     return None if math.isnan(p) else p
@@ -414,7 +414,7 @@ def _stability_notes(variants: dict) -> list[str]:
 
 def pareto_figure(results: dict, path: Path) -> Path:
     """Left: general cost (ppl ratio) vs specificity gap per variant; right: own vs other drop per culture."""
-    from .report.figures import _new, _palette, _save
+    from ..report.figures import _new, _palette, _save
 
     fig = _new(11, 4.5)
     left, right = fig.subplots(1, 2)
@@ -453,7 +453,7 @@ def run_study(settings: StudySettings, tables: dict[str, ScoreTable], out: Path,
     model_name = (tables["task"].meta.get("model") or {}).get("name", "")
     tasks = None
     if not settings.select_only:
-        from .scoring.samples import load_tasks
+        from ..scoring.samples import load_tasks
 
         names = [settings.eval_task] + ([settings.general_task] if settings.general_task else [])
         tasks = load_tasks(names)  # data problems before the model loads
@@ -464,7 +464,7 @@ def run_study(settings: StudySettings, tables: dict[str, ScoreTable], out: Path,
     if settings.select_only:
         results = selection_only_summary(info)
     else:
-        from .lm import load_lm
+        from ..model.lm import load_lm
 
         lm = load_lm(settings.model_args, batch_size=settings.batch_size)
         requests = build_requests(lm, settings, tasks)

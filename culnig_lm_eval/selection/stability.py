@@ -45,8 +45,8 @@ import random
 
 import torch
 
-from .neuron_set import NeuronSet
-from .scoring.attribution import ScoreTable
+from ..neuron_set import NeuronSet
+from ..scoring.attribution import ScoreTable
 
 UNSTABLE_BELOW = 0.3
 SPLIT_ROLES = ("task", "control")
@@ -193,7 +193,7 @@ def half_selections(tables: dict[str, ScoreTable], half_tables: dict, thresholds
                     model_name: str = "", split=None):
     """(sets selected on half A, sets selected on half B) of the first pair under
     :func:`half_thresholds`; ``split``: :func:`halves` already computed."""
-    from .selection import select_tables
+    from .rules import select_tables
 
     half_a, half_b = split if split is not None else halves(tables, half_tables)
     thresholds = half_thresholds(thresholds)
@@ -212,7 +212,7 @@ class HalfSelections:
         # hundreds of MB each, and re-adding K folds costs far less than selecting from them
 
     def pair(self, half_a: tuple[int, ...], thresholds) -> tuple[dict, dict]:
-        from .selection import select_tables
+        from .rules import select_tables
 
         rule = half_thresholds(thresholds)
         key = (half_a, repr(rule))
@@ -257,7 +257,7 @@ def select_with_halves(tables: dict[str, ScoreTable], half_tables: dict | None, 
     least that fraction of the halves.  The culture-general set is never filtered.  A filtered
     set records the halves overlap of the rule it filters (its own would need a second split).
     ``split``: a :class:`HalfSelections` shared across calls."""
-    from .selection import ThresholdError, select_tables
+    from .rules import ThresholdError, select_tables
 
     base = dataclasses.replace(thresholds, halves_agree=False, stable_fraction=None)
     sets = select_tables(tables, base, model_name)

@@ -3,7 +3,7 @@
 ``--model_args`` strings are parsed by ``lm_eval.utils.simple_parse_args_string`` (so
 ``parallelize=False`` is the boolean False, as in ``lm_eval``) and the model is built by
 ``create_from_arg_string``, exactly as the ``lm_eval`` command builds it.  The device is
-decided in one place, :func:`culnig_lm_eval.embedded.hf_kwargs`: ``device=`` in the model
+decided in one place, :func:`culnig_lm_eval.model.embedded.hf_kwargs`: ``device=`` in the model
 args or the ``device`` argument here wins; otherwise CUDA when available, else the CPU.
 """
 

@@ -44,7 +44,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from culnig_lm_eval._startup import task_dir
+from .._startup import task_dir
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,9 @@ SOURCES = {
                ("country", "prompt_question", "prompt_option_a", "prompt_option_b", "prompt_option_c",
                 "prompt_option_d", "answer")),
         Source("crc", None, "crc/passages.json"),
-        # WorldValuesBench: a folder (question_metadata.json, full/*.tsv); no hub copy exists, see culnig_lm_eval/wvb.py
+        # WorldValuesBench: a folder (question_metadata.json, full/*.tsv); no hub copy exists, see culnig_lm_eval/taskdata/wvb.py
         Source("wvb", None, "wvb/sample"),
-        # general NLU sets of the prompt-variant tasks (builders in culnig_lm_eval/prompt_variants.py)
+        # general NLU sets of the prompt-variant tasks (builders in culnig_lm_eval/taskdata/prompt_variants.py)
         Source("qnli", {"path": "nyu-mll/glue", "name": "qnli", "split": "validation"},
                "qnli_culnig/sample/qnli.jsonl", ("question", "sentence", "label")),
         Source("mrpc", {"path": "nyu-mll/glue", "name": "mrpc", "split": "test"},
@@ -564,11 +564,11 @@ def crc(passages: int | None = 25, dummy_share: float | str | None = 0.4, **opti
     dummy passages: the first ``round(dummy_share * passages)`` of them in file order, spread
     evenly among the first plain passages, so that any leading slice (``crc:96``: three
     passages x 4 wordings x 8 countries) is balanced too.  Every draw uses
-    :func:`culnig_lm_eval.prompt_variants.item_rng` of the file's ``seed``, the passage's index
+    :func:`culnig_lm_eval.taskdata.prompt_variants.item_rng` of the file's ``seed``, the passage's index
     in the file, the wording and the country, so a document never depends on the others.
     Set both with ``--metadata '{"passages": 54, "dummy_share": 0.5}'`` or ``dataset_kwargs``.
     """
-    from culnig_lm_eval.prompt_variants import item_rng, option_labels, option_lines
+    from .prompt_variants import item_rng, option_labels, option_lines
 
     _, path = locate("crc", options)
     try:
@@ -692,8 +692,8 @@ def culturalbench(**options) -> Any:
 
 # builder -> the datasets it reads (so a task's documents can be traced to files)
 BUILDER_SOURCES = {"blend": ("blend_mcq", "blend_questions"), "crc": ("crc",), "normad": ("normad",),
-                   "culturalbench": ("culturalbench",), "wvb": ("wvb",),  # culnig_lm_eval.wvb
-                   # culnig_lm_eval.prompt_variants
+                   "culturalbench": ("culturalbench",), "wvb": ("wvb",),  # culnig_lm_eval.taskdata.wvb
+                   # culnig_lm_eval.taskdata.prompt_variants
                    "normad_prompt": ("normad",), "culturalbench_prompt": ("culturalbench",),
                    "blend_prompt": ("blend_mcq", "blend_questions"), "qnli_prompt": ("qnli",),
                    "mrpc_prompt": ("mrpc",), "commonsense_qa_prompt": ("commonsense_qa",)}
@@ -702,7 +702,7 @@ BUILDER_SOURCES = {"blend": ("blend_mcq", "blend_questions"), "crc": ("crc",), "
 def describe_source(key: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Where dataset ``key`` is read from now: {"kind": "file"|"sample"|"hub", "path", "sha256"}
     (a folder's sha256 covers its data files' names and contents; the hub gives its dataset id)."""
-    from ._io import file_sha256
+    from .._io import file_sha256
 
     kind, path = locate(key, dict(options or {}))
     if kind == "hub":

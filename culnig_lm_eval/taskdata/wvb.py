@@ -54,7 +54,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from culnig_lm_eval.data import DataError, _as_splits, _whole_number, culture_id, locate
+from .builders import DataError, _as_splits, _whole_number, culture_id, locate
 
 log = logging.getLogger(__name__)
 

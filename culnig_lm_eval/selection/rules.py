@@ -99,9 +99,9 @@ from pathlib import Path
 
 import torch
 
-from ._io import atomic_folder, safe_name, write_text
-from .neuron_set import NeuronSet, new_meta
-from .scoring.attribution import ScoreTable
+from .._io import atomic_folder, safe_name, write_text
+from ..neuron_set import NeuronSet, new_meta
+from ..scoring.attribution import ScoreTable
 
 PAPER = "culnig-paper"
 CRC_FIRST = "culnig-crc-first"
