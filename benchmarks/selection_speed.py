@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from culnig_lm_eval.scoring.attribution import ScoreTable
-from culnig_lm_eval.selection.rules import Thresholds, select_and_save
+from culnig_lm_eval.selection.rules import Thresholds
+from culnig_lm_eval.selection.save import select_and_save
 
 LAYERS = 48
 WIDTHS = {"mlp_gate": 15360, "attn_q": 3840, "attn_k": 1024, "attn_v": 1024}

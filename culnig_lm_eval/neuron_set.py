@@ -50,15 +50,7 @@ from pathlib import Path
 
 import torch
 
-# re-exported for modules that imported them from here before _io existed; new code imports _io
-from ._io import (
-    _umask,
-    atomic_write,
-    file_sha256,
-    now_iso,
-    package_version,
-    signals_deferred,
-)
+from ._io import atomic_write, current_umask, file_sha256, now_iso, package_version, signals_deferred
 from .architectures import MODULE_KINDS
 
 FORMAT = "culnig-neuron-set/1"
@@ -458,7 +450,7 @@ def save_many(items: list[tuple[NeuronSet, str | Path]]) -> list[Path]:
                 os.close(fd)
                 staged.append((tmp, path))
                 write(tmp)
-                os.chmod(tmp, 0o666 & ~_umask())
+                os.chmod(tmp, 0o666 & ~current_umask())
         with signals_deferred():
             for tmp, path in staged:
                 with _naming_target(path):

@@ -47,22 +47,22 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 def sample_data_only(mp) -> None:
     """With ``mp`` (a MonkeyPatch): the shipped sample, no user overrides (``CULNIG_<KEY>``), no
     cached rows.  Module-scoped fixtures call it inside ``pytest.MonkeyPatch.context()``."""
-    from culnig_lm_eval.taskdata import builders as data
+    from culnig_lm_eval.taskdata import sources
 
     mp.setenv("CULNIG_DATA", "sample")
-    for key in data.SOURCES:
+    for key in sources.SOURCES:
         mp.delenv(f"CULNIG_{key.upper()}", raising=False)
-    data._read.cache_clear()
+    sources._read.cache_clear()
 
 
 @pytest.fixture
 def fresh_data_state(monkeypatch):
     """Task data as a fresh process sees it: no cached rows or hub verdict, no earlier sample
     warning, no user overrides (``CULNIG_<KEY>``), and the shipped sample unless a test points elsewhere."""
-    from culnig_lm_eval.taskdata import builders as data
+    from culnig_lm_eval.taskdata import sources
 
     sample_data_only(monkeypatch)
-    data.hub_reachable.cache_clear()
-    data._warned_sample.clear()
+    sources.hub_reachable.cache_clear()
+    sources._warned_sample.clear()
     yield
-    data._read.cache_clear()
+    sources._read.cache_clear()

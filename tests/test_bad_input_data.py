@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from culnig_lm_eval.taskdata import builders as data
+from culnig_lm_eval.taskdata import builders, sources
 from culnig_lm_eval._startup import task_dir
-from culnig_lm_eval.taskdata.builders import DataError
+from culnig_lm_eval.taskdata.sources import DataError
 
 HEADER = ["MCQID", "ID", "country", "prompt", "choices", "choice_countries", "answer_idx"]
 
@@ -50,7 +50,7 @@ def good_rows(n=3):
 
 def blend_error(path: Path, **options) -> str:
     with pytest.raises(DataError) as info:
-        data.blend(blend_mcq=str(path), **options)
+        builders.blend(blend_mcq=str(path), **options)
     message = str(info.value)
     assert str(path) in message
     return message
@@ -69,7 +69,7 @@ def test_empty_file_and_header_only(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     assert "empty file" in blend_error(empty)
-    data._read.cache_clear()
+    sources._read.cache_clear()
     header_only = tmp_path / "header.csv"
     header_only.write_text(",".join(HEADER) + "\n")
     assert "no rows" in blend_error(header_only)
@@ -123,7 +123,7 @@ def test_a_bad_row_fails_the_tasks_that_read_its_culture(tmp_path):
     """A per-country task checks its own culture's rows; the whole-BLEnD task checks them all."""
     rows = good_rows() + [mcq_row("x1", "Sp-en-04", "Spain", answer="Q")]
     path = write_csv(tmp_path / "mcq.csv", rows)
-    assert len(data.blend(culture="uk", blend_mcq=str(path))["test"]) == 3
+    assert len(builders.blend(culture="uk", blend_mcq=str(path))["test"]) == 3
     assert "row 4" in blend_error(path)
 
 
@@ -133,13 +133,13 @@ def test_jsonl_and_json_parse_errors(tmp_path):
     message = blend_error(jsonl)
     assert "line 3: not valid JSON" in message
     jsonl.write_text(json.dumps(mcq_row("m1", "Q-1", "UK")) + "\n" + json.dumps(["not", "a", "row"]) + "\n")
-    data._read.cache_clear()
+    sources._read.cache_clear()
     assert "line 2: a list, not a JSON object" in blend_error(jsonl)
     bad = tmp_path / "mcq.json"
     bad.write_text('[{"MCQID": "m1",\n "ID": }]')
     assert "line 2: not valid JSON" in blend_error(bad)
     bad.write_text('{"rows": []}')
-    data._read.cache_clear()
+    sources._read.cache_clear()
     assert "expected a JSON list of row objects" in blend_error(bad)
 
 
@@ -154,9 +154,9 @@ def test_jsonl_row_without_a_required_field(tmp_path):
 def test_bad_cap_options_are_refused(tmp_path):
     path = str(write_csv(tmp_path / "mcq.csv", good_rows()))
     with pytest.raises(ValueError, match="per_question must be a whole number"):
-        data.blend(blend_mcq=path, per_question="many")
+        builders.blend(blend_mcq=path, per_question="many")
     with pytest.raises(ValueError, match="sample_seed must be a whole number"):
-        data.blend(blend_mcq=path, sample_seed=-1)
+        builders.blend(blend_mcq=path, sample_seed=-1)
 
 
 # ---------------------------------------------------------------------------- other readers
@@ -168,17 +168,17 @@ def test_questions_folder_missing_topic_column_and_not_utf8(tmp_path, monkeypatc
     qdir.mkdir()
     bad = write_csv(qdir / "UK_questions.csv", [{"ID": "Sp-en-04", "Theme": "Food"}])
     with pytest.raises(DataError, match=f"{bad}: missing column\\(s\\) Topic"):
-        data.blend(blend_questions=str(qdir))
+        builders.blend(blend_questions=str(qdir))
     bad.write_bytes(b"ID,Topic\nSp-en-04,Fo\xf6d\n")
-    data._read.cache_clear()
+    sources._read.cache_clear()
     with pytest.raises(DataError, match=f"{bad}: not UTF-8"):
-        data.blend(blend_questions=str(qdir))
+        builders.blend(blend_questions=str(qdir))
 
 
 def test_normad_missing_column(tmp_path):
     path = write_csv(tmp_path / "normad.csv", [{"ID": "n1", "Country": "china", "Story": "s", "Label": "yes"}])
     with pytest.raises(DataError, match="missing column\\(s\\) Gold Label") as info:
-        data.normad(normad=str(path))
+        builders.normad(normad=str(path))
     assert str(path) in str(info.value)
 
 
@@ -187,13 +187,13 @@ def test_culturalbench_not_utf8_and_bad_answer(tmp_path):
     path = tmp_path / "bench.csv"
     path.write_bytes(sample.encode("utf-16"))
     with pytest.raises(DataError, match="not UTF-8"):
-        data.culturalbench(culturalbench=str(path))
+        builders.culturalbench(culturalbench=str(path))
     lines = sample.splitlines()
     lines[2] = lines[2].rsplit(",", 2)[0] + ",F," + lines[2].rsplit(",", 1)[1]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    data._read.cache_clear()
+    sources._read.cache_clear()
     with pytest.raises(DataError, match="row 2 \\(line 3\\): answer 'F'") as info:
-        data.culturalbench(culturalbench=str(path))
+        builders.culturalbench(culturalbench=str(path))
     assert str(path) in str(info.value)
 
 
@@ -201,7 +201,7 @@ def test_crc_override_not_json(tmp_path):
     path = tmp_path / "passages.json"
     path.write_text('{"seed": 1,')
     with pytest.raises(DataError, match="not valid JSON") as info:
-        data.crc(crc=str(path))
+        builders.crc(crc=str(path))
     assert str(path) in str(info.value)
 
 
@@ -250,7 +250,7 @@ def variants_file(tmp_path, per_group=12, name="mcq.csv", shuffle_seed=None) -> 
 
 
 def mcqids(**kwargs) -> list[str]:
-    return data.blend(**kwargs)["test"]["MCQID"]
+    return builders.blend(**kwargs)["test"]["MCQID"]
 
 
 def per_group(ids: list[str]) -> Counter:
@@ -331,14 +331,14 @@ def test_cap_on_real_blend(real_blend):
     """The local real file has at most two variants per (country, ID): the default cap keeps them all,
     a cap of one keeps the first of each, in file order."""
     options = {"blend_mcq": str(real_blend / "mc_questions.csv"), "culture": "uk"}
-    full = data.blend(per_question=0, **options)["test"]
-    assert data.blend(**options)["test"]["MCQID"] == full["MCQID"]
-    one = data.blend(per_question=1, **options)["test"]
+    full = builders.blend(per_question=0, **options)["test"]
+    assert builders.blend(**options)["test"]["MCQID"] == full["MCQID"]
+    one = builders.blend(per_question=1, **options)["test"]
     assert len(one) == len(set(full["ID"])) < len(full)
     assert Counter(one["ID"]).most_common(1)[0][1] == 1
     first = {}
     for mcqid, qid in zip(full["MCQID"], full["ID"]):
         first.setdefault(qid, mcqid)
     assert one["MCQID"] == list(first.values())
-    seeded = data.blend(per_question=1, sample_seed=1, **options)["test"]
+    seeded = builders.blend(per_question=1, sample_seed=1, **options)["test"]
     assert sorted(seeded["ID"]) == sorted(one["ID"])

@@ -55,10 +55,29 @@ def runs(tmp_path):
     return tmp_path / "runs"
 
 
-def cli(*args, env=None, **popen):
-    return subprocess.Popen([sys.executable, "-m", "culnig_lm_eval.cli.report", *map(str, args)],
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **popen)
+# culnig-report, optionally holding for PAUSE seconds once report.json is staged (the new report is
+# complete in its staging folder but not yet swapped in), so a test can interrupt it there
+PAUSABLE_REPORT = """
+import sys, time
+from pathlib import Path
+import culnig_lm_eval.report.render as render
+from culnig_lm_eval.cli.report import main
+
+pause = float(sys.argv[1])
+real_write_text = render.write_text
+def write_then_wait(path, text):
+    written = real_write_text(path, text)
+    if pause and Path(path).name == "report.json":
+        time.sleep(pause)
+    return written
+render.write_text = write_then_wait
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def cli(*args, pause: float = 0, **popen):
+    return subprocess.Popen([sys.executable, "-c", PAUSABLE_REPORT, str(pause), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def report_files(out: Path) -> dict[str, bytes]:
@@ -93,7 +112,7 @@ def test_signal_mid_write_keeps_previous_report(runs, tmp_path, sig):
     assert "report.md" in before and "report.json" in before
 
     second = cli(runs, "--out", out, "--n-resamples", 50, "--title", "second",
-                 env={"CULNIG_REPORT_TEST_PAUSE": "30"})
+                 pause=30)
     deadline = time.time() + 90
     staged = []
     while time.time() < deadline and not staged:  # wait until the new report is fully staged

@@ -2,7 +2,6 @@
 sets folder as one unit: errors and SIGINT/SIGTERM leave the previous folder byte for byte."""
 
 import errno
-import os
 import signal
 import subprocess
 import sys
@@ -16,14 +15,8 @@ import torch
 from culnig_lm_eval._io import UnsafeNameError
 from culnig_lm_eval.neuron_set import NeuronSet
 from culnig_lm_eval.scoring.attribution import ScoreTable
-from culnig_lm_eval.selection.rules import (
-    PAUSE_ENV,
-    ScoreTableError,
-    ThresholdError,
-    Thresholds,
-    select,
-    select_and_save,
-)
+from culnig_lm_eval.selection.rules import ScoreTableError, ThresholdError, Thresholds, select
+from culnig_lm_eval.selection.save import select_and_save
 
 SHAPE = {"model_type": "llama", "num_layers": 2, "widths": {"mlp_gate": 100}}
 
@@ -148,12 +141,21 @@ def test_a_target_that_is_a_file_is_refused_and_kept(tmp_path):
 
 
 WRITER = textwrap.dedent("""
-    import sys, torch
+    import sys, time, torch
+    import culnig_lm_eval.selection.save as save
     from culnig_lm_eval._io import exit_cleanly_on_sigterm
     from culnig_lm_eval.scoring.attribution import ScoreTable
-    from culnig_lm_eval.selection.rules import Thresholds, select_and_save
+    from culnig_lm_eval.selection.rules import Thresholds
+    from culnig_lm_eval.selection.save import select_and_save
 
     exit_cleanly_on_sigterm()
+    pause = float(sys.argv[3])
+    if pause:  # hold selection.json, written after the set files in the staging folder, so the test can interrupt
+        real_write_text = save.write_text
+        def slow_write_text(*args, **kwargs):
+            time.sleep(pause)
+            return real_write_text(*args, **kwargs)
+        save.write_text = slow_write_text
     seed = int(sys.argv[2])
     gen = torch.Generator().manual_seed(seed)
     layers, cultures = 30, [f"c{i}" for i in range(8)]
@@ -168,12 +170,8 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def run_writer(out: Path, seed: int, pause: float | None = None) -> subprocess.Popen:
-    env = dict(os.environ)
-    env.pop(PAUSE_ENV, None)
-    if pause:
-        env[PAUSE_ENV] = str(pause)
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(seed)], env=env,
+def run_writer(out: Path, seed: int, pause: float = 0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(seed), str(pause)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -16,7 +16,8 @@ from culnig_lm_eval.model.ablation import operation_factor
 from culnig_lm_eval.architectures import model_shape
 from culnig_lm_eval.neuron_set import NeuronSet, new_meta
 from culnig_lm_eval.scoring.attribution import ScoreTable
-from culnig_lm_eval.scoring.run import ScoreFileError, ScoringSettings, load_table, parse_task_specs, save_table
+from culnig_lm_eval.scoring.run import ScoringSettings, parse_task_specs
+from culnig_lm_eval.scoring.tables import ScoreFileError, load_table, save_table
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +226,8 @@ def test_score_select_bad_seeds_and_missing_folder(tmp_path):
 
 def test_results_record_the_applied_set(tmp_path, checkpoint, monkeypatch):
     """An experiment's masked results name the set file, its hash and counts (not neurons: 0)."""
-    from culnig_lm_eval.experiment.run import ExperimentConfig, evaluate_conditions
+    from culnig_lm_eval.experiment.config import ExperimentConfig
+    from culnig_lm_eval.experiment.run import evaluate_conditions
     from culnig_lm_eval.model.lm import load_lm
 
     monkeypatch.setenv("CULNIG_DATA", "sample")

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import culnig_lm_eval.experiment.run as experiment_module
-from culnig_lm_eval.experiment.run import ExperimentConfig, run_experiment
+import culnig_lm_eval.experiment.config as experiment_module
+from culnig_lm_eval.experiment.config import ExperimentConfig
+from culnig_lm_eval.experiment.run import run_experiment
 from culnig_lm_eval.neuron_set import NeuronSet
 from tiny_models import save_tiny_llama
 
@@ -62,7 +63,7 @@ def test_experiment_runs_skips_and_forces(tiny_checkpoint, tmp_path, monkeypatch
     assert NeuronSet.load(out / "sets" / "general-excluded" / "general.pt").meta["selection"].endswith("general-exclusion")
 
     # stability: task and control scored again on fold 0 of 2; every set records its halves' overlap
-    from culnig_lm_eval.scoring.run import load_table
+    from culnig_lm_eval.scoring.tables import load_table
 
     for role in ("task", "control"):
         half = load_table(out / "scores" / "half0" / f"{role}.scores.pt")
@@ -169,7 +170,8 @@ def test_shipped_experiment_configs_are_valid(config):
 
 
 def test_conditions_follow_random_draws_and_random_for():
-    from culnig_lm_eval.experiment.run import EvaluationPlan, conditions
+    from culnig_lm_eval.experiment.config import EvaluationPlan
+    from culnig_lm_eval.experiment.run import conditions
 
     sets = {sel: {label: Path(f"/sets/{sel}/{label}.pt") for label in
                   ("general", "korea", "random0", "random1", "random-uniform0", "random-uniform1")}

@@ -148,16 +148,16 @@ def test_process_results_take_the_gold_from_the_document():
 def gen_tasks():
     from lm_eval.tasks import TaskManager
 
-    from culnig_lm_eval.taskdata import builders as data
+    from culnig_lm_eval.taskdata import sources
     from culnig_lm_eval._startup import task_dir
 
     with pytest.MonkeyPatch.context() as mp:
         for key, value in OFFLINE.items():
             mp.setenv(key, value)
-        data._read.cache_clear()
+        sources._read.cache_clear()
         manager = TaskManager(include_defaults=False, include_path=str(task_dir()))
         tasks = manager.load(GEN_TASKS + ["blend_test", "culturalbench"])["tasks"]
-        data._read.cache_clear()
+        sources._read.cache_clear()
         return tasks
 
 
@@ -321,7 +321,7 @@ def test_generation_tasks_stay_out_of_the_pooled_cultural_items(tiny_runs):
 
 
 def test_default_experiment_evaluates_each_gen_task_with_its_counterpart():
-    from culnig_lm_eval.experiment.run import load_config
+    from culnig_lm_eval.experiment.config import load_config
     from culnig_lm_eval.report.analysis import loglik_counterpart
 
     cultural = load_config(None).evaluate.cultural

@@ -379,7 +379,7 @@ def test_masked_hf_end_to_end(checkpoint, plain_results, masked):
 def test_masked_hf_model_info_names_the_sets(checkpoint, masked, monkeypatch):
     from lm_eval.models.huggingface import HFLM
 
-    from culnig_lm_eval.neuron_set import file_sha256
+    from culnig_lm_eval._io import file_sha256
 
     monkeypatch.setattr(HFLM, "get_model_info", lambda self: {"model_dtype": "float32"})  # no hub lookup
     info = masked[0].get_model_info()

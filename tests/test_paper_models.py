@@ -38,11 +38,12 @@ import torch
 import yaml
 
 from culnig_lm_eval.architectures import sites, widths
-from culnig_lm_eval.experiment.run import (DEFAULT_CONFIG, EvaluationPlan, ExperimentConfig, data_environment,
-                                       evaluate_conditions, select_all)
+from culnig_lm_eval.experiment.config import DEFAULT_CONFIG, EvaluationPlan, ExperimentConfig
+from culnig_lm_eval.experiment.run import data_environment, evaluate_conditions, select_all
 from culnig_lm_eval.model.lm import load_lm, parse_model_args
 from culnig_lm_eval.neuron_set import NeuronSet
-from culnig_lm_eval.scoring.run import load_role_tasks, load_table, score_roles
+from culnig_lm_eval.scoring.run import load_role_tasks, score_roles
+from culnig_lm_eval.scoring.tables import load_table
 from culnig_lm_eval.scoring.samples import samples_from_task
 from tiny_models import tiny_model, tiny_tokenizer
 

@@ -16,7 +16,8 @@ import pytest
 from conftest import sample_data_only
 import yaml
 
-from culnig_lm_eval.taskdata import builders as data, prompt_variants as pv
+from culnig_lm_eval import cultures
+from culnig_lm_eval.taskdata import builders, sources, prompt_variants as pv
 from culnig_lm_eval._startup import task_dir
 
 GROUPS = {
@@ -113,13 +114,13 @@ def test_every_leaf_scores_the_label_of_the_gold(loaded):
 
 
 def test_normad_variants_number_yes_no_neutral_per_item(loaded):
-    rows = {r["ID"]: r for r in data.load_rows("normad", {})["normad"]}
+    rows = {r["ID"]: r for r in sources.load_rows("normad", {})["normad"]}
     orders = Counter()
     for n in range(1, 5):
         for doc, reqs in requests(loaded["tasks"][f"cultural_norm_prompt_{n}"]):
             row = rows[doc["ID"]]
             context = reqs[0][0]
-            assert row["Story"] in context and f"country: {data._display(row['Country'])}" in context
+            assert row["Story"] in context and f"country: {cultures.display_name(row['Country'])}" in context
             listed = context.split("Options: ")[1].split("\n")[0]
             numbered = dict(part.split(": ") for part in listed.split(", "))
             assert sorted(numbered.values()) == ["neutral", "no", "yes"]
@@ -129,7 +130,7 @@ def test_normad_variants_number_yes_no_neutral_per_item(loaded):
 
 
 def test_culturalbench_variants_keep_the_gold_answer_text(loaded):
-    rows = {r["data_idx"]: r for r in data.load_rows("culturalbench", {})["culturalbench"]}
+    rows = {r["data_idx"]: r for r in sources.load_rows("culturalbench", {})["culturalbench"]}
     moved = 0
     for n in range(1, 5):
         for doc, reqs in requests(loaded["tasks"][f"culturalbench_prompt_{n}"]):
@@ -159,13 +160,13 @@ def test_blend_variants_cover_the_blend_items_with_the_official_prompt_first(loa
 def test_nlu_variants_score_the_dataset_label(loaded):
     for prefix, key, fields in (("qnli_culnig", "qnli", ("question", "sentence")),
                                 ("mrpc_culnig", "mrpc", ("sentence1", "sentence2"))):
-        rows = {str(r["idx"]): r for r in data.load_rows(key, {})[key]}
+        rows = {str(r["idx"]): r for r in sources.load_rows(key, {})[key]}
         for n in range(1, 5):
             for doc, reqs in requests(loaded["tasks"][f"{prefix}_{n}"]):
                 row = rows[doc["idx"]]
                 assert [c for _, c in reqs] == [" 0", " 1"] and reqs[doc["gold"]][1] == f" {row['label']}"
                 assert all(row[f] in reqs[0][0] for f in fields)
-    rows = {r["id"]: r for r in data.load_rows("commonsense_qa", {})["commonsense_qa"]}
+    rows = {r["id"]: r for r in sources.load_rows("commonsense_qa", {})["commonsense_qa"]}
     for n in range(1, 5):
         for doc, reqs in requests(loaded["tasks"][f"commonsense_qa_culnig_{n}"]):
             row = rows[doc["id"]]
@@ -183,7 +184,7 @@ def test_nlu_variants_score_the_dataset_label(loaded):
     ("commonsense_qa", {"path": "tau/commonsense_qa", "split": "validation"}, pv.commonsense_qa_prompt),
 ])
 def test_hub_loader_asks_for_the_official_dataset(monkeypatch, key, hub, builder):
-    sample = [json.loads(line) for line in (task_dir() / data.SOURCES[key].sample).read_text().splitlines()]
+    sample = [json.loads(line) for line in (task_dir() / sources.SOURCES[key].sample).read_text().splitlines()]
     if key == "mrpc":  # GLUE test splits mark unlabelled rows with -1: skipped
         sample.append({**sample[0], "idx": 99, "label": -1})
     asked = []
@@ -197,7 +198,7 @@ def test_hub_loader_asks_for_the_official_dataset(monkeypatch, key, hub, builder
     docs = builder(template="{question}" if key != "mrpc" else "{sentence1}", variant=1)["test"].to_list()
     assert asked == [hub]
     assert len(docs) == len(sample) - (key == "mrpc")
-    assert data.task_sources(type("T", (), {"config": type("C", (), {"custom_dataset": builder, "metadata": {}})})) \
+    assert sources.task_sources(type("T", (), {"config": type("C", (), {"custom_dataset": builder, "metadata": {}})})) \
         == {key: {"kind": "hub", "dataset": hub}}
 
 
@@ -248,11 +249,11 @@ def test_crc_default_is_about_800_documents_over_4_wordings_and_8_countries(load
 def test_crc_distractors_come_from_blends_other_countries_and_never_equal_the_answer():
     spec = crc_spec()
     names = {c["name"]: c["id"] for c in spec["countries"]}
-    assert len(names) == 16 and set(names.values()) == set(data.CULTURE_ALIASES)
+    assert len(names) == 16 and set(names.values()) == set(cultures.CULTURE_ALIASES)
     for name, cid in names.items():
-        assert data.culture_id(name) == cid  # a spelling BLEnD uses
+        assert cultures.culture_id(name) == cid  # a spelling BLEnD uses
     seen = set()
-    for doc in data.crc(passages=54, dummy_share=0.4)["test"].to_list():
+    for doc in builders.crc(passages=54, dummy_share=0.4)["test"].to_list():
         answer = doc["options"][doc["gold"]]
         assert names[answer] == doc["culture"]
         distractors = [o for i, o in enumerate(doc["options"]) if i != doc["gold"]]
@@ -266,7 +267,7 @@ def test_crc_distractors_come_from_blends_other_countries_and_never_equal_the_an
 @pytest.mark.parametrize("passages, share", [(25, 0.4), (10, 0.0), (20, 0.5), (5, 1.0)])
 def test_crc_dummy_share_and_size_follow_the_settings(passages, share):
     spec = crc_spec()
-    docs = data.crc(passages=passages, dummy_share=share)["test"].to_list()
+    docs = builders.crc(passages=passages, dummy_share=share)["test"].to_list()
     assert len(docs) == passages * len(spec["instructions"]) * len(spec["targets"])
     passage_ids = {d["id"].rsplit("-", 2)[0] for d in docs}
     with_dummy = {d["id"].rsplit("-", 2)[0] for d in docs if d["dummy"]}
@@ -278,8 +279,8 @@ def test_crc_dummy_share_and_size_follow_the_settings(passages, share):
 
 
 def test_crc_is_deterministic_and_a_leading_slice_is_balanced():
-    first = data.crc()["test"].to_list()
-    assert data.crc()["test"].to_list() == first
+    first = builders.crc()["test"].to_list()
+    assert builders.crc()["test"].to_list() == first
     head = first[:96]  # crc:96, as the smollm2-135m experiment uses it
     assert Counter(d["culture"] for d in head) == {c: 12 for c in TARGETS}
     assert Counter(d["variant"] for d in head) == {v: 24 for v in range(1, 5)}
@@ -295,4 +296,4 @@ def test_crc_is_deterministic_and_a_leading_slice_is_balanced():
 ])
 def test_crc_refuses_impossible_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        data.crc(**kwargs)
+        builders.crc(**kwargs)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from culnig_lm_eval.experiment.run import (ConfigError, EvaluationPlan, ExperimentConfig, conditions,
-                                       culture_random_sets)
+from culnig_lm_eval.experiment.config import ConfigError, EvaluationPlan, ExperimentConfig
+from culnig_lm_eval.experiment.run import conditions, culture_random_sets
 from culnig_lm_eval.neuron_set import NeuronSet, new_meta
 from test_report_build import MODEL, PPL, UNMASKED, _row, _section, write_run
 

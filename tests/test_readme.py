@@ -111,7 +111,7 @@ def test_every_readme_command_runs(tmp_path):
             # the real-data and GPU-model experiments: the config must load; running it whole is a benchmark
             # (tests/test_paper_models.py runs the GPU-model configs on tiny models of their architectures)
             config = re.search(r"--config (\S+)", line).group(1)
-            from culnig_lm_eval.experiment.run import load_config
+            from culnig_lm_eval.experiment.config import load_config
 
             assert load_config(REPO / config).name
             continue

@@ -7,7 +7,7 @@ import torch
 from culnig_lm_eval.cli.score import main
 from culnig_lm_eval.neuron_set import NeuronSet
 from culnig_lm_eval.scoring.attribution import ScoreTable
-from culnig_lm_eval.scoring.run import save_table
+from culnig_lm_eval.scoring.tables import save_table
 
 SHAPE = {"model_type": "llama", "num_layers": 2, "widths": {"mlp_gate": 100}, "name": "tiny"}
 

@@ -184,7 +184,7 @@ def test_select_and_save_writes_every_set_random_baselines_and_a_summary(tmp_pat
     import json
 
     from culnig_lm_eval.neuron_set import NeuronSet
-    from culnig_lm_eval.selection.rules import select_and_save
+    from culnig_lm_eval.selection.save import select_and_save
 
     task = base()
     task[0, 1] = torch.tensor([4.0, 1.0, 0.0])

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from culnig_lm_eval.scoring.attribution import ScoreTable
-from culnig_lm_eval.selection.rules import Thresholds, random_uniform, select
+from culnig_lm_eval.selection.random_sets import random_uniform
+from culnig_lm_eval.selection.rules import Thresholds, select
 
 LAYERS = 3
 WIDTHS = {"mlp_gate": 160, "attn_q": 64, "attn_k": 16, "attn_v": 16}

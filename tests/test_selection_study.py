@@ -193,7 +193,7 @@ def test_halves_are_selected_with_half_the_minimum_of_samples(tmp_path):
 
 
 def test_halves_agree_keeps_the_neurons_selected_on_both_halves(tmp_path):
-    from culnig_lm_eval.selection.rules import select_and_save
+    from culnig_lm_eval.selection.save import select_and_save
     from culnig_lm_eval.selection.stability import select_with_halves
 
     task, control, crc, _ = tables(6)
@@ -289,7 +289,7 @@ def test_a_half_of_empty_folds_selects_nothing():
 def test_stability_selection_keeps_the_neurons_frequent_over_the_halves(tmp_path):
     """``stable_fraction`` against a slow reference: every split's halves summed fold by fold,
     selected, and neurons counted one by one."""
-    from culnig_lm_eval.selection.rules import select_and_save
+    from culnig_lm_eval.selection.save import select_and_save
     from culnig_lm_eval.selection.stability import pair_splits, select_with_halves
 
     task, control, crc, _ = tables(6)
@@ -373,7 +373,7 @@ def test_jaccard_of_sets():
 
 def test_select_and_save_records_the_stability_of_every_set(tmp_path):
     from culnig_lm_eval.neuron_set import NeuronSet
-    from culnig_lm_eval.selection.rules import select_and_save
+    from culnig_lm_eval.selection.save import select_and_save
 
     task, control, crc, _ = tables(6)
     for t in (task, control):
@@ -437,7 +437,7 @@ def scored(tmp_path_factory, tiny_llama_dir):
     """Full, fold-0 and fold-1 score folders of a tiny model on the shipped sample (scored once)."""
     from conftest import sample_data_only
 
-    from culnig_lm_eval.taskdata import builders as data
+    from culnig_lm_eval.taskdata import sources
     from culnig_lm_eval.cli.score import main
 
     folder = tmp_path_factory.mktemp("study")
@@ -451,11 +451,11 @@ def scored(tmp_path_factory, tiny_llama_dir):
         for folds in (2, 4):  # every fold's tables from one pass
             assert main(common + ["--out", str(folder / f"k{folds}"), "--fold-tables", str(folds)]) == 0
         yield folder
-    data._read.cache_clear()
+    sources._read.cache_clear()
 
 
 def test_folds_partition_the_items_and_the_complement_is_the_other_fold(scored):
-    from culnig_lm_eval.scoring.run import load_table
+    from culnig_lm_eval.scoring.tables import load_table
 
     full, fold0, fold1 = (load_table(scored / d / "task.scores.pt") for d in ("scores", "fold0", "fold1"))
     assert 0 < int(fold0.counts.sum()) < int(full.counts.sum())
@@ -474,7 +474,7 @@ def test_fold_tables_of_one_pass_are_the_fold_runs_tables(scored, capsys):
     """``--fold-tables K`` writes, from one scoring pass, the tables K ``--fold i/K`` runs would
     write (same items, stamp and sums), and a full table equal to the unfolded run's."""
     from culnig_lm_eval.cli.score import main
-    from culnig_lm_eval.scoring.run import load_table
+    from culnig_lm_eval.scoring.tables import load_table
 
     for role in ("task", "control"):
         full, one_pass = (load_table(scored / d / f"{role}.scores.pt") for d in ("scores", "k2"))

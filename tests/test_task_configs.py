@@ -13,7 +13,8 @@ import pytest
 from conftest import sample_data_only
 import yaml
 
-from culnig_lm_eval.taskdata import builders as data
+from culnig_lm_eval import cultures
+from culnig_lm_eval.taskdata import sources
 from culnig_lm_eval._startup import task_dir
 
 TASKS = task_dir()
@@ -71,9 +72,9 @@ def test_check_mode_names_the_differing_files(tasks_copy):
 
 def test_culture_list_is_blends_and_matches_the_data_ids():
     ids = [cid for cid, _ in gen.CULTURES]
-    assert len(ids) == 16 and set(ids) <= set(data.CULTURE_ALIASES)
+    assert len(ids) == 16 and set(ids) <= set(cultures.CULTURE_ALIASES)
     for cid, name in gen.CULTURES:
-        assert data.culture_id(name) == cid, name  # the display name is a spelling of the id
+        assert cultures.culture_id(name) == cid, name  # the display name is a spelling of the id
     for bad in ([("korea", "A"), ("korea", "B")], [("South Korea", "South Korea")], [("x", "A"), ("y", "A")]):
         with pytest.raises(ValueError):
             gen.validate(bad)
@@ -132,7 +133,7 @@ def test_every_generated_leaf_loads_with_its_culture(monkeypatch):
     try:
         result = manager(TASKS).load([f.prefix for f in gen.FAMILIES])
     finally:
-        data._read.cache_clear()
+        sources._read.cache_clear()
     for family in gen.FAMILIES:
         assert result["group_map"][family.prefix] == sorted(f"{family.prefix}_{cid}" for cid, _ in gen.CULTURES)
         for cid, name in gen.CULTURES:

@@ -17,7 +17,8 @@ import datasets
 import pytest
 from conftest import sample_data_only
 
-from culnig_lm_eval.taskdata import builders as data
+from culnig_lm_eval import cultures
+from culnig_lm_eval.taskdata import builders, sources
 from culnig_lm_eval._startup import task_dir
 
 TARGETS = {"china", "indonesia", "iran", "mexico", "korea", "spain", "uk", "usa"}
@@ -78,10 +79,10 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def sample_questions() -> dict[tuple[str, str], dict]:
-    """(culture, ID) -> row of the shipped <CODE>_questions.csv files, read independently of data.py."""
+    """(culture, ID) -> row of the shipped <CODE>_questions.csv files, read independently of culnig_lm_eval.taskdata."""
     table = {}
     for path in (SAMPLE / "questions").glob("*_questions.csv"):
-        culture = data.culture_id(path.name[: -len("_questions.csv")])
+        culture = cultures.culture_id(path.name[: -len("_questions.csv")])
         for row in read_csv(path):
             table[(culture, row["ID"])] = row
     return table
@@ -142,7 +143,7 @@ def test_blend_letter_requests_follow_the_official_prompt(loaded):
         assert [c for _, c in reqs] == ["A", "B", "C", "D"]
         assert gold_of(task, doc) == "ABCD".index(doc["answer_idx"])
         # the gold letter is the option that choice_countries attributes to the doc's own country
-        assert data.culture_id(json.loads(doc["choice_countries"])[doc["answer_idx"]]) == "korea"
+        assert cultures.culture_id(json.loads(doc["choice_countries"])[doc["answer_idx"]]) == "korea"
 
 
 def test_blend_ctrl_is_neur_without_the_question(loaded):
@@ -224,17 +225,17 @@ def test_join_is_per_culture_and_counts_misses(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("CULNIG_BLEND_MCQ", str(mcq))
     monkeypatch.setenv("CULNIG_BLEND_QUESTIONS", str(qdir))
     with caplog.at_level(logging.WARNING, logger="culnig_lm_eval.taskdata.builders"):
-        docs = data.blend()["test"].to_list()
+        docs = builders.blend()["test"].to_list()
     assert [(d["culture"], d["topic"]) for d in docs] == [("uk", "Sport"), ("korea", "Family"), ("usa", "unknown")]
     assert "1 of 3 items" in caplog.text
     assert [d["gold"] for d in docs] == [1, 2, 0]
-    assert data.blend(topics=["sport"])["test"]["MCQID"] == ["m1"]
+    assert builders.blend(topics=["sport"])["test"]["MCQID"] == ["m1"]
 
 
 def test_question_and_ctrl_prompt_split(tmp_path, monkeypatch):
     row = mcq_row("m1", "Q-1", "Spain", "What is eaten first in Spain?", ["w", "x", "y", "z"], 3)
     monkeypatch.setenv("CULNIG_BLEND_MCQ", str(write_csv(tmp_path / "m.csv", [row])))
-    doc = data.blend()["test"][0]
+    doc = builders.blend()["test"][0]
     assert doc["question"] == "What is eaten first in Spain?"
     assert doc["ctrl_prompt"] == row["prompt"][len(doc["question"]) + 1:]
     assert doc["options"] == ["w", "x", "y", "z"] and doc["gold"] == 3  # an int answer_idx is an index
@@ -263,7 +264,7 @@ def test_crc_is_deterministic_and_gold_is_the_country_in_the_passage(loaded):
         assert named == [gold] if not doc["dummy"] else sorted(named) == sorted([gold, doc["dummy"]])
     assert {doc["variant"] for doc, _ in pairs} == set(range(1, len(spec["instructions"]) + 1))
     assert Counter(doc["gold"] for doc, _ in pairs).keys() == {0, 1, 2, 3}
-    again = data.crc()["test"].to_list()
+    again = builders.crc()["test"].to_list()
     assert again == [doc for doc, _ in pairs]
 
 
@@ -280,8 +281,8 @@ def test_cultural_norm_gold_and_cultures(loaded):
         assert [c for _, c in reqs] == [" yes", " no", " neutral"]
         assert reqs[gold_of(task, doc)][1] == " " + row["Gold Label"]
         assert row["Story"] in reqs[0][0] and doc["country_name"] in reqs[0][0]
-    cultures = Counter(doc["culture"] for doc, _ in pairs)
-    assert all(cultures[c] >= 3 for c in TARGETS)
+    per_culture = Counter(doc["culture"] for doc, _ in pairs)
+    assert all(per_culture[c] >= 3 for c in TARGETS)
     assert {"uk", "usa", "korea"} <= set(cultures) and "united_kingdom" not in cultures
 
 
@@ -294,9 +295,9 @@ def test_culturalbench_gold_and_cultures(loaded):
     for (doc, reqs), row in zip(pairs, raw):
         assert reqs[0][0].startswith(row["prompt_question"] + "\nA. " + row["prompt_option_a"])
         assert reqs[gold_of(task, doc)][1] == " " + row["answer"]
-        assert doc["culture"] == data.culture_id(row["country"])
-    cultures = Counter(doc["culture"] for doc, _ in pairs)
-    assert all(cultures[c] >= 3 for c in TARGETS)
+        assert doc["culture"] == cultures.culture_id(row["country"])
+    per_culture = Counter(doc["culture"] for doc, _ in pairs)
+    assert all(per_culture[c] >= 3 for c in TARGETS)
 
 
 @pytest.mark.parametrize("name, culture", [
@@ -306,7 +307,7 @@ def test_culturalbench_gold_and_cultures(loaded):
     ("China", "china"), ("West_Java", "west_java"), ("Saudi Arabia", "saudi_arabia"),
 ])
 def test_culture_ids(name, culture):
-    assert data.culture_id(name) == culture
+    assert cultures.culture_id(name) == culture
 
 
 # ------------------------------------------------------------------------- pointing at data
@@ -358,11 +359,11 @@ def test_local_jsonl_for_normad_and_culturalbench(tmp_path, monkeypatch):
 def test_missing_override_file_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setenv("CULNIG_NORMAD", str(tmp_path / "nope.csv"))
     with pytest.raises(FileNotFoundError, match="CULNIG_NORMAD"):
-        data.normad()
+        builders.normad()
     monkeypatch.delenv("CULNIG_NORMAD")
     monkeypatch.setenv("CULNIG_DATA", "maybe")
     with pytest.raises(ValueError, match="CULNIG_DATA"):
-        data.normad()
+        builders.normad()
 
 
 # --------------------------------------------------------------------------------- the hub
@@ -416,18 +417,18 @@ def test_hub_mode_loads_the_official_datasets(fake_hub, monkeypatch):
 def test_auto_mode_offline_uses_the_sample_and_warns_once(fake_hub, monkeypatch, caplog):
     monkeypatch.setenv("CULNIG_DATA", "auto")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with caplog.at_level(logging.WARNING, logger="culnig_lm_eval.taskdata.builders"):
-        first = data.culturalbench()["test"]
-        data._read.cache_clear()
-        second = data.culturalbench()["test"]
+    with caplog.at_level(logging.WARNING, logger="culnig_lm_eval.taskdata.sources"):
+        first = builders.culturalbench()["test"]
+        sources._read.cache_clear()
+        second = builders.culturalbench()["test"]
     assert fake_hub == [] and len(first) == len(second) == 26
     assert caplog.text.count("SMALL SAMPLE") == 1 and "CULNIG_CULTURALBENCH=" in caplog.text
 
 
 def test_auto_mode_online_uses_the_hub(fake_hub, monkeypatch):
     monkeypatch.setenv("CULNIG_DATA", "auto")
-    monkeypatch.setattr(data, "hub_reachable", lambda: True)
-    data.normad()
+    monkeypatch.setattr(sources, "hub_reachable", lambda: True)
+    builders.normad()
     assert fake_hub == [("akhilayerukola/NormAd", None, "train")]
 
 
@@ -453,14 +454,14 @@ def test_hub_check_is_fast_and_needs_an_answer(monkeypatch):
     try:
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
         start = time.perf_counter()
-        assert data.hub_reachable() is False
+        assert sources.hub_reachable() is False
         assert time.perf_counter() - start < 1.5
-        data.hub_reachable.cache_clear()
+        sources.hub_reachable.cache_clear()
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-        assert data.hub_reachable() is True  # any HTTP answer, even a 404, means the hub is there
-        data.hub_reachable.cache_clear()
+        assert sources.hub_reachable() is True  # any HTTP answer, even a 404, means the hub is there
+        sources.hub_reachable.cache_clear()
         monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-        assert data.hub_reachable() is False
+        assert sources.hub_reachable() is False
     finally:
         server.shutdown()
         silent.close()

@@ -17,7 +17,7 @@ import pytest
 
 from culnig_lm_eval.taskdata import wvb
 from culnig_lm_eval._startup import task_dir
-from culnig_lm_eval.taskdata.builders import DataError
+from culnig_lm_eval.taskdata.sources import DataError
 
 SAMPLE = task_dir() / "wvb" / "sample"
 BIN = Path(sys.executable).parent
@@ -186,7 +186,7 @@ def test_prompt_and_gold_request():
     requests = task.construct_requests(doc, context)
     assert [r.arguments[1] for r in requests] == [f" {o}" for o in doc["options"]]
     assert requests[doc["gold"]].arguments[1] == f" {doc['majority']}"
-    from culnig_lm_eval.taskdata.builders import task_sources
+    from culnig_lm_eval.taskdata.sources import task_sources
 
     assert task_sources(task)["wvb"]["kind"] == "sample"
 
@@ -219,7 +219,7 @@ def test_lm_eval_run_reports_alignment(tmp_path, tiny_llama_dir):
 
 @pytest.mark.slow
 def test_culnig_score_accepts_wvb_neur(tmp_path, tiny_llama_dir):
-    from culnig_lm_eval.scoring.run import load_table
+    from culnig_lm_eval.scoring.tables import load_table
 
     proc = subprocess.run([sys.executable, "-m", "culnig_lm_eval.cli.score", "run", "--model_args",
                            f"pretrained={tiny_llama_dir},dtype=float32", "--device", "cpu", "--tasks", "wvb_neur",

@@ -12,7 +12,7 @@ PROG = "culnig-experiment"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..experiment.run import DEFAULT_CONFIG
+    from ..experiment.config import DEFAULT_CONFIG
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(args) -> int:
-    from ..experiment.run import load_config, run_experiment
+    from ..experiment.config import load_config
+    from ..experiment.run import run_experiment
 
     config = load_config(args.config)
     report = run_experiment(config, args.out or Path("runs") / config.name, force=args.force)

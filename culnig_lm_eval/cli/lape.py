@@ -48,7 +48,8 @@ def _load_model(model_args: str, device: str | None):
 
 # -- subcommands --------------------------------------------------------------------------------
 def cmd_corpora(args) -> int:
-    from ..lape.corpora import blend_annotation_corpora, language_corpora, parse_languages, write_corpora
+    from ..lape.corpora import blend_annotation_corpora, language_corpora, parse_languages
+    from ..lape.harness import write_corpora
 
     mapping = parse_languages(args.culture_languages)
     cultures = [c.strip() for c in args.cultures.split(",")] if args.cultures else None

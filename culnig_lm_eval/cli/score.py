@@ -213,8 +213,8 @@ def _score(args) -> dict[str, Path]:
 
 def _select(paths: dict[str, Path], args, half_tables: dict | None = None) -> dict[str, Path]:
     from .._io import file_sha256
-    from ..scoring.run import load_table
-    from ..selection.rules import select_and_save
+    from ..scoring.tables import load_table
+    from ..selection.save import select_and_save
 
     if "task" not in paths:
         raise ValueError("a task score file is needed: --task-scores FILE, or --scores-dir with task.scores.pt in it")
@@ -236,51 +236,9 @@ def _select(paths: dict[str, Path], args, half_tables: dict | None = None) -> di
     return written
 
 
-def _table_paths(folder: Path, flag: str) -> dict[str, Path]:
-    from ..scoring.run import ROLES, score_file
-
-    if not folder.is_dir():
-        raise ValueError(f"{flag} {folder}: no such folder (culnig-score run --out writes it)")
-    return {role: score_file(folder, role) for role in ROLES if score_file(folder, role).exists()}
-
-
-def _half_tables(folder: Path, flag: str) -> dict:
-    """The task and control fold tables in ``folder``: {role: table} for one fold's folder
-    (``culnig-score run --fold I/K --out``), {role: [K tables]} for the ``foldsK`` folder of
-    ``culnig-score run --fold-tables K``."""
-    from .._io import file_sha256
-    from ..scoring.run import load_table
-
-    def load(path: Path):
-        table = load_table(path)
-        table.meta["sha256"] = file_sha256(path)
-        return table
-
-    if not folder.is_dir():
-        raise ValueError(f"{flag} {folder}: no such folder (culnig-score run --fold or --fold-tables writes it)")
-    single = {r: p for r, p in _table_paths(folder, flag).items() if r in ("task", "control")}
-    if single:
-        if "task" not in single:
-            raise ValueError(f"{flag} {folder}: holds no task.scores.pt")
-        return {role: load(path) for role, path in single.items()}
-    subfolders = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-    if [int(p.name) for p in subfolders] != list(range(len(subfolders))) or len(subfolders) < 2:
-        raise ValueError(f"{flag} {folder}: holds neither task.scores.pt nor fold folders 0, 1, .. "
-                         "(give the folder of culnig-score run --fold, or the foldsK folder of --fold-tables K)")
-    parts = {}
-    for sub in subfolders:
-        for role, path in _table_paths(sub, flag).items():
-            if role in ("task", "control"):
-                parts.setdefault(role, []).append(load(path))
-    if "task" not in parts or any(len(found) != len(subfolders) for found in parts.values()):
-        raise ValueError(f"{flag} {folder}: some fold folder lacks its task or control table; "
-                         "re-run culnig-score run --fold-tables")
-    return parts
-
-
 def _study(args) -> int:
     from .._io import check_writable_folder, file_sha256
-    from ..scoring.run import load_table
+    from ..scoring.tables import load_fold_tables, load_table, table_paths
     from ..selection.study import VARIANTS, StudySettings, default_variants, run_study
 
     names = args.variants if args.variants is not None else default_variants(bool(args.half_scores_dir))
@@ -299,10 +257,10 @@ def _study(args) -> int:
                     "crc_exclude": args.crc_exclude, "z_min": args.z_min, "min_samples": args.min_samples,
                     "stable_pairs": args.stable_pairs},
     )
-    paths = _table_paths(args.scores_dir, "--scores-dir")
+    paths = table_paths(args.scores_dir, "--scores-dir")
     if "task" not in paths:
         raise ValueError(f"--scores-dir {args.scores_dir}: holds no task.scores.pt")
-    half_tables = _half_tables(args.half_scores_dir, "--half-scores-dir") if args.half_scores_dir else {}
+    half_tables = load_fold_tables(args.half_scores_dir, "--half-scores-dir") if args.half_scores_dir else {}
     tables = {}
     for role, path in paths.items():
         tables[role] = load_table(path)
@@ -330,7 +288,7 @@ def _main(args) -> int:
         if not args.no_select:
             _select(paths, args)
         return 0
-    from ..scoring.run import score_file
+    from ..scoring.tables import load_fold_tables, score_file
 
     if args.scores_dir and not args.scores_dir.is_dir():
         raise ValueError(f"--scores-dir {args.scores_dir}: no such folder (culnig-score run --out writes it)")
@@ -341,7 +299,7 @@ def _main(args) -> int:
             paths[role] = explicit
         elif args.scores_dir and score_file(args.scores_dir, role).exists():
             paths[role] = score_file(args.scores_dir, role)
-    half_tables = _half_tables(args.half_scores_dir, "--half-scores-dir") if args.half_scores_dir else None
+    half_tables = load_fold_tables(args.half_scores_dir, "--half-scores-dir") if args.half_scores_dir else None
     _select(paths, args, half_tables)
     return 0
 

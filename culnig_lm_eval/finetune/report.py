@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..report.figures import _new, _palette, _save
+from ..report.figures import new_figure, palette, save_figure
 
 
 def curves_figure(path: Path, points: dict[str, list[dict]], tasks: list[str]) -> Path:
     """One panel per task: accuracy vs step, one line per module choice, 95% bootstrap band."""
-    fig = _new(4.2 * len(tasks) + 1.5, 3.6)
+    fig = new_figure(4.2 * len(tasks) + 1.5, 3.6)
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
-    colors = dict(zip(points, _palette(len(points))))
+    colors = dict(zip(points, palette(len(points))))
     for ax, task in zip(axes, tasks):
         for name, series in points.items():
             steps = [p["step"] for p in series if task in p]
@@ -27,7 +27,7 @@ def curves_figure(path: Path, points: dict[str, list[dict]], tasks: list[str]) -
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def render(body: dict) -> str:

@@ -11,10 +11,9 @@ A *corpus* is a named list of documents.  Two ways in:
   and answers in the country's language).  UK and US share English and Spain and Mexico share
   Spanish, so culture can be separated from language inside one language.
 
-:func:`write_corpora` writes corpora back in the folder layout (atomically, as one unit) with a
-``manifest.json`` naming each corpus's sources and their sha256, so a run states exactly what
-text it read.  The record / evaluation split is by question (or line) and keyed on a hash of
-its id, so it is the same on every machine and never lets a question's text reach both sides.
+:func:`culnig_lm_eval.lape.harness.write_corpora` writes corpora back in this folder layout.  The
+record / evaluation split is by question (or line) and keyed on a hash of its id, so it is the
+same on every machine and never lets a question's text reach both sides.
 
 :func:`token_rows` turns a corpus into fixed-length rows the way the reference feeds text (one
 flat token stream, documents joined by a newline, cut into rows), with two fixes: every row of
@@ -32,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_folder, file_sha256, safe_name
-from ..taskdata.builders import culture_id
+from .._io import file_sha256, safe_name
+from ..cultures import culture_id
 
 MANIFEST = "manifest.json"
 
@@ -202,27 +201,6 @@ def parse_languages(text: str | None) -> dict[str, str]:
             raise ValueError(f"--languages {text!r}: write culture=language pairs joined by commas, e.g. uk=en,spain=es")
         mapping[culture_id(culture.strip())] = safe_name(lang.strip(), "language")
     return mapping
-
-
-# -- writing ------------------------------------------------------------------------------------
-def write_corpora(out: str | Path, groups: dict[str, list[Corpus]], info: dict) -> Path:
-    """``groups`` = {"<group>/<split>": corpora} -> ``out/<group>/<split>/<name>/text.txt`` + manifest, as one unit.
-
-    ``out/tasks/`` gets one lm-eval perplexity task per evaluation corpus (:mod:`.harness`)."""
-    from .harness import write_tasks
-
-    manifest = {"format": "culnig-lape-corpora/1", **info, "corpora": {}}
-    with atomic_folder(out) as staging:
-        evaluation = {g.split("/")[0]: [c.name for c in cs] for g, cs in groups.items() if g.endswith("/eval")}
-        manifest["tasks"] = write_tasks(staging / "tasks", evaluation)
-        for group, corpora in groups.items():
-            for corpus in corpora:
-                folder = staging / group / corpus.name
-                folder.mkdir(parents=True)
-                (folder / "text.txt").write_text("\n".join(corpus.documents) + "\n", encoding="utf-8")
-                manifest["corpora"][f"{group}/{corpus.name}"] = {"documents": len(corpus.documents), "sources": corpus.sources}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return Path(out)
 
 
 # -- token rows ---------------------------------------------------------------------------------

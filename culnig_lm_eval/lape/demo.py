@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..neuron_set import NeuronSet
-from .corpora import blend_annotation_corpora, language_corpora, parse_languages, token_rows, write_corpora
+from .corpora import blend_annotation_corpora, language_corpora, parse_languages, token_rows
+from .harness import write_corpora
 from .identify import LapeHyperparameters
 from .pipeline import (
     RecordSettings,

@@ -1,6 +1,8 @@
-"""Harness tasks for LAPE's intervention: one rolling-perplexity task per evaluation corpus.
+"""A LAPE corpora folder as lm-eval reads it: the texts and one perplexity task per evaluation corpus.
 
-``culnig-lape corpora`` writes, next to the corpora, a ``tasks/`` folder for lm-eval's
+:func:`write_corpora` writes the corpora in the folder layout of :mod:`.corpora` (atomically, as
+one unit) with a ``manifest.json`` naming each corpus's sources and their sha256, so a run states
+exactly what text it read, and beside them a ``tasks/`` folder for lm-eval's
 ``--include_path``: ``lape_ppl_<group>_<name>.yaml`` per evaluation corpus (held apart from
 the recording split), the groups ``lape_ppl_culture`` / ``lape_ppl_language`` and ``lape_ppl``,
 and a two-line ``utils.py`` pointing at this module.  The tasks are ``loglikelihood_rolling``
@@ -15,11 +17,15 @@ reference's block NLL (fixed-length rows of one token stream) beside it.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .._io import atomic_folder
+from .corpora import MANIFEST, Corpus, CorpusError
 
 TEMPLATE = {
     "custom_dataset": "!function utils.load_dataset",
@@ -78,11 +84,27 @@ def write_tasks(folder: Path, corpora: dict[str, list[str]]) -> list[str]:
     return tasks
 
 
+def write_corpora(out: str | Path, groups: dict[str, list[Corpus]], info: dict) -> Path:
+    """``groups`` = {"<group>/<split>": corpora} -> ``out/<group>/<split>/<name>/text.txt`` + manifest, as one unit.
+
+    ``out/tasks/`` gets one lm-eval perplexity task per evaluation corpus (:func:`write_tasks`)."""
+    manifest = {"format": "culnig-lape-corpora/1", **info, "corpora": {}}
+    with atomic_folder(out) as staging:
+        evaluation = {g.split("/")[0]: [c.name for c in cs] for g, cs in groups.items() if g.endswith("/eval")}
+        manifest["tasks"] = write_tasks(staging / "tasks", evaluation)
+        for group, corpora in groups.items():
+            for corpus in corpora:
+                folder = staging / group / corpus.name
+                folder.mkdir(parents=True)
+                (folder / "text.txt").write_text("\n".join(corpus.documents) + "\n", encoding="utf-8")
+                manifest["corpora"][f"{group}/{corpus.name}"] = {"documents": len(corpus.documents), "sources": corpus.sources}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return Path(out)
+
+
 def load_dataset(corpus: str, root: Path) -> dict[str, Any]:
     """The lines of ``root/<corpus>/*.txt`` as documents (``root`` = the corpora folder)."""
     import datasets
-
-    from .corpora import CorpusError
 
     root = Path(root).resolve()
     folder = (root / corpus).resolve()

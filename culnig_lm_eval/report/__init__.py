@@ -1,13 +1,12 @@
-"""Masked vs unmasked comparison report from lm-eval output folders.
+"""The masked vs unmasked comparison report from lm-eval output folders, and what every report shares.
 
-``build_report(run_dirs, out_dir, ...)`` writes ``out_dir/report.md`` (plus ``figures/*.png``
-and a machine-readable ``report.json``) and returns the path of ``report.md``; the paired
-statistics live in :mod:`culnig_lm_eval.report.stats` (``paired_bootstrap_ci``,
-``mcnemar_exact``, ``empirical_p`` of a set's drop among its random sets...), reading the lm-eval outputs in :mod:`culnig_lm_eval.report.collect`
-(``collect(run_dirs, sets_dir)`` -> conditions with per-sample records) and the comparisons in
-:mod:`culnig_lm_eval.report.analysis` (dataclass rows, written to ``report.json`` as they are), the
-``--instance-scores`` aggregation in :mod:`culnig_lm_eval.report.instances`; :mod:`.render` only
-formats Markdown and calls :mod:`.figures`.
+``build_report(run_dirs, out_dir, ...)`` (:mod:`.render`) writes ``out_dir/report.md``,
+``report.json`` and ``figures/*.png``.  The flow: :mod:`.collect` reads the lm-eval outputs into
+conditions with per-sample records; :mod:`.analysis` pairs conditions item by item;
+:mod:`.sections` and :mod:`.specificity` compute the report's rows; :mod:`.render` lays them out
+with :mod:`.cells` and :mod:`.figures`.  :mod:`.stats` holds the paired statistics,
+:mod:`.instances` the ``--instance-scores`` aggregation, and :mod:`.markdown` and :mod:`.figures`
+the Markdown tables and figure style the other reports (study, LAPE, fine-tuning) use too.
 """
 
 from .stats import (

@@ -322,7 +322,7 @@ def load_set(spec: str, search: list[Path], cache: dict) -> SetInfo:
         info.error = "file not found"
     else:
         try:
-            from culnig_lm_eval.neuron_set import NeuronSet
+            from ..neuron_set import NeuronSet
 
             info.neuron_set = NeuronSet.load(path)
         except Exception as err:  # NeuronSetError or anything odd: fall back to the stem
@@ -479,7 +479,7 @@ def _same_file(summary: dict, b: SetInfo) -> bool:
     sha = summary.get("sha256")
     if sha:
         try:
-            from culnig_lm_eval.neuron_set import file_sha256
+            from .._io import file_sha256
 
             return file_sha256(b.path) == sha  # a recorded hash settles it: names repeat across folders
         except (OSError, ImportError):

@@ -1,4 +1,5 @@
-"""PNG figures of the report (matplotlib's Agg canvas; pyplot and its global state are never used)."""
+"""PNG figures of the reports (matplotlib's Agg canvas; pyplot and its global state are never used), and
+the figure style every report shares (:func:`new_figure`, :func:`palette`, :func:`save_figure`)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ KIND_COLORS = {"mlp_gate": "#1f77b4", "mlp_up": "#ff7f0e", "attn_q": "#2ca02c", 
                "attn_v": "#9467bd"}
 
 
-def _new(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas, in the reports' size and layout (no pyplot state)."""
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (folders created) at the reports' resolution."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
@@ -31,7 +34,8 @@ def _wrap(label: str, width: int = 28) -> str:
     return "\n".join(textwrap.wrap(str(label), width)) or str(label)
 
 
-def _palette(n: int):
+def palette(n: int):
+    """``n`` distinct colours of the reports' qualitative colour map."""
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
@@ -44,11 +48,11 @@ def grouped_bars(path: Path, tasks: list[str], series: list[dict], title: str, y
     bar ends per task) and ``hatch``."""
     n_t, n_s = len(tasks), max(len(series), 1)
     width = min(28.0, max(7.0, 0.28 * n_t * n_s + 2.5))
-    fig = _new(width, 5.2)
+    fig = new_figure(width, 5.2)
     ax = fig.add_subplot()
     x = np.arange(n_t)
     bw = 0.8 / n_s
-    colors = _palette(n_s)
+    colors = palette(n_s)
     for i, s in enumerate(series):
         vals = np.asarray(s["values"], dtype=float)
         pos = x - 0.4 + bw * (i + 0.5)
@@ -69,7 +73,7 @@ def grouped_bars(path: Path, tasks: list[str], series: list[dict], title: str, y
         ax.axhline(0, color="black", linewidth=0.8)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def culture_heatmap(path: Path, rows: list[str], cols: list[str], values: np.ndarray, title: str,
@@ -82,7 +86,7 @@ def culture_heatmap(path: Path, rows: list[str], cols: list[str], values: np.nda
     finite = values[np.isfinite(values)]
     vmax = float(np.max(np.abs(finite))) if finite.size else 1.0
     vmax = vmax if vmax > 0 else 0.01
-    fig = _new(max(6.0, 0.85 * len(cols) + 3.5), max(4.0, 0.6 * len(rows) + 2.8))
+    fig = new_figure(max(6.0, 0.85 * len(cols) + 3.5), max(4.0, 0.6 * len(rows) + 2.8))
     ax = fig.add_subplot()
     from matplotlib import colormaps
 
@@ -106,7 +110,7 @@ def culture_heatmap(path: Path, rows: list[str], cols: list[str], values: np.nda
     ax.set_title(title)
     cb = fig.colorbar(im, ax=ax, shrink=0.95, fraction=0.04)
     cb.set_label(cbar_label)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _rect(j, i):
@@ -123,7 +127,7 @@ def neuron_layers(path: Path, sets: list[tuple[str, dict[str, list[int]], int]],
     from matplotlib.ticker import MaxNLocator
 
     n = len(sets)
-    fig = _new(10.0, max(2.8, 2.2 * n + 1.2))
+    fig = new_figure(10.0, max(2.8, 2.2 * n + 1.2))
     axes = fig.subplots(n, 1, squeeze=False, sharex=True)[:, 0]
     kinds_seen = []
     for ax, (label, per_layer, layers) in zip(axes, sets):
@@ -153,12 +157,12 @@ def neuron_layers(path: Path, sets: list[tuple[str, dict[str, list[int]], int]],
     fig.suptitle(title)
     fig.legend(handles=[Patch(color=KIND_COLORS.get(k), label=k) for k in kinds_seen], loc="outside upper right",
                ncols=len(kinds_seen), fontsize=8, frameon=False, title="module kind", title_fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def instance_heatmap(path: Path, rows: list[str], cols: list[str], values: np.ndarray, title: str) -> Path:
     values = np.asarray(values, dtype=float)
-    fig = _new(max(5.5, 0.9 * len(cols) + 3.5), max(3.6, 0.5 * len(rows) + 2.2))
+    fig = new_figure(max(5.5, 0.9 * len(cols) + 3.5), max(3.6, 0.5 * len(rows) + 2.2))
     ax = fig.add_subplot()
     from matplotlib import colormaps
 
@@ -176,20 +180,20 @@ def instance_heatmap(path: Path, rows: list[str], cols: list[str], values: np.nd
     ax.set_ylabel("culture")
     ax.set_title(_wrap(title, 60))
     fig.colorbar(im, ax=ax, shrink=0.9).set_label("share of items, summed score > 0")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def specificity_scatter(path: Path, points: list[dict], threshold: float, title: str) -> Path:
     """``points``: dicts with ``x`` (cultural accuracy drop), ``y`` (perplexity ratio), ``label``,
     ``random`` (bool) and ``group`` (the set a random point is matched to; a set's own label)."""
-    fig = _new(8.5, 6.0)
+    fig = new_figure(8.5, 6.0)
     ax = fig.add_subplot()
     groups = []
     for p in points:
         g = p.get("group") or p["label"]
         if g not in groups:
             groups.append(g)
-    colors = dict(zip(groups, _palette(len(groups))))
+    colors = dict(zip(groups, palette(len(groups))))
     offsets = [(6, 5), (6, -11), (-6, 5), (-6, -11)]
     randoms_per_group = {g: sum(1 for p in points if p["random"] and (p.get("group") or p["label"]) == g)
                          for g in groups}
@@ -224,7 +228,7 @@ def specificity_scatter(path: Path, points: list[dict], threshold: float, title:
         ax.set_xlim(min(min(xs), 0) - 2 * pad, max(max(xs), 0) + 3 * pad)
     pad = max(0.01, 0.12 * (max(ys) - min(ys)))
     ax.set_ylim(min(ys) - pad, max(ys) + pad)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def random_drop_histograms(path: Path, panels: list[dict], title: str) -> Path:
@@ -233,7 +237,7 @@ def random_drop_histograms(path: Path, panels: list[dict], title: str) -> Path:
     (empirical p) and ``n`` (random sets)."""
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig = _new(4.3 * cols, 3.1 * rows + 0.7)
+    fig = new_figure(4.3 * cols, 3.1 * rows + 0.7)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, panel in zip(axes, panels):
         drops = np.asarray([x for x in panel["random_drops"] if x is not None and math.isfinite(x)], dtype=float)
@@ -256,4 +260,4 @@ def random_drop_histograms(path: Path, panels: list[dict], title: str) -> Path:
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,6 +1,6 @@
 """Build ``report.md`` (and its PNG figures, and ``report.json``) from lm-eval output folders.
 
-The numbers are computed first, once per model, by :func:`.analysis.model_report` (dataclass rows);
+The numbers are computed first, once per model, by :func:`.sections.model_report` (dataclass rows);
 the functions here only format those rows as Markdown, call :mod:`.figures`, and write report.json
 as the rows' ``asdict()`` -- the way lm-eval's ``utils.make_table`` formats results it is handed.
 """
@@ -10,88 +10,46 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import math
-import os
 import re
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 from .._io import atomic_folder, write_text
 from . import figures
-from .analysis import (
-    DEFAULT_NLU_TASKS,
-    SIGNIFICANT_P,
-    AccuracyRow,
-    ConditionMeasures,
-    CultureMatrix,
-    ModelAnalysis,
-    ModelReport,
-    Options,
-    PairedColumns,
-    RandomMeanRow,
-    StabilityRow,
-    TaskSeries,
-    analyse,
-    loglik_counterpart,
-    model_report,
+from .analysis import DEFAULT_NLU_TASKS, ModelAnalysis, Options, analyse
+from .cells import (
+    accuracy_cells,
+    ci_label,
+    condition_cell,
+    cost_cells,
+    cultural_cells,
+    format_accuracy,
+    format_ci_bounds,
+    format_difference,
+    format_p,
+    format_ratio,
+    format_ratio_ci,
+    jaccard_cell,
+    p_cell,
+    paired_cells,
+    percent,
+    random_mean_cells,
+    seeds_label,
+    set_cell,
+    share_cell,
+    short_path,
+    spread_cells,
+    stability_cell,
+    warned_label,
 )
 from .collect import Collection, Condition, collect
 from .instances import InstanceScores, aggregate_instance_scores
+from .markdown import code, esc, table
+from .sections import (SIGNIFICANT_P, CultureMatrix, ModelReport, RandomMeanRow, TaskSeries, loglik_counterpart,
+                       model_report)
+from .stats import is_finite
 
 log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------------------
-# formatting
-# ----------------------------------------------------------------------------------------
-def _ok(x) -> bool:
-    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def format_accuracy(x) -> str:
-    return f"{x:.4f}" if _ok(x) else "n/a"
-
-
-def format_difference(x) -> str:
-    return f"{x:+.4f}" if _ok(x) else "n/a"
-
-
-def format_ci(ci) -> str:
-    return f"[{ci.low:+.4f}, {ci.high:+.4f}]" if ci is not None and _ok(ci.low) else "n/a"
-
-
-def format_ci_bounds(low, high) -> str:
-    return f"[{low:+.4f}, {high:+.4f}]" if _ok(low) and _ok(high) else "n/a"
-
-
-def format_p(p) -> str:
-    if not _ok(p):
-        return "n/a"
-    return "<0.0001" if p < 1e-4 else f"{p:.4g}"
-
-
-def format_ratio(x) -> str:
-    return f"{x:.4f}" if _ok(x) else "n/a"
-
-
-def ci_label(alpha: float) -> str:
-    """Column label of a ``1 - alpha`` interval, e.g. "90% CI" for alpha 0.1."""
-    return f"{100 * (1 - alpha):g}% CI"
-
-
-def esc(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def code(text) -> str:
-    return f"`{str(text).replace('`', '')}`"
-
-
-def table(header: list[str], rows: list[list]) -> list[str]:
-    out = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-    return out + [""]
 
 
 def slug(text: str) -> str:
@@ -113,14 +71,6 @@ LIST_SEEDS_UP_TO = 3
 def summarised_random_labels(ma: ModelAnalysis) -> set[str]:
     """Labels of the random conditions whose group is too large to list one by one."""
     return {c.label for group in ma.random_groups.values() if len(group) > LIST_SEEDS_UP_TO for c in group}
-
-
-def _paired_cells(p: PairedColumns, n_own: int | None = None) -> list[str]:
-    if p.n_paired is None:
-        return ["n/a"] * 4
-    d = format_difference(p.diff) + (f" (n={p.n_paired})" if n_own is not None and p.n_paired != n_own else "")
-    bc = f"{p.b} / {p.c}" if p.binary else "n/a (not 0/1)"
-    return [d, format_ci_bounds(p.ci_low, p.ci_high), bc, format_p(p.mcnemar_p)]
 
 
 # ----------------------------------------------------------------------------------------
@@ -182,7 +132,6 @@ def build_report(run_dirs, out_dir, sets_dir=None, instance_scores=None, ppl_thr
     with atomic_folder(out_dir) as staging:
         rep = _Report(staging, opts)
         _write_report(rep, col, models, run_dirs, instance_scores, scores, title)
-        _pause_for_tests()
     return out_dir / "report.md"
 
 
@@ -197,14 +146,6 @@ def _refuse_foreign_folder(out_dir: Path):
             raise ValueError(f"--out {out_dir} holds other files ({', '.join(foreign[:3])}"
                              f"{', ...' if len(foreign) > 3 else ''}) and would be replaced as a whole; "
                              "choose a new or report-only folder")
-
-
-def _pause_for_tests():
-    """Test hook: ``CULNIG_REPORT_TEST_PAUSE=seconds`` sleeps while the new report is staged, so
-    the fault-injection tests can interrupt the write at a known point."""
-    delay = os.environ.get("CULNIG_REPORT_TEST_PAUSE")
-    if delay:
-        time.sleep(float(delay))
 
 
 def _write_report(rep: _Report, col: Collection, models: list[ModelReport], run_dirs, instance_path,
@@ -270,14 +211,14 @@ def _header(rep: _Report, col: Collection, models: list[ModelReport], run_dirs, 
                 continue
             files = ", ".join(f"{code(s.spec)}" + ("" if s.neuron_set is not None else f" ({s.error})")
                               for s in c.sets) or "-"
-            rows.append([_condition_cell(c), c.kind, files, ", ".join(code(_short(p)) for p in c.results_files)])
+            rows.append([condition_cell(c), c.kind, files, ", ".join(code(short_path(p)) for p in c.results_files)])
         for group in ma.random_groups.values():
             if len(group) > LIST_SEEDS_UP_TO:
                 specs = [s.spec for c in group for s in c.sets]
                 rows.append([f"{len(group)} random sets (matched to {group[0].group_label})", "random",
                              f"{code(specs[0])} ... {code(specs[-1])}",
                              f"{sum(len(c.results_files) for c in group)} results files"])
-        rep.add(*table(["condition", "kind", "neuron-set files", "results file(s)"], rows))
+        rep.add(*table(["condition", "kind", "neuron-set files", "results file(s)"], rows), "")
         if warnings := _empty_set_warnings(ma.conditions):
             rep.add(*[f"- {w}" for w in warnings], "")
         rows = [[t.task, t.role, t.output_type or "?",
@@ -287,7 +228,7 @@ def _header(rep: _Report, col: Collection, models: list[ModelReport], run_dirs, 
         rep.add("Tasks that ran (items = documents in the per-sample logs; \"docs in task\" = lm-eval's "
                 "`n-samples.original`):", "")
         rep.add(*table(["task", "role", "output type", "metric used", "items", "docs in task", "--limit",
-                        "dataset", "conditions"], rows))
+                        "dataset", "conditions"], rows), "")
         if mr.subset_tasks:
             rep.add(f"**Data caveat:** {', '.join(mr.subset_tasks)} ran on a subset of the task's documents "
                     "(`--limit` or a sampled data file); the numbers describe those items only.", "")
@@ -295,29 +236,9 @@ def _header(rep: _Report, col: Collection, models: list[ModelReport], run_dirs, 
                 "counts above are all the report can vouch for: conclusions hold for these items only.", "")
 
 
-def _condition_cell(c: Condition) -> str:
-    return _warned_label(c.label, c.masks_nothing)
-
-
-def _warned_label(label: str, masks_nothing: bool) -> str:
-    return f"{label} **(WARNING: 0 neurons masked)**" if masks_nothing else label
-
-
 def _empty_set_warnings(conditions: list[Condition]) -> list[str]:
     return [f"**WARNING: {c.label} masked 0 neurons** (its neuron set(s) are empty): its numbers are the "
             "unmasked model's again, not the effect of masking anything." for c in conditions if c.masks_nothing]
-
-
-def _set_cell(label: str, neurons: int) -> str:
-    return f"{label} **(WARNING: empty set)**" if neurons == 0 else label
-
-
-def _short(p: Path) -> str:
-    return f"{p.parent.name}/{p.name}"
-
-
-def _seeds_label(n_seeds: int, matched_to: str) -> str:
-    return f"random mean over {n_seeds} seed(s) (matched to {matched_to})"
 
 
 # ----------------------------------------------------------------------------------------
@@ -338,11 +259,11 @@ def _section_accuracy(rep: _Report, mr: ModelReport, h: str, s: str):
     if summarised:
         rep.add(f"Random sets: a group of more than {LIST_SEEDS_UP_TO} matched to one set is shown by its mean and "
                 "spread (every random set's row is in report.json).", "")
-    rows = [[_seeds_label(r.n_seeds, r.label) if r.n_seeds else r.label] + [format_accuracy(x) for x in r.values]
+    rows = [[seeds_label(r.n_seeds, r.label) if r.n_seeds else r.label] + [format_accuracy(x) for x in r.values]
             for r in sec.overview if r.n_seeds or r.label not in summarised]
     rep.add("Overview (accuracy of each condition on all of its items; metric per task in the table of tasks "
             "above):", "")
-    rep.add(*table(["condition"] + tasks, rows))
+    rep.add(*table(["condition"] + tasks, rows), "")
     for ta in sec.per_task:
         m = ta.metric
         rep.add(f"{h}# {ta.task}", "", f"Metric: per-sample `{m}`"
@@ -352,10 +273,10 @@ def _section_accuracy(rep: _Report, mr: ModelReport, h: str, s: str):
         if ta.unmasked is not None:
             n, acc = ta.unmasked
             rows.append(["unmasked", n, format_accuracy(acc), "-", "-", "-", "-"])
-        rows += [_random_mean_cells(r) if isinstance(r, RandomMeanRow) else _accuracy_cells(r) for r in ta.rows
+        rows += [random_mean_cells(r) if isinstance(r, RandomMeanRow) else accuracy_cells(r) for r in ta.rows
                  if isinstance(r, RandomMeanRow) or r.condition not in summarised]
         rep.add(*table(["condition", "n", "accuracy", "Δ vs unmasked", ci_label(rep.opts.alpha),
-                        "b / c", "McNemar p"], rows))
+                        "b / c", "McNemar p"], rows), "")
     if sec.accuracy_series:
         p = figures.grouped_bars(rep.fig_dir / f"{s}_accuracy.png", tasks, _bars(sec.accuracy_series),
                                  f"Accuracy per task - {ma.base_model}", "accuracy")
@@ -365,20 +286,6 @@ def _section_accuracy(rep: _Report, mr: ModelReport, h: str, s: str):
                                  f"Accuracy change vs unmasked ({ci_label(rep.opts.alpha)}; random: min-max) - {ma.base_model}",
                                  "accuracy change (masked - unmasked)", zero_line=True)
         rep.figure(p, "accuracy change per task")
-
-
-def _accuracy_cells(row: AccuracyRow) -> list:
-    return ([_warned_label(row.condition, row.masked_nothing), row.n, format_accuracy(row.acc)]
-            + _paired_cells(row, row.n))
-
-
-def _random_mean_cells(r: RandomMeanRow) -> list:
-    acc = (f"{format_accuracy(r.acc_mean)} ± {r.acc_std:.4f} "
-           f"[{format_accuracy(r.acc_min)}, {format_accuracy(r.acc_max)}]")
-    # no seed paired with an unmasked run: no difference to summarise
-    diff = (f"{format_difference(r.diff_mean)} [{format_difference(r.diff_min)}, {format_difference(r.diff_max)}]"
-            if _ok(r.diff_mean) else "n/a")
-    return [_seeds_label(r.n_seeds, r.matched_to), "", acc, diff, "(min, max over seeds)", "", ""]
 
 
 def _bars(series: list[TaskSeries]) -> list[dict]:
@@ -405,13 +312,13 @@ def _section_generation(rep: _Report, mr: ModelReport, h: str):
         rep.add(f"{h}# Generation: {task}" + (f" vs {loglik}" if loglik else ""), "")
         if loglik is None:
             rep.add(f"The log-likelihood counterpart `{loglik_counterpart(task)}` did not run: `acc (loglik)` is n/a.", "")
-        rows = [[_warned_label(r.condition, r.masked_nothing), r.n, format_accuracy(r.acc_loglik),
+        rows = [[warned_label(r.condition, r.masked_nothing), r.n, format_accuracy(r.acc_loglik),
                  format_accuracy(r.acc_generated), format_accuracy(r.parse_failure),
                  format_difference(r.parse_failure_diff) if r.n_paired else "-",
                  format_ci_bounds(r.ci_low, r.ci_high) if r.n_paired else "-"]
                 for r in sec.rows if r.task == task]
         rep.add(*table(["condition", "n", "acc (loglik)", "acc (generated)", "parse failure",
-                        "Δ parse failure vs unmasked", ci_label(rep.opts.alpha)], rows))
+                        "Δ parse failure vs unmasked", ci_label(rep.opts.alpha)], rows), "")
 
 
 # ----------------------------------------------------------------------------------------
@@ -447,11 +354,11 @@ def _culture_matrix(rep: _Report, mat: CultureMatrix, model: str, h: str, s: str
         cells = []
         for j in range(len(mat.cultures)):
             v = mat.diff[i, j]
-            txt = format_difference(v) + ("*" if mat.significant[i, j] else "") if _ok(v) else "n/a"
+            txt = format_difference(v) + ("*" if mat.significant[i, j] else "") if is_finite(v) else "n/a"
             cells.append(f"**{txt}**" if (i, j) in mat.own else txt)
         rows.append([label] + cells)
-    rows += [[_seeds_label(m.n_seeds, m.matched_to)] + [format_difference(x) for x in m.diffs] for m in mat.seed_means]
-    rep.add(*table(["masked set \\ culture"] + [f"{cul} (n={n})" for cul, n in zip(mat.cultures, mat.n_items)], rows))
+    rows += [[seeds_label(m.n_seeds, m.matched_to)] + [format_difference(x) for x in m.diffs] for m in mat.seed_means]
+    rep.add(*table(["masked set \\ culture"] + [f"{cul} (n={n})" for cul, n in zip(mat.cultures, mat.n_items)], rows), "")
     if mat.n_own:
         rep.add(f"Own culture (diagonal): mean Δ {format_difference(mat.own_mean)} over {mat.n_own} cell(s); "
                 + (f"other cultures: mean Δ {format_difference(mat.other_mean)} over {mat.n_other} cell(s)."
@@ -461,17 +368,13 @@ def _culture_matrix(rep: _Report, mat: CultureMatrix, model: str, h: str, s: str
                                 f"p<{SIGNIFICANT_P:g})", marks=mat.significant, diagonal=mat.own)
     rep.figure(p, f"culture x culture accuracy change, {fam.name}")
     detail = [[cell.masked, cell.culture, cell.n_paired, format_accuracy(cell.acc_masked_paired),
-               format_accuracy(cell.acc_unmasked_paired)] + _paired_cells(cell) for cell in mat.cells]
+               format_accuracy(cell.acc_unmasked_paired)] + paired_cells(cell) for cell in mat.cells]
     rep.add("Cells in detail:", "")
     rep.add(*table(["masked set", "culture", "n", "acc masked", "acc unmasked", "Δ",
-                    ci_label(rep.opts.alpha), "b / c", "McNemar p"], detail))
+                    ci_label(rep.opts.alpha), "b / c", "McNemar p"], detail), "")
 
 
 # ----------------------------------------------------------------------------------------
-def _percent(x: float) -> str:
-    return f"{100 * x:.3f}%"
-
-
 def _section_neurons(rep: _Report, mr: ModelReport, h: str, s: str):
     ma, sec = mr.analysis, mr.neurons
     rep.add(f"{h} Where the neurons are", "")
@@ -490,13 +393,13 @@ def _section_neurons(rep: _Report, mr: ModelReport, h: str, s: str):
     for d in sec.rows:
         if d.set in summarised:
             continue
-        rows.append([_set_cell(d.set, d.neurons), code(d.file), d.method or "?", d.selection or "-", d.neurons,
+        rows.append([set_cell(d.set, d.neurons), code(d.file), d.method or "?", d.selection or "-", d.neurons,
                      ", ".join(f"{k} {v}" for k, v in d.per_kind.items()),
-                     ", ".join(f"{k} {_percent(v)}" for k, v in d.fraction_per_kind.items()) or "n/a",
-                     _percent(d.fraction_overall) if d.fraction_overall is not None else "n/a"]
+                     ", ".join(f"{k} {percent(v)}" for k, v in d.fraction_per_kind.items()) or "n/a",
+                     percent(d.fraction_overall) if d.fraction_overall is not None else "n/a"]
                     + [f"{x} ({100 * x / d.neurons:.0f}%)" if d.neurons else "0" for x in d.per_third])
     rep.add(*table(["set", "file", "method", "selection", "neurons", "per kind", "fraction per kind",
-                    "fraction overall", "shallow", "middle", "deep"], rows))
+                    "fraction overall", "shallow", "middle", "deep"], rows), "")
     if sec.random_matches:
         listed = [f"- {m.random}: per-layer counts {'match' if m.same else '**do not match**'} {m.target}."
                   for m in sec.random_matches if m.random not in summarised]
@@ -511,7 +414,7 @@ def _section_neurons(rep: _Report, mr: ModelReport, h: str, s: str):
     if sec.sets:
         rep.add("Neurons per layer (all module kinds):", "")
         rep.add(*table(["layer"] + [x.label for x in sec.sets],
-                       [[layer] + totals for layer, totals in enumerate(sec.layer_totals)]))
+                       [[layer] + totals for layer, totals in enumerate(sec.layer_totals)]), "")
         p = figures.neuron_layers(rep.fig_dir / f"{s}_neuron_layers.png",
                                   [(x.label, x.per_layer, x.num_layers) for x in sec.sets],
                                   f"Neurons per layer - {ma.base_model}")
@@ -519,18 +422,6 @@ def _section_neurons(rep: _Report, mr: ModelReport, h: str, s: str):
 
 
 # ----------------------------------------------------------------------------------------
-def _jaccard_cell(x) -> str:
-    return f"{x:.3f}" if _ok(x) else "n/a"
-
-
-def _stability_cell(r: StabilityRow) -> str:
-    if not r.recorded:
-        return "not recorded"
-    if r.unstable:
-        return f"**unstable (< {r.threshold:g})**"
-    return f"stable (>= {r.threshold:g})" if r.halves_jaccard is not None else "n/a"
-
-
 def _section_stability(rep: _Report, mr: ModelReport, h: str):
     rows = mr.stability
     rep.add(f"{h} Stability of the selected sets", "")
@@ -546,16 +437,8 @@ def _section_stability(rep: _Report, mr: ModelReport, h: str):
         rep.add("No evaluated set records a stability entry (`scoring.stability_fold: null`, or sets selected "
                 "before the check existed).", "")
     rep.add(*table(["set", "file", "neurons", "halves Jaccard", "seeds Jaccard", "stability", "note"],
-                   [[_set_cell(r.set, r.neurons), code(r.file), r.neurons, _jaccard_cell(r.halves_jaccard),
-                     _jaccard_cell(r.seeds_jaccard), _stability_cell(r), r.note or "-"] for r in rows]))
-
-
-def _p_cell(p, n: int) -> str:
-    return f"{p:.3f} (n={n})" if n and _ok(p) else "-"
-
-
-def _spread_cells(mean, low, high) -> list[str]:
-    return [format_difference(mean), format_difference(low), format_difference(high)]
+                   [[set_cell(r.set, r.neurons), code(r.file), r.neurons, jaccard_cell(r.halves_jaccard),
+                     jaccard_cell(r.seeds_jaccard), stability_cell(r), r.note or "-"] for r in rows]), "")
 
 
 def _section_random_distribution(rep: _Report, mr: ModelReport, s: str):
@@ -572,16 +455,16 @@ def _section_random_distribution(rep: _Report, mr: ModelReport, s: str):
             "likewise.", "")
     rows = []
     for d in dists:
-        gap = ([format_difference(d.gap)] + (_spread_cells(d.random_gap_mean, d.random_gap_p5, d.random_gap_p95)
+        gap = ([format_difference(d.gap)] + (spread_cells(d.random_gap_mean, d.random_gap_p5, d.random_gap_p95)
                                              if d.n_random else ["no random set", "", ""])
-               + [_p_cell(d.gap_p, d.n_random)]) if d.gap is not None else ["-"] * 5
-        rows.append([_warned_label(d.set, d.masked_nothing), f"{d.items} ({', '.join(d.tasks) or 'no task'})",
+               + [p_cell(d.gap_p, d.n_random)]) if d.gap is not None else ["-"] * 5
+        rows.append([warned_label(d.set, d.masked_nothing), f"{d.items} ({', '.join(d.tasks) or 'no task'})",
                      d.n_items, format_difference(d.drop)]
-                    + (_spread_cells(d.random_drop_mean, d.random_drop_p5, d.random_drop_p95) if d.n_random
+                    + (spread_cells(d.random_drop_mean, d.random_drop_p5, d.random_drop_p95) if d.n_random
                        else ["no random set", "", ""])
-                    + [d.n_random, _p_cell(d.empirical_p, d.n_random)] + gap)
+                    + [d.n_random, p_cell(d.empirical_p, d.n_random)] + gap)
     rep.add(*table(["set", "items", "n", "drop", "random drops mean", "5th pct", "95th pct", "n random",
-                    "empirical p", "gap (own - others)", "random gaps mean", "5th pct", "95th pct", "gap p"], rows))
+                    "empirical p", "gap (own - others)", "random gaps mean", "5th pct", "95th pct", "gap p"], rows), "")
     panels = [{"label": d.set, "random_drops": d.random_drops, "drop": d.drop, "p": d.empirical_p, "n": d.n_random}
               for d in dists if d.n_random]
     if panels:
@@ -629,12 +512,12 @@ def _section_specificity(rep: _Report, mr: ModelReport, h: str, s: str):
     for block in sec.blocks:
         if (m := block.set_measures) is not None:
             r = block.row
-            rows.append([f"**{_condition_cell(m.condition)}**"] + _cultural_cells(m)
-                        + [format_p(r.mcnemar_p), _p_cell(r.empirical_p, r.n_random) if r.n_random
-                           else "no random baseline"] + _cost_cells(m) + [r.verdict])
-        rows += [[_condition_cell(x.condition)] + _cultural_cells(x) + [format_p(x.cultural.p), "(baseline)"]
-                 + _cost_cells(x) + ["baseline"] for x in block.seeds if x.condition.label not in summarised]
-    rep.add(*table(header, rows))
+            rows.append([f"**{condition_cell(m.condition)}**"] + cultural_cells(m)
+                        + [format_p(r.mcnemar_p), p_cell(r.empirical_p, r.n_random) if r.n_random
+                           else "no random baseline"] + cost_cells(m) + [r.verdict])
+        rows += [[condition_cell(x.condition)] + cultural_cells(x) + [format_p(x.cultural.p), "(baseline)"]
+                 + cost_cells(x) + ["baseline"] for x in block.seeds if x.condition.label not in summarised]
+    rep.add(*table(header, rows), "")
     if not ma.ppl_tasks:
         rep.add("No general-perplexity task ran, so the cultural-drop vs general-cost figure is dropped.", "")
         return
@@ -650,33 +533,14 @@ def _section_specificity(rep: _Report, mr: ModelReport, h: str, s: str):
             if len(group) > LIST_SEEDS_UP_TO and ratios:
                 prow.append([f"{len(ratios)} random sets (matched to {group[0].group_label})", task, "", "", "", "",
                              f"{format_ratio(min(ratios))} - {format_ratio(max(ratios))} (min - max)", ""])
-    rep.add(*table(["condition", "task", "metric", "docs", "perplexity", "unmasked", "ratio", "CI"], prow))
+    rep.add(*table(["condition", "task", "metric", "docs", "perplexity", "unmasked", "ratio", "CI"], prow), "")
     if sec.points:
         path = figures.specificity_scatter(rep.fig_dir / f"{s}_specificity.png", [asdict(p) for p in sec.points],
                                            o.ppl_threshold, f"Cultural drop vs general cost - {ma.base_model}")
         rep.figure(path, "specificity: cultural drop vs perplexity ratio")
 
 
-def _cultural_cells(m: ConditionMeasures) -> list:
-    p = m.cultural
-    return [m.cultural_items, p.n, format_difference(p.diff), format_ci(p.ci)]
-
-
-def _cost_cells(m: ConditionMeasures) -> list[str]:
-    """Perplexity ratio (with its interval) per perplexity task, then the change per NLU control."""
-    return ([f"{format_ratio(v.ratio)} {format_ratio_ci(v.ci)}" if v else "n/a" for v in m.ppl.values()]
-            + [format_difference(v.diff) if v and v.n else "n/a" for v in m.nlu.values()])
-
-
-def format_ratio_ci(ci) -> str:
-    return f"[{ci.low:.4f}, {ci.high:.4f}]" if ci is not None and _ok(ci.low) else ""
-
-
 # ----------------------------------------------------------------------------------------
-def _format_share(cell) -> str:
-    return f"{cell.share:.3f} (n={cell.n})" if cell.n else "-"
-
-
 def _section_instances(rep: _Report, path, scores: InstanceScores | None):
     rep.add("## Instance-level view", "")
     if not path:
@@ -693,11 +557,11 @@ def _section_instances(rep: _Report, path, scores: InstanceScores | None):
     rep.add(f"From {code(path)}: per item (set, culture, topic, doc_id) the scores are summed; a cell is the fraction "
             "of items whose summed score is > 0 (n = items)." + (f" {bad} unreadable row(s) skipped." if bad else ""), "")
     for tab in scores.tables:
-        rows = [[cul] + [_format_share(cell) for cell in tab.cells[i]] + [_format_share(tab.per_culture[i])]
+        rows = [[cul] + [share_cell(cell) for cell in tab.cells[i]] + [share_cell(tab.per_culture[i])]
                 for i, cul in enumerate(tab.cultures)]
-        rows.append(["all cultures"] + [_format_share(cell) for cell in tab.per_topic] + [_format_share(tab.overall)])
+        rows.append(["all cultures"] + [share_cell(cell) for cell in tab.per_topic] + [share_cell(tab.overall)])
         rep.add(f"### {tab.set_label}", "")
-        rep.add(*table(["culture \\ topic"] + tab.topics + ["all topics"], rows))
+        rep.add(*table(["culture \\ topic"] + tab.topics + ["all topics"], rows), "")
         if len(tab.cultures) * len(tab.topics) > 1:
             p = figures.instance_heatmap(rep.fig_dir / f"instances_{slug(tab.set_label)}.png", tab.cultures,
                                          tab.topics, tab.share_matrix(),
@@ -716,4 +580,4 @@ def _section_skipped(rep: _Report, col: Collection, models: list[ModelReport]):
         rep.add("No `skipped.json` in the run folders and every task's runs are on the same documents: "
                 "no task was skipped.", "")
         return
-    rep.add(*table(["task", "reason", "listed in"], rows))
+    rep.add(*table(["task", "reason", "listed in"], rows), "")

@@ -55,6 +55,11 @@ class Interval(NamedTuple):
     high: float
 
 
+def is_finite(x) -> bool:
+    """Whether ``x`` is a number (int or float) that is neither NaN nor infinite."""
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(a, dtype=float).ravel()
     b = np.asarray(b, dtype=float).ravel()

@@ -15,15 +15,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .._io import atomic_write, now_iso, package_version
+from .._io import now_iso, package_version
 from ..architectures import MODULE_KINDS
 from .attribution import AttributionScorer, ScoreTable, collate
 from .samples import Sample, load_tasks, samples_from_task
+from .tables import FOLD_ROLES, ROLES, fold_folder, load_table, save_table, score_file
 
 log = logging.getLogger("culnig-score")
-
-ROLES = ("task", "control", "crc", "general")
-FOLD_ROLES = ("task", "control")  # the roles whose items are split into folds (a question and its control alike)
 
 
 @dataclass
@@ -130,10 +128,6 @@ def parse_task_specs(specs: list[str], default_limit: int | None) -> list[tuple[
     return out
 
 
-def score_file(out: Path, role: str) -> Path:
-    return Path(out) / f"{role}.scores.pt"
-
-
 def reusable_score_files(role_tasks: dict[str, list[str]], settings: ScoringSettings, out: Path) -> dict[str, Path]:
     """Score files in ``out`` made with the same settings and tasks (kept unless ``force``).
 
@@ -154,11 +148,6 @@ def reusable_score_files(role_tasks: dict[str, list[str]], settings: ScoringSett
         else:
             raise ValueError(f"{path} was made with other settings or tasks; use --force or another --out")
     return done
-
-
-def fold_folder(out: Path, folds: int) -> Path:
-    """``<out>/folds<K>``: the fold tables of a ``fold_tables=K`` run, one folder per fold."""
-    return Path(out) / f"folds{folds}"
 
 
 def fold_settings(settings: ScoringSettings, index: int) -> ScoringSettings:
@@ -226,7 +215,7 @@ def score_roles(lm, role_tasks: dict[str, list[str]], settings: ScoringSettings,
     scorer = AttributionScorer(model, settings.kinds)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    from ..taskdata.builders import task_sources
+    from ..taskdata.sources import task_sources
     from ..model.lm import model_label
 
     for role, role_samples in samples.items():
@@ -326,51 +315,3 @@ def score_samples(
                                 {k: by_fold(v)[..., present, index].contiguous() for k, v in table.scores.items()},
                                 counts[present].clone(), meta(members)))
     return full, parts
-
-
-def save_table(table: ScoreTable, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(table.to_payload(), tmp))
-
-
-class ScoreFileError(ValueError):
-    pass
-
-
-def load_table(path: str | Path) -> ScoreTable:
-    path = Path(path)
-    if not path.is_file():
-        raise ScoreFileError(f"score file {path}: no such file (culnig-score run writes them)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ScoreFileError(f"score file {path}: cannot be read ({type(err).__name__}: {str(err)[:200]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != "culnig-scores/1":
-        raise ScoreFileError(f"score file {path}: not a culnig-scores/1 file written by culnig-score run")
-    try:
-        table = ScoreTable.from_payload(payload)
-        _check_table(table)
-    except (KeyError, TypeError, AttributeError, ValueError) as err:
-        raise ScoreFileError(f"score file {path}: malformed ({err})") from None
-    table.meta["path"] = str(path)
-    return table
-
-
-def _check_table(table: ScoreTable):
-    """Shapes and values that selection relies on; a mismatch would silently shift cultures."""
-    cultures = table.cultures
-    if not isinstance(cultures, list) or not all(isinstance(c, str) for c in cultures):
-        raise ValueError("'cultures' must be a list of names")
-    if not isinstance(table.counts, torch.Tensor) or table.counts.shape != (len(cultures),):
-        raise ValueError(f"'counts' must hold one number per culture ({len(cultures)} cultures)")
-    if (table.counts < 0).any():
-        raise ValueError("'counts' holds a negative sample count")
-    if not isinstance(table.scores, dict) or not table.scores:
-        raise ValueError("'scores' must map module kinds to tensors")
-    for kind, scores in table.scores.items():
-        if kind not in MODULE_KINDS:
-            raise ValueError(f"unknown module kind {kind!r}")
-        if not isinstance(scores, torch.Tensor) or scores.dim() != 3 or scores.shape[-1] != len(cultures):
-            raise ValueError(f"{kind} scores must be [layers, width, {len(cultures)} cultures], "
-                             f"found {tuple(getattr(scores, 'shape', ()))}")
-        if not torch.isfinite(scores).all():
-            raise ValueError(f"{kind} scores hold NaN or infinite values")

@@ -1,105 +1,20 @@
-"""Score tables -> culture-general and culture-specific neuron sets (the CULNIG selection).
+"""The CULNIG selection rules: score tables -> a culture-general set and culture-specific sets.
 
-Two rules, picked by ``Thresholds.rule``; each set names its rule in ``meta["selection"]``.
-
-``rule="paper"`` -- selection name ``culnig-paper``: the published code (ynklab/CULNIG,
-``CULNIG/decide_culture_general_neurons.py`` and ``decide_culture_specific_neuron.py``), rule for rule:
-
-* Every table is divided by its **total** sample count ``N`` (all cultures together), also the
-  per-culture sums: ``S_c = task_c / N_task - control_c / N_control`` and ``S = sum_c S_c``.
-  (The reference's comment says "normalize by country probability", but it divides by the
-  dataset's sample count; the per-country probability totals it stores are never used.)
-* **Culture-general**: the MLP ``gate_proj`` neurons are ranked alone and the top ``t`` = 1%
-  of them taken; attention q, k and v are pooled into ONE ranking and the top ``t`` = 0.2% of
-  all attention neurons taken.  THEN the CRC neurons are removed: the top ``r`` = 1% by the
-  CRC score summed over countries, MLP ranked alone and attention q/k/v pooled, like the cut.
-  So a set holds at most ``t``% (fewer where CRC neurons fell inside the cut).
-* **Culture-specific** for culture ``c``: ``gate_proj`` + q + k + v pooled into ONE ranking
-  by ``S_c``; the top ``t_s`` = 0.3% of the pooled neurons, THEN minus ``c``'s own CRC top
-  ``r`` = 1% (pooled the same way, ranked by ``c``'s CRC sum), THEN kept where the z-score of
-  ``S_c`` across the cultures with task samples, ``(S_c - mean) / std`` with the population
-  std (z = 0 where std = 0), is at least ``z``.  Only cultures that have CRC samples get a set
-  (the reference has no CRC ranking for any other); without a CRC table every culture gets one,
-  with nothing excluded.
-* Percentages are of the neurons in the ranking, rounded down (``int(n * t / 100)``).
-
-``rule="crc-first"`` -- selection name ``culnig-crc-first``: this package's earlier rule, kept
-for comparison.  Per module kind (no pooling), each culture normalised by its own sample
-count, the top ``r``% CRC neurons are excluded BEFORE the cut, so every set holds exactly
-``t``% (specific sets: exactly ``t_s``% before the z filter).
-
-``specific_rule`` (the culture-specific side only; the culture-general set is unchanged):
-
-* ``"z"`` (default): the paper's top ``t_s``% by ``S_c``, then the z-score filter.
-* ``"contrast"`` (``+contrast``, ours): each culture's ``S_c`` is scaled to mean ``|S_c|`` 1
-  over the pooled ranking, then a neuron's contrast is its scaled ``S_c`` minus the mean
-  scaled score of the other cultures; the top ``t_s``% by contrast are taken among neurons
-  with ``S_c > 0`` and outside ``c``'s CRC top ``r``% (excluded BEFORE the cut).  Measured on
-  real BLEnD (README), the paper's z-filter lets the top of every culture's ranking be the
-  model's general neurons and empties some cultures; a contrast cut keeps every culture at
-  exactly ``t_s``% and ranks what distinguishes ``c`` from the others.
-* ``"rank-contrast"`` (``+rank-contrast``, ours): as ``contrast`` with each culture's ``S_c``
-  replaced by its percentile rank in the pooled ranking (robust to a few huge scores).
-* ``exclude_general_set`` (``+general-set-excluded``): the culture-general set of the same
-  selection is removed from the candidates before the specific cut (contrast rules only).
-  ``z_min`` is not used by the contrast rules.
-
-Options for both rules:
-
-* ``general_exclude`` (``+general-exclusion``): the top ``r_g``% by the general-prose score,
-  in the same groups as the cut, are excluded before the cut (a pre-cut exclusion keeps the
-  set size; it is our extension, not in the reference).
-* ``normalise_z`` (``+normalised-z``): each culture's ``S_c`` is divided by its mean ``|S_c|``
-  before the z-score (the ``P^2`` weight lets a culture whose answers the model finds likely
-  dominate every neuron's z-score; the reference does not normalise).
-* ``min_samples``: a culture with fewer task samples gets no specific set (it still counts in
-  the z-score).  Set 0 to follow the reference (every culture).
-* ``mlp_up`` (scored only with ``--up-proj``; the reference never scores it) is ranked alone
-  with the MLP percentages, in the general and the specific selection.
-
-Where we differ from the reference on purpose:
-
-* Scores: the reference's max over token positions includes padding positions (set to 0), so
-  a neuron whose real-token scores are all negative scores 0 in a padded batch and its real
-  maximum alone: a score depends on its batch.  Ours maxes over real tokens only.
-* The reference counts a data set's samples by unique id (``dataset_ids``); ours counts the
-  samples actually scored.
-* Ties: the reference's ``sorted`` keeps the neurons' dictionary order among equal scores;
-  ours breaks ties by ``torch.topk``.  Score ties of fp32 attribution sums are rare.
-* A culture missing from the control table contributes 0 there (the reference raises).
-* ``min_samples`` defaults to 5 (the reference has no minimum: pass 0 for its behaviour).
-* The reference can add up ``S`` over several task data sets (one score file each); we take one
-  task table (score the tasks together into it).
-
-Kept as the reference does it, though worth knowing: dividing every culture's sum by the
-total sample count makes ``S_c`` proportional to the culture's sample count, so the z-score
-favours cultures with more samples (``normalise_z`` removes that scale).
-
-Random baselines (``select_and_save(random_seeds=...)``), both size-matched to the
-culture-general set:
-
-* ``random<seed>.pt`` -- ``NeuronSet.random_like``: the same number of neurons in every
-  (module kind, layer), drawn uniformly; selection ``random-like:<rule>``.
-* ``random-uniform<seed>.pt`` -- :func:`random_uniform`, the reference's
-  ``decide_random_neuron.py``: the same total number drawn uniformly from all neurons of the
-  set's module kinds pooled (so layers and kinds are not matched); selection
-  ``random-uniform:<rule>``.  Seeded with torch's generator, so the draw is not the
-  reference's ``random.sample`` draw for the same seed.
+:func:`select` applies the rule a :class:`Thresholds` names (``rule``: ``paper``, the published
+code, or ``crc-first``, this package's earlier rule; ``specific_rule``: ``z``, ``contrast`` or
+``rank-contrast`` for the culture-specific side) and records it in every set's
+``meta["selection"]``.  What each rule and option does, and where it differs from the published
+code, is in ``docs/method.md``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
-from .._io import atomic_folder, safe_name, write_text
+from .._io import safe_name
 from ..neuron_set import NeuronSet, new_meta
 from ..scoring.attribution import ScoreTable
 
@@ -116,8 +31,6 @@ SPECIFIC_GROUPS = (("mlp_gate", "attn_q", "attn_k", "attn_v"), ("mlp_up",))
 # labels select_and_save uses itself; a culture may not take them
 RESERVED_LABELS = ("general", "selection")
 RANDOM_PREFIX = "random"
-# test-only: seconds to sleep inside the staging block, so a test can interrupt a write
-PAUSE_ENV = "CULNIG_TEST_SELECTION_PAUSE"
 
 
 class ThresholdError(ValueError):
@@ -524,82 +437,7 @@ def select(
     return sets
 
 
-def random_uniform(reference: NeuronSet, seed: int) -> NeuronSet:
-    """As many neurons as ``reference``, drawn uniformly from all neurons of its module kinds
-    pooled (the reference's ``decide_random_neuron.py``; layers and kinds are not matched)."""
-    model = reference.meta.get("model") or {}
-    widths, layers = model.get("widths") or {}, model.get("num_layers")
-    kinds = list(reference.indices)
-    missing = [k for k in kinds if not widths.get(k)]
-    if missing or not layers:
-        reference._fail(f"has no model shape for {', '.join(missing) or 'num_layers'} in its metadata, "
-                        "so a random set of the same size cannot be drawn")
-    sizes = [layers * widths[k] for k in kinds]
-    gen = torch.Generator().manual_seed(int(seed))
-    mask = torch.zeros(sum(sizes), dtype=torch.bool)
-    mask[torch.randperm(sum(sizes), generator=gen)[: len(reference)]] = True
-    masks = {k: part.view(layers, widths[k]) for k, part in zip(kinds, mask.split(sizes))}
-    meta = new_meta(
-        model,
-        method="random",
-        selection=f"random-uniform:{reference.meta.get('selection') or reference.meta.get('method') or 'set'}",
-        tasks=list(reference.meta.get("tasks") or []),
-        hyperparameters={"seed": int(seed)},
-        provenance={"size_matched_to": reference.summary_meta()},
-    )
-    return NeuronSet.from_masks(masks, meta)
-
-
 def select_tables(tables: dict[str, ScoreTable], thresholds: Thresholds, model_name: str = "") -> dict[str, NeuronSet]:
     """:func:`select` on a {role: table} mapping."""
     return select(tables["task"], tables.get("control"), tables.get("crc"), tables.get("general"),
                   thresholds=thresholds, model_name=model_name)
-
-
-def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: Path, *, model_name: str = "",
-                    random_seeds: Sequence[int] = (), half_tables: dict | None = None) -> dict[str, Path]:
-    """Select, then write ``<out>/<label>.pt`` for every set, ``random<seed>.pt`` (layer-matched)
-    and ``random-uniform<seed>.pt`` (the reference's uniform draw) for every seed, and
-    ``selection.json``, all as one unit (:func:`atomic_folder`).  Returns {label: final path}.
-
-    ``half_tables`` ({"task": fold table, "control": fold table}, or a list of the K fold
-    tables per role; see :mod:`.stability`): every selected set also records the Jaccard overlap
-    of the sets selected on the two halves, and the stability filters of ``thresholds`` apply."""
-    unknown = sorted(set(tables) - {"task", "control", "crc", "general"})
-    if unknown or "task" not in tables:
-        raise ValueError(f"score tables: expected roles task, control, crc, general; got {sorted(tables)}")
-    seeds = []
-    for seed in random_seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ValueError(f"random seed {seed!r}: seeds are integers from 0 to 2**63-1")
-        seeds.append(seed)
-    from .stability import describe, select_with_halves
-
-    sets, stability = select_with_halves(tables, half_tables, thresholds, model_name)
-    for seed in dict.fromkeys(seeds):
-        sets[f"{RANDOM_PREFIX}{seed}"] = sets["general"].random_like(seed)
-        sets[f"{RANDOM_PREFIX}-uniform{seed}"] = random_uniform(sets["general"], seed)
-    files = {label: f"{safe_name(label, 'set label')}.pt" for label in sets}
-    summary = {
-        "selection": thresholds.selection_name,
-        "thresholds": asdict(thresholds),
-        "random_seeds": list(dict.fromkeys(seeds)),
-        "files": files,
-        "summary": {label: {"neurons": len(s), "per_kind": s.counts(), "fraction": s.fraction(),
-                            "selection": s.meta.get("selection"), "culture": s.meta.get("culture"),
-                            **({"stability": stability[label]} if label in stability else {})}
-                    for label, s in sets.items()},
-        "score_files": {role: {"path": t.meta.get("path"), "sha256": t.meta.get("sha256")}
-                        for role, t in sorted(tables.items())
-                        if t is not None and (role != "general" or thresholds.general_exclude is not None)},
-        **({"half_score_files": describe(half_tables)} if half_tables else {}),
-    }
-    out = Path(out)
-    with atomic_folder(out) as staging:
-        for label, neuron_set in sets.items():
-            neuron_set.save(staging / files[label])
-        pause = os.environ.get(PAUSE_ENV)
-        if pause:
-            time.sleep(float(pause))
-        write_text(staging / "selection.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    return {label: out / name for label, name in files.items()}

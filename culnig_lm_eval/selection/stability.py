@@ -23,17 +23,11 @@ Every selected set then carries ``meta["stability"]``:
   with ``stable_seed + 1``; None for deterministic selections (two seeds give the same set);
 * ``unstable``: ``halves_jaccard < threshold`` (0.3), flagged in the report.
 
-Stability selection (ours, beside the paper's rule; complementary-pairs stability selection,
-Shah & Samworth 2013): with ``Thresholds.stable_fraction`` = π a culture-specific set is the
-neurons that the rule selects on at least a fraction π of the 2 × pairs halves.
-``Thresholds.halves_agree`` is the strict form: the full selection's neurons that every half
-selects too.  The culture-general set is never filtered.
-
-Each half holds about half of every culture's items (``culnig-score run --fold`` splits every
-culture evenly), so a half is selected with ``min_samples`` halved (rounded up,
-:func:`half_thresholds`): the minimum guards the full selection against too few items, and
-keeping it whole would make the stability of a small culture's set undefined exactly where it
-matters most.  A noisy half then shows up as a low overlap, which is what the check is for.
+With ``Thresholds.stable_fraction`` = π a culture-specific set is the neurons the rule selects
+on at least a fraction π of the 2 × pairs halves (stability selection); ``Thresholds.halves_agree``
+keeps the full selection's neurons that every half selects too.  The culture-general set is never
+filtered.  A half is selected with ``min_samples`` halved, rounded up (:func:`half_thresholds`).
+Why, and the method behind it: ``docs/method.md``.
 """
 
 from __future__ import annotations
@@ -47,6 +41,7 @@ import torch
 
 from ..neuron_set import NeuronSet
 from ..scoring.attribution import ScoreTable
+from .rules import ThresholdError, select_tables
 
 UNSTABLE_BELOW = 0.3
 SPLIT_ROLES = ("task", "control")
@@ -193,8 +188,6 @@ def half_selections(tables: dict[str, ScoreTable], half_tables: dict, thresholds
                     model_name: str = "", split=None):
     """(sets selected on half A, sets selected on half B) of the first pair under
     :func:`half_thresholds`; ``split``: :func:`halves` already computed."""
-    from .rules import select_tables
-
     half_a, half_b = split if split is not None else halves(tables, half_tables)
     thresholds = half_thresholds(thresholds)
     return select_tables(half_a, thresholds, model_name), select_tables(half_b, thresholds, model_name)
@@ -212,8 +205,6 @@ class HalfSelections:
         # hundreds of MB each, and re-adding K folds costs far less than selecting from them
 
     def pair(self, half_a: tuple[int, ...], thresholds) -> tuple[dict, dict]:
-        from .rules import select_tables
-
         rule = half_thresholds(thresholds)
         key = (half_a, repr(rule))
         if key not in self._selected:
@@ -257,8 +248,6 @@ def select_with_halves(tables: dict[str, ScoreTable], half_tables: dict | None, 
     least that fraction of the halves.  The culture-general set is never filtered.  A filtered
     set records the halves overlap of the rule it filters (its own would need a second split).
     ``split``: a :class:`HalfSelections` shared across calls."""
-    from .rules import ThresholdError, select_tables
-
     base = dataclasses.replace(thresholds, halves_agree=False, stable_fraction=None)
     sets = select_tables(tables, base, model_name)
     filtered = thresholds.halves_agree or thresholds.stable_fraction is not None

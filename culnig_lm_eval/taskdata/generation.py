@@ -6,12 +6,6 @@ gets one.  The ``_gen`` tasks decode greedily instead and read the label out of 
 text with :func:`parse_label`; text from which no allowed label can be read is wrong, and is
 counted by the ``parse_failure`` metric (share of items whose answer could not be read).
 
-How the CULNIG reference scores (``eval/evaluate.py``): one forward pass, the argmax over the
-whole vocabulary at the last position, that single token decoded with special tokens skipped,
-and string equality with the gold label (``"A"``..``"D"`` for BLEnD and CulturalBench,
-``"1"``..``"3"`` for NormAd, whose prompt lists numbered options).  For BLEnD the prompt itself
-ends in ``{"answer_choice":"`` (``dataset.py``), so the next token is the letter.
-
 :func:`parse_label` reads, in this order:
 
 1. **JSON** -- if ``prefix + text`` contains ``"answer_choice"`` followed by ``:`` and an
@@ -29,13 +23,8 @@ ends in ``{"answer_choice":"`` (``dataset.py``), so the next token is the letter
 Anything else -- no word, a number outside the labels, two different labels and none first --
 is unparseable: ``parse_failure`` 1 and ``acc`` 0.
 
-Where this differs from the reference, and why: the reference reads ONE token and demands exact
-equality, so `` A`` (a leading space), ``a`` or ``"A"`` are wrong there.  Here a few tokens are
-generated (``max_gen_toks`` in the task files) and leading spaces, quotes, brackets and trailing
-text are skipped, so that generation accuracy is not dominated by tokenisation details of small
-models that the log-likelihood tasks do not see either; it is therefore an upper bound of the
-reference's count on the same generation.  A model that stops producing a label at all -- what
-masking can do -- is wrong under both rules.
+Leading spaces, quotes, brackets and trailing text are skipped, unlike the reference's
+single-token exact match; how the two compare: ``docs/method.md``.
 """
 
 from __future__ import annotations

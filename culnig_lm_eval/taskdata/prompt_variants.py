@@ -8,66 +8,28 @@ template), ``labels`` (the scored answer labels, e.g. ``["1", "2", "3"]`` or ``A
 ``gold`` (index into ``labels``), ``culture``, ``topic`` and ``variant``.
 
 Where the reference shuffles options (NormAd's yes/no/neutral numbering, CulturalBench's
-four options) the order comes from :func:`item_rng`: a ``random.Random`` seeded by a SHA-256
-of the dataset, the item's id and the variant number.  So an item's order is the same on
-every run, machine and Python version (no ``hash()``), differs between wordings (position
-bias averages out over the group, as in the reference), and does not depend on the other items.
+four options) the order comes from :func:`culnig_lm_eval.taskdata.documents.item_rng`, so it
+differs between wordings (position bias averages out over the group, as in the reference).
 
-The rows come from :func:`culnig_lm_eval.taskdata.builders.load_rows` (``CULNIG_DATA=sample|hub|auto``,
+The rows come from :func:`culnig_lm_eval.taskdata.sources.load_rows` (``CULNIG_DATA=sample|hub|auto``,
 ``CULNIG_<KEY>`` files), so the general-NLU sets (``qnli``, ``mrpc``, ``commonsense_qa``) are
 the hub datasets lm-eval itself uses, with small hand-written fixtures for offline runs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import random
 import string
 from typing import Any, Callable, Iterable, Sequence
 
-from . import builders as data
+from ..cultures import culture_id, display_name
+from .builders import blend
+from .documents import as_splits, as_text, gold_index, option_labels, option_lines, seeded_shuffle
+from .options import whole_number_option
+from .sources import DataError, Part, load_rows, located_rows
 
 log = logging.getLogger(__name__)
-DataError = data.DataError
-
-LETTERS = tuple("ABCDEFGHIJ")
-DIGITS = tuple(str(n) for n in range(1, 11))
-
-
-# ------------------------------------------------------------------------- seeded option order
-
-
-def item_rng(*key: Any) -> random.Random:
-    """A ``random.Random`` that depends only on ``key`` (e.g. dataset, item id, variant)."""
-    digest = hashlib.sha256("\x1f".join(map(str, key)).encode("utf-8")).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
-
-
-def seeded_shuffle(options: Sequence[Any], *key: Any) -> tuple[list[Any], list[int]]:
-    """(options in a per-``key`` order, ``order``): ``shuffled[i] == options[order[i]]``.
-
-    The gold option's new place is ``order.index(old_gold)``.
-    """
-    order = list(range(len(options)))
-    item_rng(*key).shuffle(order)
-    return [options[i] for i in order], order
-
-
-def option_labels(kind: str, n: int) -> list[str]:
-    """The first ``n`` answer labels of ``kind``: ``"letter"`` (A, B, ...) or ``"digit"`` (1, 2, ...)."""
-    labels = {"letter": LETTERS, "digit": DIGITS}.get(kind)
-    if labels is None:
-        raise ValueError(f"label kind must be 'letter' or 'digit', not {kind!r}")
-    if n > len(labels):
-        raise ValueError(f"{n} options, but only {len(labels)} {kind} labels")
-    return list(labels[:n])
-
-
-def option_lines(options: Iterable[Any], labels: Iterable[str], sep: str = ". ") -> str:
-    """``"A. first\\nB. second"``: one labelled option per line."""
-    return "\n".join(f"{label}{sep}{option}" for label, option in zip(labels, options))
 
 
 def _fill(template: str, task: str, fields: dict[str, Any]) -> str:
@@ -83,15 +45,15 @@ def _fill(template: str, task: str, fields: dict[str, Any]) -> str:
 def _template(task: str, template: Any, variant: Any) -> tuple[str, int]:
     if not isinstance(template, str) or not template.strip():
         raise ValueError(f"{task}: give the wording as dataset_kwargs template: \"...\" (a non-empty string)")
-    number = data._whole_number("variant", variant)
+    number = whole_number_option("variant", variant)
     if number is None:
         raise ValueError(f"{task}: give the wording's number as dataset_kwargs variant: N")
     return template, number
 
 
-def _docs(task: str, rows: Iterable[tuple[data.Part, int, dict]], make: Callable[..., dict | None]) -> Any:
+def _docs(task: str, rows: Iterable[tuple[Part, int, dict]], make: Callable[..., dict | None]) -> Any:
     docs = [doc for part, index, row in rows if (doc := make(part, index, row)) is not None]
-    return data._as_splits(docs, task)
+    return as_splits(docs, task)
 
 
 # ---------------------------------------------------------------------------------- NormAd
@@ -112,14 +74,14 @@ def normad_prompt(template: str | None = None, variant: int | None = None, **opt
         shuffled, _ = seeded_shuffle(["yes", "no", "neutral"], "normad", row.get("ID") or part.where(index), number)
         labels = option_labels("digit", 3)
         prompt = _fill(template, "normad_prompt", {
-            "country": data._display(row["Country"]), "story": row["Story"],
+            "country": display_name(row["Country"]), "story": row["Story"],
             "options": ", ".join(f"{n}: {answer}" for n, answer in zip(labels, shuffled))})
-        return {"ID": data._text(row.get("ID")), "Country": data._text(row["Country"]), "label": label,
-                "culture": data.culture_id(row["Country"]), "topic": data._text(row.get("Axis")) or "unknown",
+        return {"ID": as_text(row.get("ID")), "Country": as_text(row["Country"]), "label": label,
+                "culture": culture_id(row["Country"]), "topic": as_text(row.get("Axis")) or "unknown",
                 "variant": number, "prompt": prompt, "labels": labels, "options": shuffled,
                 "gold": shuffled.index(label)}
 
-    result = _docs("NormAd prompts", data._located(data.load_rows("normad", options)), make)
+    result = _docs("NormAd prompts", located_rows(load_rows("normad", options)), make)
     if skipped:
         log.warning("NormAd: skipped %d rows whose Gold Label is not yes/no/neutral", skipped)
     return result
@@ -135,17 +97,17 @@ def culturalbench_prompt(template: str | None = None, variant: int | None = None
 
     def make(part, index, row):
         answers = [row[f"prompt_option_{c}"] for c in "abcd"]
-        gold = data._gold(row["answer"], ["A", "B", "C", "D"], part, index, "answer")
+        gold = gold_index(row["answer"], ["A", "B", "C", "D"], part, index, "answer")
         key = row.get("data_idx")
         shuffled, order = seeded_shuffle(answers, "culturalbench", part.where(index) if key is None else key, number)
         labels = option_labels("letter", 4)
         prompt = _fill(template, "culturalbench_prompt",
                        {"question": row["prompt_question"], "options": option_lines(shuffled, labels)})
-        return {"data_idx": data._text(key), "country": data._text(row["country"]),
-                "culture": data.culture_id(row["country"]), "topic": "unknown", "variant": number,
+        return {"data_idx": as_text(key), "country": as_text(row["country"]),
+                "culture": culture_id(row["country"]), "topic": "unknown", "variant": number,
                 "prompt": prompt, "labels": labels, "options": shuffled, "gold": order.index(gold)}
 
-    return _docs("CulturalBench prompts", data._located(data.load_rows("culturalbench", options)), make)
+    return _docs("CulturalBench prompts", located_rows(load_rows("culturalbench", options)), make)
 
 
 # ------------------------------------------------------------------------------------ BLEnD
@@ -159,7 +121,7 @@ def blend_prompt(template: str | None = None, variant: int | None = None, labels
     the ``blend`` task (``per_question``/``sample_seed``/``culture``/``topics`` pass through);
     the official prompt itself is the ``blend`` builder."""
     template, number = _template("blend_prompt", template, variant)
-    items = data.blend(**options)["test"]
+    items = blend(**options)["test"]
     marks = option_labels(labels, 4)
 
     def make(part, index, doc):
@@ -167,14 +129,14 @@ def blend_prompt(template: str | None = None, variant: int | None = None, labels
                                                    "options": option_lines(doc["options"], marks)})
         return {**doc, "variant": number, "prompt": prompt, "labels": marks}
 
-    part = data.Part(items.to_list(), "BLEnD")
+    part = Part(items.to_list(), "BLEnD")
     return _docs("BLEnD prompts", ((part, i, doc) for i, doc in enumerate(part)), make)
 
 
 # -------------------------------------------------------------------------- general NLU sets
 
 
-def _binary_label(row: dict, part: data.Part, index: int) -> int | None:
+def _binary_label(row: dict, part: Part, index: int) -> int | None:
     """GLUE's 0/1 label; None for an unlabelled row (GLUE test splits mark those -1)."""
     text = str(row["label"]).strip()
     if text in {"0", "1"}:
@@ -195,11 +157,11 @@ def _glue_prompt(key: str, fields: Sequence[str], template: Any, variant: Any, o
             unlabelled += 1
             return None
         prompt = _fill(template, f"{key}_prompt", {f: row[f] for f in fields})
-        return {"idx": data._text(row.get("idx")), **{f: row[f] for f in fields}, "label": gold,
+        return {"idx": as_text(row.get("idx")), **{f: row[f] for f in fields}, "label": gold,
                 "culture": "none", "topic": key, "variant": number, "prompt": prompt,
                 "labels": ["0", "1"], "gold": gold}
 
-    result = _docs(f"{key} prompts", data._located(data.load_rows(key, options)), make)
+    result = _docs(f"{key} prompts", located_rows(load_rows(key, options)), make)
     if unlabelled:
         log.warning("%s: skipped %d unlabelled rows (label -1)", key, unlabelled)
     return result
@@ -234,12 +196,12 @@ def commonsense_qa_prompt(template: str | None = None, variant: int | None = Non
             raise DataError(f"{part.where(index)}: choices must be {{\"label\": [...], \"text\": [...]}} "
                             "of equal length, as tau/commonsense_qa has them")
         labels = [str(l).strip().upper() for l in choices["label"]]
-        gold = data._gold(row["answerKey"], labels, part, index, "answerKey")
+        gold = gold_index(row["answerKey"], labels, part, index, "answerKey")
         prompt = _fill(template, "commonsense_qa_prompt",
                        {"question": row["question"], "options": option_lines(choices["text"], labels)})
-        return {"id": data._text(row.get("id")), "question": row["question"], "answerKey": labels[gold],
-                "culture": "none", "topic": data._text(row.get("question_concept")) or "unknown",
+        return {"id": as_text(row.get("id")), "question": row["question"], "answerKey": labels[gold],
+                "culture": "none", "topic": as_text(row.get("question_concept")) or "unknown",
                 "variant": number, "prompt": prompt, "labels": labels, "options": list(choices["text"]),
                 "gold": gold}
 
-    return _docs("CommonsenseQA prompts", data._located(data.load_rows("commonsense_qa", options)), make)
+    return _docs("CommonsenseQA prompts", located_rows(load_rows("commonsense_qa", options)), make)

@@ -54,7 +54,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .builders import DataError, _as_splits, _whole_number, culture_id, locate
+from ..cultures import culture_id
+from .documents import as_splits
+from .options import whole_number_option
+from .sources import DataError, locate
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +259,8 @@ def wvb(culture: str | list[str] | None = None, questions: str = "all", neuron_q
     """WorldValuesBench documents of the paper's cultures (or ``culture``); ``questions``: all, neur or test."""
     if questions not in {"all", "neur", "test"}:
         raise ValueError(f"wvb: questions must be all, neur or test, not {questions!r}")
-    cut = _whole_number("neuron_questions", neuron_questions)
-    floor = _whole_number("min_responses", min_responses) or 0
+    cut = whole_number_option("neuron_questions", neuron_questions)
+    floor = whole_number_option("min_responses", min_responses) or 0
     wanted = [culture] if isinstance(culture, str) else list(culture or PAPER_CULTURES)
     data = survey(str(_wvb_folder(options)))
     spellings: dict[str, str] = {}
@@ -300,7 +303,7 @@ def wvb(culture: str | list[str] | None = None, questions: str = "all", neuron_q
                     "divergence": kl,
                     "divergence_rank": rank,
                 })
-    return _as_splits(docs, f"WorldValuesBench ({questions} questions) from {data.source}")
+    return as_splits(docs, f"WorldValuesBench ({questions} questions) from {data.source}")
 
 
 # ------------------------------------------------------------------------------------- metric

@@ -1,0 +1,197 @@
+"""The experiment config: :class:`ExperimentConfig` read from YAML and checked before anything loads.
+
+A config names the model (``model_args``), the scoring roles and their settings (``scoring``),
+the selections (``thresholds`` shared by all, ``selections`` name -> overrides), the random
+baselines (``random_seeds``) and what is evaluated on which condition (``evaluate``, an
+:class:`EvaluationPlan`); ``culnig_lm_eval/experiments/`` holds the shipped ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .._io import safe_name
+
+DEFAULT_CONFIG = Path(__file__).parent.parent / "experiments" / "smollm2-135m.yaml"
+SCORING_KEYS = {"tasks", "control", "crc", "general", "limit", "window", "stride", "batch_size", "attention",
+                "up_proj", "apply_chat_template", "num_fewshot", "culture_field", "stability_fold"}
+EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu",
+                 "instance_task", "random_draws", "random_for", "random_tasks"}
+# 20 random sets per evaluated set: with the observed set counted as one draw the smallest empirical
+# p is 1/21 < 0.05, so a set that beats every random set can be called specific at 0.05
+DEFAULT_RANDOM_SEEDS = list(range(20))
+# the items of fold 0 of 2 are scored a second time; the sets selected on them and on the rest are
+# compared (issue 11: are the selected neurons a property of the model or of the items?)
+DEFAULT_STABILITY_FOLD = "0/2"
+
+
+class ConfigError(ValueError):
+    """The experiment YAML is missing, malformed or names impossible settings."""
+
+
+def _str_list(value, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of task names")
+    return list(value)
+
+
+@dataclass
+class EvaluationPlan:
+    """What is evaluated, for every condition (see :func:`conditions`)."""
+
+    batch_size: int = 8
+    limit: int | None = None
+    cultural: list[str] = field(default_factory=list)  # every set
+    per_culture: list[str] = field(default_factory=list)  # culture-specific sets (split by culture)
+    culture_sets_for: list[str] | None = None  # selections whose culture sets are evaluated (None: all)
+    general: list[str] = field(default_factory=list)  # general perplexity (every set)
+    nlu: list[str] = field(default_factory=list)  # lm-eval's own general NLU
+    instance_task: str | None = None  # per-item summed set scores (the report's instance view)
+    # random baselines evaluated: "layer-matched" (random<seed>.pt, the same count per layer and
+    # module kind) and/or "uniform" (random-uniform<seed>.pt, the reference's pooled draw).  The
+    # report pools the evaluated draws matched to the same set into one baseline.
+    random_draws: list[str] = field(default_factory=lambda: ["layer-matched"])
+    random_for: list[str] | None = None  # selections whose random sets are evaluated (None: all)
+    # tasks the random sets run on (None: per_culture + general).  Each random set costs one
+    # evaluation per task here, and there are random_seeds of them per evaluated set, so this is
+    # kept to the tasks the report's random distribution needs
+    random_tasks: list[str] | None = None
+
+    @property
+    def unmasked_tasks(self) -> list[str]:
+        """Every task the unmasked model runs (each masked condition runs a subset)."""
+        return list(dict.fromkeys(self.cultural + self.general + self.nlu + self.per_culture))
+
+    @property
+    def tasks_for_random_sets(self) -> list[str]:
+        if self.random_tasks is not None:
+            return list(dict.fromkeys(self.random_tasks))
+        return list(dict.fromkeys(self.per_culture + self.general))
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    model_args: str
+    role_tasks: dict[str, list[str]]  # scoring roles -> tasks
+    scoring: "ScoringSettings"  # noqa: F821 (imported lazily: torch)
+    thresholds: dict = field(default_factory=dict)  # shared by every selection
+    selections: dict[str, dict] = field(default_factory=lambda: {"paper": {}})  # name -> threshold overrides
+    random_seeds: list[int] = field(default_factory=lambda: list(DEFAULT_RANDOM_SEEDS))
+    evaluate: EvaluationPlan = field(default_factory=EvaluationPlan)
+    stability_fold: str | None = DEFAULT_STABILITY_FOLD  # scoring.stability_fold; None: no stability check
+    data: str = "auto"  # CULNIG_DATA for the run
+    offline: bool = True  # HF_HUB_OFFLINE=1 for the run
+    # datasets that must come from files the user names (CULNIG_<KEY> or the hub with data: hub):
+    # the run stops before the model loads rather than fall back to a shipped sample
+    require_data: list[str] = field(default_factory=list)
+    source: str = ""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None) -> "ExperimentConfig":
+        path = Path(path) if path else DEFAULT_CONFIG
+        if not path.is_file():
+            raise ConfigError(f"experiment config {path}: no such file (the default is {DEFAULT_CONFIG})")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where else ""
+            raise ConfigError(f"experiment config {path}: not valid YAML{at}; fix the file") from None
+        return cls.from_mapping(raw, path)
+
+    @classmethod
+    def from_mapping(cls, raw, path: str | Path = "<config>") -> "ExperimentConfig":
+        from ..scoring.run import ScoringSettings, parse_fold
+        from ..selection.random_sets import RANDOM_DRAWS
+        from ..selection.rules import Thresholds
+
+        if not isinstance(raw, dict):
+            raise ConfigError(f"experiment config {path}: must be a mapping with model_args, scoring and evaluate")
+        missing = [k for k in ("model_args", "scoring", "evaluate") if k not in raw]
+        if missing:
+            raise ConfigError(f"experiment config {path}: missing section(s) {', '.join(missing)}")
+        scoring, evaluate = raw["scoring"], raw["evaluate"]
+        for section, value, known in (("scoring", scoring, SCORING_KEYS), ("evaluate", evaluate, EVALUATE_KEYS)):
+            if not isinstance(value, dict):
+                raise ConfigError(f"experiment config {path}: '{section}' must be a mapping")
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ConfigError(f"experiment config {path}: unknown {section} key(s) {', '.join(unknown)} "
+                                  f"(known: {', '.join(sorted(known))})")
+        role_tasks = {role: _str_list(scoring.get(key), f"{path}: scoring.{key}")
+                      for role, key in (("task", "tasks"), ("control", "control"), ("crc", "crc"), ("general", "general"))}
+        role_tasks = {role: tasks for role, tasks in role_tasks.items() if tasks}
+        if "task" not in role_tasks:
+            raise ConfigError(f"experiment config {path}: scoring.tasks names no task")
+        try:
+            kinds = ("mlp_gate",) + (("mlp_up",) if scoring.get("up_proj") else ()) + (
+                ("attn_q", "attn_k", "attn_v") if scoring.get("attention") else ())
+            settings = ScoringSettings(
+                model_args=str(raw["model_args"]), kinds=kinds, batch_size=int(scoring.get("batch_size", 8)),
+                limit=scoring.get("limit"), window=int(scoring.get("window", 96)), stride=int(scoring.get("stride", 16)),
+                num_fewshot=scoring.get("num_fewshot"), apply_chat_template=bool(scoring.get("apply_chat_template")),
+                culture_field=str(scoring.get("culture_field", "culture")),
+            )
+            plan = EvaluationPlan(**{k: evaluate[k] for k in EVALUATE_KEYS if k in evaluate})
+            for key in ("cultural", "per_culture", "general", "nlu"):
+                _str_list(getattr(plan, key), f"evaluate.{key}")
+            if plan.random_tasks is not None:
+                # a random set's drop is measured against the unmasked run on the same task
+                unknown = sorted(set(_str_list(plan.random_tasks, "evaluate.random_tasks"))
+                                 - set(plan.unmasked_tasks))
+                if unknown:
+                    raise ValueError(f"evaluate.random_tasks names task(s) the unmasked model does not run: "
+                                     f"{', '.join(unknown)} (list them in cultural, per_culture, general or nlu)")
+            for key in ("culture_sets_for", "random_for"):
+                unknown = sorted(set(_str_list(getattr(plan, key), f"evaluate.{key}"))
+                                 - set(raw.get("selections") or {"paper": {}}))
+                if unknown:
+                    raise ValueError(f"evaluate.{key} names no configured selection: {', '.join(unknown)}")
+            draws = _str_list(plan.random_draws, "evaluate.random_draws")
+            if not set(draws) <= set(RANDOM_DRAWS):
+                raise ValueError(f"evaluate.random_draws must list {' and/or '.join(RANDOM_DRAWS)}, not {draws}")
+            thresholds = dict(raw.get("thresholds") or {})
+            selections = {safe_name(name, "selection name"): dict(overrides or {})
+                          for name, overrides in (raw.get("selections") or {"paper": {}}).items()}
+            for name, overrides in selections.items():
+                Thresholds(**{**thresholds, **overrides})  # every selection's thresholds are valid
+            seeds = [int(s) for s in raw.get("random_seeds", DEFAULT_RANDOM_SEEDS)]
+            if any(s < 0 or s > 2**63 - 1 for s in seeds):
+                raise ValueError("random_seeds must be integers from 0 to 2**63-1")
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"experiment config {path}: {err}") from None
+        fold = scoring.get("stability_fold", DEFAULT_STABILITY_FOLD)
+        try:
+            if fold is not None:
+                parse_fold(fold if isinstance(fold, str) else repr(fold))
+        except ValueError:
+            raise ConfigError(f"experiment config {path}: scoring.stability_fold {fold!r} must be I/K with K >= 2 "
+                              "folds and 0 <= I < K (e.g. 0/2), or null to skip the stability check") from None
+        from ..taskdata.sources import SOURCES
+
+        require = _str_list(raw.get("require_data"), f"{path}: require_data")
+        unknown = sorted(set(require) - set(SOURCES))
+        if unknown:
+            raise ConfigError(f"experiment config {path}: require_data names unknown dataset(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(SOURCES))})")
+        data = str(raw.get("data", "auto"))
+        if data not in ("auto", "hub", "sample"):
+            raise ConfigError(f"experiment config {path}: data must be auto, hub or sample (got {data!r})")
+        try:
+            name = safe_name(raw.get("name", "experiment"), "name")
+        except ValueError as err:
+            raise ConfigError(f"experiment config {path}: {err}") from None
+        return cls(name=name, model_args=str(raw["model_args"]),
+                   role_tasks=role_tasks, scoring=settings, thresholds=thresholds, selections=selections,
+                   random_seeds=seeds, evaluate=plan, stability_fold=fold, data=data,
+                   offline=bool(raw.get("offline", True)), require_data=require, source=str(path))
+
+
+def load_config(path: str | Path | None) -> ExperimentConfig:
+    return ExperimentConfig.from_yaml(path)

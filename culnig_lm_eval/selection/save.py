@@ -1,0 +1,59 @@
+"""A sets folder: select, add the random baselines and write every set with ``selection.json``
+as one unit (:func:`select_and_save`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from .._io import atomic_folder, safe_name, write_text
+from ..scoring.attribution import ScoreTable
+from .random_sets import RANDOM_DRAWS, random_set
+from .rules import Thresholds
+from .stability import describe, select_with_halves
+
+
+def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: Path, *, model_name: str = "",
+                    random_seeds: Sequence[int] = (), half_tables: dict | None = None) -> dict[str, Path]:
+    """Select, then write ``<out>/<label>.pt`` for every set, ``random<seed>.pt`` (layer-matched)
+    and ``random-uniform<seed>.pt`` (the reference's uniform draw) for every seed, and
+    ``selection.json``, all as one unit (:func:`atomic_folder`).  Returns {label: final path}.
+
+    ``half_tables`` ({"task": fold table, "control": fold table}, or a list of the K fold
+    tables per role; see :mod:`.stability`): every selected set also records the Jaccard overlap
+    of the sets selected on the two halves, and the stability filters of ``thresholds`` apply."""
+    unknown = sorted(set(tables) - {"task", "control", "crc", "general"})
+    if unknown or "task" not in tables:
+        raise ValueError(f"score tables: expected roles task, control, crc, general; got {sorted(tables)}")
+    seeds = []
+    for seed in random_seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"random seed {seed!r}: seeds are integers from 0 to 2**63-1")
+        seeds.append(seed)
+    sets, stability = select_with_halves(tables, half_tables, thresholds, model_name)
+    for seed in dict.fromkeys(seeds):
+        for draw, prefix in RANDOM_DRAWS.items():
+            sets[f"{prefix}{seed}"] = random_set(draw, sets["general"], seed)
+    files = {label: f"{safe_name(label, 'set label')}.pt" for label in sets}
+    summary = {
+        "selection": thresholds.selection_name,
+        "thresholds": asdict(thresholds),
+        "random_seeds": list(dict.fromkeys(seeds)),
+        "files": files,
+        "summary": {label: {"neurons": len(s), "per_kind": s.counts(), "fraction": s.fraction(),
+                            "selection": s.meta.get("selection"), "culture": s.meta.get("culture"),
+                            **({"stability": stability[label]} if label in stability else {})}
+                    for label, s in sets.items()},
+        "score_files": {role: {"path": t.meta.get("path"), "sha256": t.meta.get("sha256")}
+                        for role, t in sorted(tables.items())
+                        if t is not None and (role != "general" or thresholds.general_exclude is not None)},
+        **({"half_score_files": describe(half_tables)} if half_tables else {}),
+    }
+    out = Path(out)
+    with atomic_folder(out) as staging:
+        for label, neuron_set in sets.items():
+            neuron_set.save(staging / files[label])
+        write_text(staging / "selection.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    return {label: out / name for label, name in files.items()}
