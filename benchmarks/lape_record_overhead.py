@@ -75,9 +75,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     from culnig_lm_eval.lape.counts import forward_inputs, prepare_batch, record_counts
+    from culnig_lm_eval.model.lm import parameter_device
 
     model, label = load_model(args.model, args.tiny)
-    device = next(model.parameters()).device
+    device = parameter_device(model)
     batches = make_batches(model.config.vocab_size, args.batches, args.batch_size, args.length)
     prepared = [forward_inputs(model, prepare_batch(b, device)[0]) for b in batches]
 

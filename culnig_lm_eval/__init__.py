@@ -1,9 +1,11 @@
 """culnig-lm-eval: culture neurons (CULNIG and LAPE) inside lm-evaluation-harness.
 
-The flow of the package follows the folders: ``tasks/`` (harness YAML) -> ``scoring``
-(attribution scores from the same task requests) -> ``selection`` (culture-general and
-culture-specific sets) -> ``neuron_set`` (the file format) -> ``masked_hf`` (the ``masked-hf``
-harness model) -> ``report`` (masked vs unmasked comparison).
+The folders follow the flow: ``tasks/`` (harness YAML) -> ``taskdata`` (the tasks' documents)
+-> ``scoring`` (attribution scores from the same task requests) -> ``selection``
+(culture-general and culture-specific sets) -> ``neuron_set`` (the file format) -> ``model``
+(the ``masked-hf`` harness model) -> ``experiment`` (the whole study from one config) ->
+``report`` (masked vs unmasked comparison); ``lape`` and ``finetune`` sit beside them, the
+commands in ``cli``.
 
 This module stays import-light: it is imported at interpreter start-up by the ``.pth`` hook.
 """

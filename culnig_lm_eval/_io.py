@@ -1,4 +1,5 @@
-"""File helpers shared by every writer: atomic files, atomic folders, hashes, safe names.
+"""File helpers shared by every reader and writer: atomic files, atomic folders, hashes, safe
+names, JSON-lines reading.
 
 Every output of the package goes through :func:`atomic_write` (one file) or
 :func:`atomic_folder` (a set of files that belong together, e.g. a sets folder or a report):
@@ -15,13 +16,14 @@ import ctypes
 import ctypes.util
 import datetime as _dt
 import hashlib
-import math
+import json
 import os
 import re
 import shutil
 import signal
 import tempfile
 from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
 # A name read from an input file (a culture, a set label) before it becomes part of a path.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -40,17 +42,6 @@ def safe_name(name, what: str = "name") -> str:
             "no path separators, no '..', no '+')"
         )
     return text
-
-
-def finite(value, what: str) -> float:
-    """``float(value)``, refusing NaN and infinities with a message naming ``what``."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what}={value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{what}={value!r} is not a finite number")
-    return number
 
 
 def now_iso() -> str:
@@ -72,6 +63,31 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def json_lines(lines: Iterable[str], on_bad_line: Callable[[int, json.JSONDecodeError], None] | None = None
+               ) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of every non-blank line of JSON-lines text (``lines``: an open file or
+    a list of lines).  A line that is not JSON raises :class:`json.JSONDecodeError`, unless
+    ``on_bad_line(line number, error)`` is given: it is called (it may raise) and the line skipped."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            if on_bad_line is None:
+                raise
+            on_bad_line(number, err)
+            continue
+        yield number, value
+
+
+def read_json_lines(path: str | Path, on_bad_line: Callable[[int, json.JSONDecodeError], None] | None = None
+                    ) -> Iterator[tuple[int, Any]]:
+    """:func:`json_lines` of the UTF-8 file ``path``, read line by line."""
+    with open(path, encoding="utf-8") as fh:
+        yield from json_lines(fh, on_bad_line)
 
 
 def current_umask() -> int:

@@ -238,12 +238,12 @@ def tiny_runs(tmp_path_factory):
 
 def read_runs(out: Path):
     """{masked?: {task: (aggregates, [sample rows])}}, read straight from lm-eval's files."""
-    from culnig_lm_eval.report.collect import parse_model_args
+    from culnig_lm_eval.report.collect import recorded_model_args
 
     runs = {}
     for results in sorted(out.rglob("results_*.json")):
         data = json.loads(results.read_text())
-        masked = bool(parse_model_args(data["config"]["model_args"]).get("neurons"))
+        masked = bool(recorded_model_args(data["config"]["model_args"]).get("neurons"))
         date = results.name[len("results_"):-len(".json")]
         for task in data["configs"]:
             rows = [json.loads(line) for line in (results.parent / f"samples_{task}_{date}.jsonl").read_text().splitlines()]

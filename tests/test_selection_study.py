@@ -9,7 +9,8 @@ import torch
 from culnig_lm_eval.scoring.attribution import ScoreTable
 from culnig_lm_eval.selection.rules import Thresholds, ThresholdError, select
 from culnig_lm_eval.selection.stability import HalfTableError, complement, halves, jaccard
-from culnig_lm_eval.selection.study import StudyError, StudySettings, analyse, empirical_p
+from culnig_lm_eval.selection.study import StudyError, StudySettings
+from culnig_lm_eval.selection.study_report import analyse, empirical_p
 
 LAYERS = 3
 WIDTHS = {"mlp_gate": 40, "attn_q": 16, "attn_k": 4, "attn_v": 4}

@@ -212,17 +212,13 @@ def _score(args) -> dict[str, Path]:
 
 
 def _select(paths: dict[str, Path], args, half_tables: dict | None = None) -> dict[str, Path]:
-    from .._io import file_sha256
     from ..scoring.tables import load_table
     from ..selection.save import select_and_save
 
     if "task" not in paths:
         raise ValueError("a task score file is needed: --task-scores FILE, or --scores-dir with task.scores.pt in it")
     thresholds, seeds = thresholds_from_args(args), _seeds(args.random_seeds)
-    tables = {}
-    for role, path in paths.items():
-        tables[role] = load_table(path)
-        tables[role].meta["sha256"] = file_sha256(path)
+    tables = {role: load_table(path) for role, path in paths.items()}
     name = tables["task"].meta.get("model", {}).get("name") or "model"
     out = args.sets_out or Path("neuron_sets") / Path(name).name
     written = select_and_save(tables, thresholds, out, model_name=name, random_seeds=seeds,
@@ -237,7 +233,7 @@ def _select(paths: dict[str, Path], args, half_tables: dict | None = None) -> di
 
 
 def _study(args) -> int:
-    from .._io import check_writable_folder, file_sha256
+    from .._io import check_writable_folder
     from ..scoring.tables import load_fold_tables, load_table, table_paths
     from ..selection.study import VARIANTS, StudySettings, default_variants, run_study
 
@@ -261,10 +257,7 @@ def _study(args) -> int:
     if "task" not in paths:
         raise ValueError(f"--scores-dir {args.scores_dir}: holds no task.scores.pt")
     half_tables = load_fold_tables(args.half_scores_dir, "--half-scores-dir") if args.half_scores_dir else {}
-    tables = {}
-    for role, path in paths.items():
-        tables[role] = load_table(path)
-        tables[role].meta["sha256"] = file_sha256(path)
+    tables = {role: load_table(path) for role, path in paths.items()}
     check_writable_folder(args.out.parent if args.out.parent != Path("") else Path("."), "--out")
     command = "culnig-score " + shlex.join(args.argv)
     report = run_study(settings, tables, args.out, half_tables=half_tables or None, command=command,

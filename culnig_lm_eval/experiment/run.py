@@ -33,7 +33,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .._io import atomic_folder, check_writable_folder, file_sha256, write_text
+from .._io import atomic_folder, check_writable_folder, write_text
 from ..selection.random_sets import RANDOM_DRAWS, random_draw, random_set
 from .config import ConfigError, EvaluationPlan, ExperimentConfig
 
@@ -121,15 +121,6 @@ def score_stability_half(lm, config: ExperimentConfig, scores: Path, tasks: dict
     return score_roles(lm, roles, settings, out, tasks=tasks)
 
 
-def _load_tables(score_files: dict[str, Path]) -> dict:
-    from ..scoring.tables import load_table
-
-    tables = {role: load_table(path) for role, path in score_files.items()}
-    for role, table in tables.items():
-        table.meta["sha256"] = file_sha256(score_files[role])
-    return tables
-
-
 def select_all(config: ExperimentConfig, score_files: dict[str, Path], out: Path, force: bool,
                skipped: dict[str, str], half_files: dict[str, Path] | None = None) -> dict[str, dict[str, Path]]:
     """{selection name: {set label: path}}: ``select_and_save`` for each configured selection.
@@ -137,10 +128,11 @@ def select_all(config: ExperimentConfig, score_files: dict[str, Path], out: Path
     ``half_files``: {role: score file} of the task and control roles scored on the stability fold
     (:func:`score_stability_half`); each set then records how stable its selection is."""
     from ..selection.rules import Thresholds
+    from ..scoring.tables import load_table
     from ..selection.save import select_and_save
 
-    tables = _load_tables(score_files)
-    half_tables = _load_tables(half_files or {})
+    tables = {role: load_table(path) for role, path in score_files.items()}
+    half_tables = {role: load_table(path) for role, path in (half_files or {}).items()}
     written = {}
     for name, overrides in config.selections.items():
         thresholds = Thresholds(**{**config.thresholds, **overrides})

@@ -14,11 +14,12 @@ prompt), and batches are left-padded so every target ends at the last position.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .._io import read_json_lines
 
 
 @dataclass(frozen=True)
@@ -65,20 +66,17 @@ def from_task(name: str, max_examples: int | None = None, seed: int = 42) -> lis
 def from_jsonl(path: str | Path, max_examples: int | None = None) -> list[Example]:
     path = Path(path)
     examples = []
+
+    def refuse(number: int, _err):
+        raise ValueError(f"--train-file {path} line {number}: not JSON") from None
+
     try:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    raise ValueError(f"--train-file {path} line {number}: not JSON") from None
-                if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
-                        or not isinstance(row.get("target"), str) or not row["target"]:
-                    raise ValueError(f"--train-file {path} line {number}: needs string fields 'prompt' and a "
-                                     "non-empty 'target'")
-                examples.append(Example(row["prompt"], row["target"]))
+        for number, row in read_json_lines(path, on_bad_line=refuse):
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
+                    or not isinstance(row.get("target"), str) or not row["target"]:
+                raise ValueError(f"--train-file {path} line {number}: needs string fields 'prompt' and a "
+                                 "non-empty 'target'")
+            examples.append(Example(row["prompt"], row["target"]))
     except FileNotFoundError:
         raise FileNotFoundError(f"--train-file {path}: no such file") from None
     except UnicodeDecodeError:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..report.figures import new_figure, palette, save_figure
+from ..report.markdown import table
 
 
 def curves_figure(path: Path, points: dict[str, list[dict]], tasks: list[str]) -> Path:
@@ -42,19 +43,17 @@ def render(body: dict) -> str:
         + (f" and the training task `{s['train_eval_task']}`" if s.get("train_eval_task") else "")
         + (f" (at most the first {s['eval_limit']} items of each)" if s.get("eval_limit") else "") + ".",
         "",
-        "| choice | modules | parameters | share | distinct neurons of the sets they hold |",
-        "|---|---|---|---|---|",
     ]
-    for name, m in body["modules"].items():
-        lines.append(f"| {name} | {len(m['target_modules'])} | {m['chosen_parameters']:,} | "
-                     f"{m['chosen_parameters'] / m['total_parameters']:.1%} | {m['neurons_held']} |")
+    lines += table(["choice", "modules", "parameters", "share", "distinct neurons of the sets they hold"],
+                   [[name, len(m["target_modules"]), f"{m['chosen_parameters']:,}",
+                     f"{m['chosen_parameters'] / m['total_parameters']:.1%}", m["neurons_held"]]
+                    for name, m in body["modules"].items()])
     lines += ["", "![curves](finetune-curves.png)", "",
-              "Change from step 0 to the last step (paired bootstrap 95% interval, exact McNemar test):", "",
-              "| choice | task | start | end | change (points) | 95% CI | McNemar p | items |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in body["analysis"]["rows"]:
-        lines.append(f"| {r['choice']} | {r['task']} | {r['start']:.3f} | {r['end']:.3f} | {100 * r['delta']:+.1f} | "
-                     f"[{100 * r['ci'][0]:+.1f}, {100 * r['ci'][1]:+.1f}] | {r['mcnemar_p']:.3g} | {r['items']} |")
+              "Change from step 0 to the last step (paired bootstrap 95% interval, exact McNemar test):", ""]
+    lines += table(["choice", "task", "start", "end", "change (points)", "95% CI", "McNemar p", "items"],
+                   [[r["choice"], r["task"], f"{r['start']:.3f}", f"{r['end']:.3f}", f"{100 * r['delta']:+.1f}",
+                     f"[{100 * r['ci'][0]:+.1f}, {100 * r['ci'][1]:+.1f}]", f"{r['mcnemar_p']:.3g}", r["items"]]
+                    for r in body["analysis"]["rows"]])
     lines += ["", "Final models head to head (same items):", ""]
     lines += [f"- {v}" for v in body["verdict"]] or ["- (no cultural task to compare)"]
     lines.append("")

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_write, finite, now_iso, write_text
+from .._io import atomic_write, now_iso, write_text
+from ..checks import number_in, whole_number
+from ..model.lm import parameter_device
 from .examples import Tokenised, batch_order, collate
 
 log = logging.getLogger(__name__)
@@ -59,17 +61,15 @@ class FinetuneSettings:
     lora: LoraSettings | None = None
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "grad_accum", "max_length", "eval_every", "eval_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {value!r}: must be a whole number >= 1")
-        if self.max_length < 2:
-            raise ValueError("--max-length must be at least 2")
-        lr = finite(self.learning_rate, "--learning-rate")
-        if lr <= 0:
-            raise ValueError(f"--learning-rate {self.learning_rate!r}: must be > 0")
-        if self.eval_limit is not None and (not isinstance(self.eval_limit, int) or self.eval_limit < 1):
-            raise ValueError(f"--eval-limit {self.eval_limit!r}: must be a whole number >= 1")
+        def flag(name: str) -> str:  # the setting as its command-line flag
+            return f"--{name.replace('_', '-')} {getattr(self, name)!r}"
+
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size"):
+            whole_number(getattr(self, name), flag(name), least=1)
+        whole_number(self.max_length, flag("max_length"), least=2)
+        number_in(self.learning_rate, flag("learning_rate"), low=0, low_open=True)
+        if self.eval_limit is not None:
+            whole_number(self.eval_limit, flag("eval_limit"), least=1)
         if not self.eval_tasks and not self.train_eval_task:
             raise ValueError("--eval-tasks: name at least one task to evaluate")
 
@@ -224,7 +224,7 @@ class Run:
             optimizer.load_state_dict(state["optimizer"])
             step, curve = state["step"], json.loads(state["curve"])
         wrapped = accelerator.prepare_model(model) if accelerator.num_processes > 1 else model
-        device = next(model.parameters()).device
+        device = parameter_device(model)
         pad_id = self.lm.tokenizer.pad_token_id if self.lm.tokenizer.pad_token_id is not None else 0
         if step == 0 and not curve:
             curve.append({"step": 0, **self._evaluate_or_baseline(manager)})

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from .._io import file_sha256, safe_name
+from ..checks import number_in
 from ..cultures import culture_id
 
 MANIFEST = "manifest.json"
@@ -68,13 +69,6 @@ def in_evaluation_split(key: str, eval_fraction: float) -> bool:
     """Deterministic split on a hash of ``key`` (a question id): the same everywhere."""
     digest = hashlib.sha256(key.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction
-
-
-def _check_fraction(eval_fraction: float) -> float:
-    value = float(eval_fraction)
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"--eval-fraction {eval_fraction}: give a number between 0 and 1 (e.g. 0.2)")
-    return value
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -146,7 +140,7 @@ def blend_annotation_corpora(folder: str | Path, cultures: list[str] | None = No
     folder = Path(folder)
     if not folder.is_dir():
         raise CorpusError(f"BLEnD annotation folder {folder} does not exist; give the folder holding <Country>_data.json")
-    fraction = _check_fraction(eval_fraction)
+    fraction = number_in(eval_fraction, f"--eval-fraction {eval_fraction}", low=0, high=1, low_open=True, high_open=True)
     files = _annotation_files(folder)
     wanted = [culture_id(c) for c in cultures] if cultures else sorted(files)
     missing = [c for c in wanted if c not in files]

@@ -36,6 +36,7 @@ import torch
 
 from .._io import atomic_write, now_iso, package_version
 from ..architectures import model_shape, sites, text_config
+from ..model.lm import parameter_device
 
 FORMAT = "culnig-lape-counts/1"
 _FORMAT_PREFIX = "culnig-lape-counts/"
@@ -329,7 +330,7 @@ def record_counts(model, batches, *, kind: str = "mlp_gate") -> tuple[torch.Tens
     found = sites(model, (kind,))
     if not found:
         raise ValueError(f"{type(model).__name__} has no {kind} modules to count")
-    device = next(model.parameters()).device
+    device = parameter_device(model)
     state: dict = {"count": None, "weights": {}}
     acc: dict[int, torch.Tensor] = {}
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..checks import whole_number
 from ..neuron_set import NeuronSet
+from ..report.markdown import table
 from .corpora import blend_annotation_corpora, language_corpora, parse_languages, token_rows
 from .harness import write_corpora
 from .identify import LapeHyperparameters
@@ -46,8 +48,8 @@ class DemoConfig:
     culture_languages: str | None = None
 
     def __post_init__(self):
-        if self.eval_max_tokens is not None and self.eval_max_tokens < 1:
-            raise ValueError(f"--eval-max-tokens {self.eval_max_tokens}: give a positive number or leave it out")
+        if self.eval_max_tokens is not None:
+            whole_number(self.eval_max_tokens, f"--eval-max-tokens {self.eval_max_tokens}", least=1)
 
 
 def _siblings(mapping: dict[str, str], cultures: list[str]) -> dict[str, list[str]]:
@@ -56,10 +58,9 @@ def _siblings(mapping: dict[str, str], cultures: list[str]) -> dict[str, list[st
 
 
 def _summary_lines(sets: dict[str, NeuronSet], result, mapping: dict[str, str], cultures: list[str]) -> list[str]:
-    lines = ["", "## Where the neurons are", "", "| set | neurons | shallow / middle / deep third of the layers |",
-             "|---|---:|---|"]
-    for name, s in sets.items():
-        lines.append(f"| {name} | {len(s)} | {' / '.join(map(str, layer_thirds(s)))} |")
+    lines = ["", "## Where the neurons are", ""]
+    lines += table(["set", "neurons", "shallow / middle / deep third of the layers"],
+                   [[name, len(s), " / ".join(map(str, layer_thirds(s)))] for name, s in sets.items()], align="lr")
     siblings = _siblings(mapping, cultures)
     rows = []
     for kind in ("culture", "pure", "compound"):
@@ -70,12 +71,12 @@ def _summary_lines(sets: dict[str, NeuronSet], result, mapping: dict[str, str], 
                     continue
                 row = result.delta[result.set_names.index(name)]
                 own, oth = row[result.corpus_names.index(c)], row[result.corpus_names.index(other)]
-                rows.append(f"| {name} | {c}: {own:+.3f} | {other}: {oth:+.3f} | {'yes' if own > oth else 'no'} |")
+                rows.append([name, f"{c}: {own:+.3f}", f"{other}: {oth:+.3f}", "yes" if own > oth else "no"])
     if rows:
         lines += ["", "## Same language, other culture", "",
                   "Masking a culture's set: does its own English text suffer more than the English text of the "
-                  "culture that shares its language?", "",
-                  "| set | Δ NLL own culture | Δ NLL sibling culture | own > sibling |", "|---|---|---|---|", *rows]
+                  "culture that shares its language?", ""]
+        lines += table(["set", "Δ NLL own culture", "Δ NLL sibling culture", "own > sibling"], rows)
     return lines
 
 

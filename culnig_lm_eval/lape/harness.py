@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from .._io import atomic_folder
+from ..taskdata.perplexity import doc_to_target, process_results  # noqa: F401 (the hooks utils.py names)
 from .corpora import MANIFEST, Corpus, CorpusError
 
 TEMPLATE = {
@@ -116,15 +117,3 @@ def load_dataset(corpus: str, root: Path) -> dict[str, Any]:
         raise CorpusError(f"{folder}: no evaluation text; rebuild the corpora with culnig-lape corpora")
     name = corpus.replace("/", "_")
     return {"test": datasets.Dataset.from_list([{"doc_id": f"{name}-{i:04d}", "text": t} for i, t in enumerate(docs)])}
-
-
-def doc_to_target(doc: dict[str, Any]) -> str:
-    return doc["text"]
-
-
-def process_results(doc: dict[str, Any], results: list[float]) -> dict[str, tuple[float, int]]:
-    (loglikelihood,) = results
-    words = len(doc["text"].split())
-    n_bytes = len(doc["text"].encode("utf-8"))
-    return {"word_perplexity": (loglikelihood, words), "byte_perplexity": (loglikelihood, n_bytes),
-            "bits_per_byte": (loglikelihood, n_bytes)}

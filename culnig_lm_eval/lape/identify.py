@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..checks import number_in
 from ..neuron_set import NeuronSet, new_meta
 
 __all__ = ["LapeHyperparameters", "LapeResult", "identify", "sets_from_result"]
@@ -63,12 +64,7 @@ class LapeHyperparameters:
     def __post_init__(self):
         for name in ("top_rate", "filter_rate", "activation_bar_ratio"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name}={value!r} must be a number in (0, 1]")
-            value = float(value)
-            if not math.isfinite(value) or not 0.0 < value <= 1.0:
-                raise ValueError(f"{name}={value!r} must be a finite number in (0, 1]")
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, number_in(value, f"{name}={value!r}", low=0, high=1, low_open=True))
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model.ablation import Ablation
+from ..model.lm import parameter_device
 from ..neuron_set import NeuronSet
 from .corpora import TokenRows
 
@@ -22,7 +23,7 @@ from .corpora import TokenRows
 @torch.no_grad()
 def row_nll(model, rows: TokenRows, batch_size: int = 8) -> torch.Tensor:
     """Mean NLL of each row's predicted real tokens (float64 [R]); BOS is context, never a target."""
-    device = next(model.parameters()).device
+    device = parameter_device(model)
     out = []
     for batch in rows.batches(batch_size):
         ids = batch["input_ids"].to(device)

@@ -16,6 +16,7 @@ import torch
 
 from .._io import atomic_folder, file_sha256, now_iso, package_version, safe_name
 from ..architectures import model_shape
+from ..checks import whole_number
 from ..neuron_set import NeuronSet, save_many
 from .corpora import Corpus, token_rows
 
@@ -29,12 +30,10 @@ class RecordSettings:
     max_tokens: int | None = None  # per corpus; None = all
 
     def __post_init__(self):
-        if self.row_length < 2:
-            raise ValueError(f"--row-length {self.row_length}: give at least 2")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size {self.batch_size}: give at least 1")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"--max-tokens {self.max_tokens}: give a positive number or leave it out")
+        whole_number(self.row_length, f"--row-length {self.row_length}", least=2)
+        whole_number(self.batch_size, f"--batch-size {self.batch_size}", least=1)
+        if self.max_tokens is not None:
+            whole_number(self.max_tokens, f"--max-tokens {self.max_tokens}", least=1)
 
 
 def _corpus_stamp(corpus: Corpus, settings: RecordSettings, shape: dict) -> dict:
@@ -292,28 +291,29 @@ def render_intervention(payload: dict, out: str | Path) -> Path:
     import numpy as np
 
     from ..report import figures
+    from ..report.markdown import table
 
     sets, corpora, delta = payload["set_names"], payload["corpus_names"], payload["delta"]
     sizes = payload["set_sizes"]
+    rows = [["*unmasked NLL*", ""] + [f"{b:.3f}" for b in payload["base"]]]
+    rows += [[name, size] + [_fmt(v) for v in row] for name, size, row in zip(sets, sizes, delta)]
     lines = [f"# {payload['title']}", "",
-             "Δ NLL = mean block NLL with the set masked minus unmasked (nats/token; > 0 = the text got harder).", "",
-             "| set | neurons | " + " | ".join(corpora) + " |", "|---|---:|" + "---:|" * len(corpora),
-             "| *unmasked NLL* | | " + " | ".join(f"{b:.3f}" for b in payload["base"]) + " |"]
-    lines += [f"| {name} | {size} | " + " | ".join(_fmt(v) for v in row) + " |"
-              for name, size, row in zip(sets, sizes, delta)]
+             "Δ NLL = mean block NLL with the set masked minus unmasked (nats/token; > 0 = the text got harder).", ""]
+    lines += table(["set", "neurons"] + corpora, rows, align="lr" + "r" * len(corpora))
     if payload["dominance"]:
         lines += ["", "## Diagonal dominance", "",
                   "A group's matrix is diagonal-dominant when masking each of its sets hurts that set's own corpus "
                   "more than any other corpus of the group. *Own above column*: the set hurts its own corpus more "
-                  "than the group's other sets hurt that corpus on average (takes out how fragile a text is).", "",
-                  "| sets | own corpus most affected | diagonal-dominant | own above column |", "|---|---:|---|---:|"]
-        lines += [f"| {g['group']} | {g['own_largest']} of {g['sets']} | {'yes' if g['diagonal_dominant'] else 'no'} | "
-                  f"{g.get('own_above_column', 'n/a')} of {g['sets']} |" for g in payload["dominance"]]
-        lines += ["", "| set | own corpus | Δ own | mean Δ other corpora | own is row max | other sets on own corpus |",
-                  "|---|---|---:|---:|---|---:|"]
-        lines += [f"| {d['set']} | {d['corpus']} | {_fmt(d['own'])} | {_fmt(d['mean_other'])} | "
-                  f"{'yes' if d['row_max'] else 'no'} | {_fmt(d.get('column_others', math.nan))} |"
-                  for d in payload["diagonal"]]
+                  "than the group's other sets hurt that corpus on average (takes out how fragile a text is).", ""]
+        lines += table(["sets", "own corpus most affected", "diagonal-dominant", "own above column"],
+                       [[g["group"], f"{g['own_largest']} of {g['sets']}", "yes" if g["diagonal_dominant"] else "no",
+                         f"{g.get('own_above_column', 'n/a')} of {g['sets']}"] for g in payload["dominance"]],
+                       align="lrlr")
+        lines += [""]
+        lines += table(["set", "own corpus", "Δ own", "mean Δ other corpora", "own is row max", "other sets on own corpus"],
+                       [[d["set"], d["corpus"], _fmt(d["own"]), _fmt(d["mean_other"]), "yes" if d["row_max"] else "no",
+                         _fmt(d.get("column_others", math.nan))] for d in payload["diagonal"]],
+                       align="llrrlr")
     marks = [(sets.index(d["set"]), corpora.index(d["corpus"])) for d in payload["diagonal"]]
     with atomic_folder(out) as staging:
         (staging / "intervention.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

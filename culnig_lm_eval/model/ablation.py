@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._io import finite
+from ..checks import finite
 from ..architectures import model_shape, sites
 from ..neuron_set import NeuronSet
 

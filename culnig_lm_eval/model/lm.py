@@ -39,4 +39,9 @@ def load_lm(model_args: str, *, batch_size: int | str = 8, device: str | None = 
 
 def model_device(lm):
     """Where the model's first parameter lives: batches go there (``parallelize`` included)."""
-    return next(lm.model.parameters()).device
+    return parameter_device(lm.model)
+
+
+def parameter_device(module):
+    """Where a torch module's first parameter lives (:func:`model_device` for a bare module)."""
+    return next(module.parameters()).device

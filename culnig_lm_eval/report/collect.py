@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._io import read_json_lines
+
 log = logging.getLogger(__name__)
 
 RESULTS_RE = re.compile(r"^results_(?P<date>.+)\.json$")
@@ -47,20 +49,17 @@ SAMPLE_FIELDS = {
 # ----------------------------------------------------------------------------------------
 # model_args
 # ----------------------------------------------------------------------------------------
-def parse_model_args(raw: Any) -> dict[str, str]:
-    """``"a=1,b=x+y"`` or ``{"a": 1}`` -> ``{"a": "1", "b": "x+y"}`` (values as strings)."""
+def recorded_model_args(raw: Any) -> dict[str, str]:
+    """The ``model_args`` a results file records, values as strings: ``{"a": 1}`` (the ``lm_eval``
+    command records a dict) or ``"a=1,b=x+y"`` (the Python API records the string, read here with
+    lm-eval's own parser, as the run itself read it) -> ``{"a": "1", "b": "x+y"}``."""
     if raw is None:
         return {}
-    if isinstance(raw, dict):
-        return {str(k): _arg_str(v) for k, v in raw.items()}
-    out = {}
-    for part in str(raw).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        key, _, value = part.partition("=")
-        out[key.strip()] = value.strip()
-    return out
+    if not isinstance(raw, dict):
+        from lm_eval.utils import simple_parse_args_string
+
+        raw = simple_parse_args_string(str(raw))
+    return {str(k): _arg_str(v) for k, v in raw.items()}
 
 
 def _arg_str(value) -> str:
@@ -255,16 +254,10 @@ def load_samples(rec: TaskRecords) -> None:
     """Fill ``rec`` from its samples file (preferring filter ``none``)."""
     if rec.samples_file is None or not rec.samples_file.is_file():
         return
-    rows = []
-    with open(rec.samples_file, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                log.warning("%s:%d: unreadable sample line (%s)", rec.samples_file, line_no, err)
+    def skip(line_no: int, err: json.JSONDecodeError):
+        log.warning("%s:%d: unreadable sample line (%s)", rec.samples_file, line_no, err)
+
+    rows = [row for _, row in read_json_lines(rec.samples_file, on_bad_line=skip)]
     filters = []
     for r in rows:
         f = r.get("filter", "none")
@@ -398,7 +391,7 @@ def collect(run_dirs, sets_dir=None) -> Collection:
             continue
         date = RESULTS_RE.match(f.name).group("date")
         config = data.get("config") or {}
-        args = parse_model_args(config.get("model_args"))
+        args = recorded_model_args(config.get("model_args"))
         base = base_args(args)
         base_model = args.get("pretrained") or data.get("model_name") or config.get("model") or "unknown model"
         base_key = args_string(base) or f"model={base_model}"

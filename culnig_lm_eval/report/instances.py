@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import read_json_lines
+
 
 @dataclass
 class ShareCell:
@@ -51,22 +53,22 @@ def read_item_sums(path: Path) -> tuple[dict[tuple[str, str, str, str], float], 
     """(set, culture, topic, doc_id) -> summed score, and the number of unusable rows."""
     sums: dict[tuple[str, str, str, str], float] = {}
     unreadable = 0
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-                score = float(row["score"])
-                if not math.isfinite(score):
-                    raise ValueError("non-finite score")
-                key = (str(row["set"]), str(row.get("culture")), str(row.get("topic") or "(none)"),
-                       json.dumps(row["doc_id"]))
-            except (ValueError, KeyError, TypeError):
-                unreadable += 1
-                continue
-            sums[key] = sums.get(key, 0.0) + score
+
+    def count_unreadable(_line_no, _err):
+        nonlocal unreadable
+        unreadable += 1
+
+    for _, row in read_json_lines(path, on_bad_line=count_unreadable):
+        try:
+            score = float(row["score"])
+            if not math.isfinite(score):
+                raise ValueError("non-finite score")
+            key = (str(row["set"]), str(row.get("culture")), str(row.get("topic") or "(none)"),
+                   json.dumps(row["doc_id"]))
+        except (ValueError, KeyError, TypeError):
+            unreadable += 1
+            continue
+        sums[key] = sums.get(key, 0.0) + score
     return sums, unreadable
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .._io import write_text
+from ..model.lm import model_device
 from ..neuron_set import NeuronSet
 from .attribution import AttributionScorer, collate
 from .run import ScoringSettings, batches
@@ -27,7 +28,7 @@ def instance_rows(lm, task_name: str, labelled_sets: dict[str, Path], kinds, *, 
     labels = list(labelled_sets)
     per_set = [NeuronSet.load(path).masks(scorer.widths) for path in labelled_sets.values()]
     empty = {k: torch.zeros(scorer.num_layers, w, dtype=torch.bool) for k, w in scorer.widths.items()}
-    device = next(lm.model.parameters()).device
+    device = model_device(lm)
     stacked = {k: torch.stack([m.get(k, empty[k]) for m in per_set]).float().to(device) for k in scorer.kinds}
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     rows = []

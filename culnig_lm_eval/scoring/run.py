@@ -17,6 +17,8 @@ from tqdm import tqdm
 
 from .._io import now_iso, package_version
 from ..architectures import MODULE_KINDS
+from ..checks import whole_number
+from ..model.lm import model_device, model_label
 from .attribution import AttributionScorer, ScoreTable, collate
 from .samples import Sample, load_tasks, samples_from_task
 from .tables import FOLD_ROLES, ROLES, fold_folder, load_table, save_table, score_file
@@ -56,16 +58,12 @@ class ScoringSettings:
         self.kinds = tuple(k for k in MODULE_KINDS if k in self.kinds)  # canonical order
         if not self.kinds or unknown:
             raise ValueError(f"module kinds must be some of {', '.join(MODULE_KINDS)}")
-        for name in ("batch_size", "window", "stride"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)})")
-        if self.limit is not None and int(self.limit) < 1:
-            raise ValueError(f"--limit must be >= 1 (got {self.limit})")
+        for name in ("batch_size", "window", "stride") + (("limit",) if self.limit is not None else ()):
+            whole_number(getattr(self, name), f"--{name} {getattr(self, name)!r}", least=1)
         if self.fold is not None:
             parse_fold(self.fold)
         if self.fold_tables is not None:
-            if isinstance(self.fold_tables, bool) or not isinstance(self.fold_tables, int) or self.fold_tables < 2:
-                raise ValueError(f"--fold-tables {self.fold_tables!r}: must be a whole number of folds >= 2")
+            whole_number(self.fold_tables, f"--fold-tables {self.fold_tables!r}", least=2)
             if self.fold is not None:
                 raise ValueError("--fold-tables scores every document: it cannot be combined with --fold")
 
@@ -214,9 +212,8 @@ def score_roles(lm, role_tasks: dict[str, list[str]], settings: ScoringSettings,
     model = lm.model.eval()
     scorer = AttributionScorer(model, settings.kinds)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
+    device = model_device(lm)
     from ..taskdata.sources import task_sources
-    from ..model.lm import model_label
 
     for role, role_samples in samples.items():
         folds = settings.fold_tables if role in FOLD_ROLES else None

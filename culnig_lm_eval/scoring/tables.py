@@ -52,6 +52,7 @@ def load_table(path: str | Path) -> ScoreTable:
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise ScoreFileError(f"score file {path}: malformed ({err})") from None
     table.meta["path"] = str(path)
+    table.meta["sha256"] = file_sha256(path)  # what a selection made from it names as its input
     return table
 
 
@@ -87,18 +88,13 @@ def load_fold_tables(folder: Path, flag: str) -> dict:
     """The task and control fold tables in ``folder``: {role: table} for one fold's folder
     (``culnig-score run --fold I/K --out``), {role: [K tables]} for the ``foldsK`` folder of
     ``culnig-score run --fold-tables K``."""
-    def load(path: Path):
-        table = load_table(path)
-        table.meta["sha256"] = file_sha256(path)
-        return table
-
     if not folder.is_dir():
         raise ValueError(f"{flag} {folder}: no such folder (culnig-score run --fold or --fold-tables writes it)")
     single = {r: p for r, p in table_paths(folder, flag).items() if r in FOLD_ROLES}
     if single:
         if "task" not in single:
             raise ValueError(f"{flag} {folder}: holds no task.scores.pt")
-        return {role: load(path) for role, path in single.items()}
+        return {role: load_table(path) for role, path in single.items()}
     subfolders = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     if [int(p.name) for p in subfolders] != list(range(len(subfolders))) or len(subfolders) < 2:
         raise ValueError(f"{flag} {folder}: holds neither task.scores.pt nor fold folders 0, 1, .. "
@@ -107,7 +103,7 @@ def load_fold_tables(folder: Path, flag: str) -> dict:
     for sub in subfolders:
         for role, path in table_paths(sub, flag).items():
             if role in FOLD_ROLES:
-                parts.setdefault(role, []).append(load(path))
+                parts.setdefault(role, []).append(load_table(path))
     if "task" not in parts or any(len(found) != len(subfolders) for found in parts.values()):
         raise ValueError(f"{flag} {folder}: some fold folder lacks its task or control table; "
                          "re-run culnig-score run --fold-tables")

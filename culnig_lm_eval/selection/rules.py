@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .._io import safe_name
+from ..checks import number_in, true_or_false, whole_number
 from ..neuron_set import NeuronSet, new_meta
 from ..scoring.attribution import ScoreTable
 
@@ -39,18 +40,6 @@ class ThresholdError(ValueError):
 
 class ScoreTableError(ValueError):
     """A score table selection cannot use."""
-
-
-def _percent(name: str, value, allow_zero: bool = False) -> float:
-    low = "[0" if allow_zero else "(0"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    in_range = 0 <= number <= 100 and (number > 0 or allow_zero)
-    if isinstance(value, bool) or not math.isfinite(number) or not in_range:
-        raise ThresholdError(f"{name}={value!r}: must be a finite percentage in {low}, 100]")
-    return number
 
 
 @dataclass
@@ -80,46 +69,36 @@ class Thresholds:
     stable_seed: int = 0
 
     def __post_init__(self):
-        self.top_mlp = _percent("top_mlp", self.top_mlp)
-        self.top_attention = _percent("top_attention", self.top_attention)
-        self.top_specific = _percent("top_specific", self.top_specific)
-        self.crc_exclude = _percent("crc_exclude", self.crc_exclude, allow_zero=True)
+        def check(key: str, test, **bounds):
+            value = getattr(self, key)
+            return test(value, f"{key}={value!r}", error=ThresholdError, **bounds)
+
+        percent = {"low": 0, "high": 100, "low_open": True, "what": "percentage"}
+        self.top_mlp = check("top_mlp", number_in, **percent)
+        self.top_attention = check("top_attention", number_in, **percent)
+        self.top_specific = check("top_specific", number_in, **percent)
+        self.crc_exclude = check("crc_exclude", number_in, **{**percent, "low_open": False})  # 0: exclude nothing
         if self.general_exclude is not None:
-            self.general_exclude = _percent("general_exclude", self.general_exclude)
-        try:
-            z_min = float(self.z_min)
-        except (TypeError, ValueError):
-            z_min = math.nan
-        if isinstance(self.z_min, bool) or not math.isfinite(z_min):
-            raise ThresholdError(f"z_min={self.z_min!r}: must be a finite number")
-        self.z_min = z_min
-        if isinstance(self.min_samples, bool) or not isinstance(self.min_samples, int) or self.min_samples < 0:
-            raise ThresholdError(f"min_samples={self.min_samples!r}: must be an integer >= 0")
-        if not isinstance(self.normalise_z, bool):
-            raise ThresholdError(f"normalise_z={self.normalise_z!r}: must be true or false")
+            self.general_exclude = check("general_exclude", number_in, **percent)
+        self.z_min = check("z_min", number_in)
+        check("min_samples", whole_number)
+        check("normalise_z", true_or_false)
         if self.rule not in RULES:
             raise ThresholdError(f"rule={self.rule!r}: must be one of {', '.join(RULES)}")
         if self.specific_rule not in SPECIFIC_RULES:
             raise ThresholdError(f"specific_rule={self.specific_rule!r}: must be one of {', '.join(SPECIFIC_RULES)}")
         if self.specific_rule != "z" and self.rule != "paper":
             raise ThresholdError(f"specific_rule={self.specific_rule!r} works with rule='paper' only")
-        if not isinstance(self.exclude_general_set, bool):
-            raise ThresholdError(f"exclude_general_set={self.exclude_general_set!r}: must be true or false")
+        check("exclude_general_set", true_or_false)
         if self.exclude_general_set and self.specific_rule == "z":
             raise ThresholdError("exclude_general_set needs specific_rule 'contrast' or 'rank-contrast'")
-        if not isinstance(self.halves_agree, bool):
-            raise ThresholdError(f"halves_agree={self.halves_agree!r}: must be true or false")
+        check("halves_agree", true_or_false)
         if self.stable_fraction is not None:
-            fraction = self.stable_fraction
-            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-                raise ThresholdError(f"stable_fraction={fraction!r}: must be a number in (0, 1], e.g. 0.8")
+            self.stable_fraction = check("stable_fraction", number_in, low=0, high=1, low_open=True)
             if self.halves_agree:
                 raise ThresholdError("halves_agree and stable_fraction are two stability filters: choose one")
-            self.stable_fraction = float(fraction)
-        for key, least in (("stable_pairs", 1), ("stable_seed", 0)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or not least <= value < 2**63 - 1:
-                raise ThresholdError(f"{key}={value!r}: must be a whole number >= {least}")
+        check("stable_pairs", whole_number, least=1, below=2**63 - 1)
+        check("stable_seed", whole_number, least=0, below=2**63 - 1)
 
     def top_for(self, kind: str) -> float:
         return self.top_mlp if kind.startswith("mlp") else self.top_attention

@@ -29,12 +29,12 @@ a unit.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .._io import atomic_folder, safe_name, write_text
+from ..checks import number_in, whole_number
 from ..neuron_set import NeuronSet
 from ..scoring.attribution import ScoreTable
 from .random_sets import random_uniform
@@ -98,14 +98,11 @@ class StudySettings:
                 raise StudyError(f"variant {name}: {err}") from None
         for key in ("per_culture", "random_draws", "batch_size", "general_limit"):
             value = getattr(self, key)
-            if key == "general_limit" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise StudyError(f"{key}={value!r}: must be a whole number >= 1")
+            if key != "general_limit" or value is not None:
+                whole_number(value, f"{key}={value!r}", least=1, error=StudyError)
         for key in ("ratio_min", "alpha", "ppl_max"):
             value = getattr(self, key)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise StudyError(f"{key}={value!r}: must be a finite number > 0")
+            number_in(value, f"{key}={value!r}", low=0, low_open=True, error=StudyError)
 
 
 # -- selection --------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..report.markdown import table
+
 
 # -- analysis (pure) --------------------------------------------------------------------------
 def empirical_p(value: float, null: list[float]) -> float | None:
@@ -109,11 +111,10 @@ def render_markdown(results: dict, command: str = "") -> str:
     if command:
         lines += ["```", command, "```", ""]
     if "cultures" not in results:  # selection only
-        lines += ["| variant | selection | seconds | sizes | halves Jaccard |", "|---|---|---|---|---|"]
-        for name, v in results["variants"].items():
-            sizes = ", ".join(f"{k} {n}" for k, n in v["sizes"].items())
-            jac = ", ".join(f"{k} {_fmt(j, '.2f')}" for k, j in v["halves_jaccard"].items())
-            lines.append(f"| {name} | `{v['selection']}` | {v['seconds']:.2f} | {sizes} | {jac or '–'} |")
+        rows = [[name, f"`{v['selection']}`", f"{v['seconds']:.2f}", ", ".join(f"{k} {n}" for k, n in v["sizes"].items()),
+                 ", ".join(f"{k} {_fmt(j, '.2f')}" for k, j in v["halves_jaccard"].items()) or "–"]
+                for name, v in results["variants"].items()]
+        lines += table(["variant", "selection", "seconds", "sizes", "halves Jaccard"], rows)
         lines += _stability_notes(results["variants"])
         return "\n".join(lines) + "\n"
     c = results["criteria"]
@@ -123,28 +124,28 @@ def render_markdown(results: dict, command: str = "") -> str:
         f"its empirical p among the random sets is < {c['alpha']:g}, and general perplexity rises by at most "
         f"x{c['ppl_max']:g}. Drops are accuracy points (unmasked minus masked).",
         "",
-        "| variant | cultures passing | empty | mean own drop | mean other drop | mean ppl ratio | mean halves Jaccard | selection s |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, v in results["variants"].items():
-        mark = " **(recommended)**" if name == results["recommended"] else ""
-        lines.append(f"| {name}{mark} | {v['passing']}/{len(results['cultures'])} | {v['empty']} | "
-                     f"{_fmt(v['mean_own_drop'], '+.1f', 100)} | {_fmt(v['mean_other_drop'], '+.1f', 100)} | "
-                     f"{_fmt(v['mean_ppl_ratio'], '.3f')} | {_fmt(v['mean_halves_jaccard'], '.2f')} | {v['seconds']:.2f} |")
+    rows = [[name + (" **(recommended)**" if name == results["recommended"] else ""),
+             f"{v['passing']}/{len(results['cultures'])}", v["empty"], _fmt(v["mean_own_drop"], "+.1f", 100),
+             _fmt(v["mean_other_drop"], "+.1f", 100), _fmt(v["mean_ppl_ratio"], ".3f"),
+             _fmt(v["mean_halves_jaccard"], ".2f"), f"{v['seconds']:.2f}"]
+            for name, v in results["variants"].items()]
+    lines += table(["variant", "cultures passing", "empty", "mean own drop", "mean other drop", "mean ppl ratio",
+                    "mean halves Jaccard", "selection s"], rows)
     lines += _stability_notes(results["variants"])
     for name, v in results["variants"].items():
-        lines += ["", f"## {name} (`{v['selection']}`)", "",
-                  "| culture | neurons | own drop | other drop | own/other | p vs random | ppl ratio | halves Jaccard | passes |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        rows = []
         for culture, r in v["per_culture"].items():
             if r["empty"]:
-                lines.append(f"| {culture} | 0 | – | – | – | – | – | {_fmt(r['halves_jaccard'], '.2f')} | empty |")
+                rows.append([culture, 0, "–", "–", "–", "–", "–", _fmt(r["halves_jaccard"], ".2f"), "empty"])
                 continue
             flag = " (unstable)" if r["halves_jaccard"] is not None and r["halves_jaccard"] < 0.3 else ""
-            lines.append(f"| {culture} | {r['neurons']} | {_fmt(r['own_drop'], '+.1f', 100)} | "
-                         f"{_fmt(r['other_drop'], '+.1f', 100)} | {_fmt(r['ratio'], '.1f')} | {_fmt(r['p_random'], '.3f')} | "
-                         f"{_fmt(r['ppl_ratio'], '.3f')} | {_fmt(r['halves_jaccard'], '.2f')}{flag} | "
-                         f"{'yes' if r['passes'] else 'no'} |")
+            rows.append([culture, r["neurons"], _fmt(r["own_drop"], "+.1f", 100), _fmt(r["other_drop"], "+.1f", 100),
+                         _fmt(r["ratio"], ".1f"), _fmt(r["p_random"], ".3f"), _fmt(r["ppl_ratio"], ".3f"),
+                         _fmt(r["halves_jaccard"], ".2f") + flag, "yes" if r["passes"] else "no"])
+        lines += ["", f"## {name} (`{v['selection']}`)", ""]
+        lines += table(["culture", "neurons", "own drop", "other drop", "own/other", "p vs random", "ppl ratio",
+                        "halves Jaccard", "passes"], rows)
     return "\n".join(lines) + "\n"
 
 

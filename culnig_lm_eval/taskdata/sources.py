@@ -34,6 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
+from .._io import json_lines
 from .._startup import task_dir
 
 log = logging.getLogger(__name__)
@@ -261,15 +262,12 @@ def _read_csv(path: Path) -> Part:
 
 
 def _read_jsonl(path: Path) -> Part:
+    def refuse(number: int, err: json.JSONDecodeError):
+        raise DataError(f"{path} line {number}: not valid JSON ({err.msg} at column {err.colno}); "
+                        "a .jsonl file holds one JSON object per line") from None
+
     rows, lines = [], []
-    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {number}: not valid JSON ({err.msg} at column {err.colno}); "
-                            "a .jsonl file holds one JSON object per line") from None
+    for number, row in json_lines(read_utf8(path).splitlines(), on_bad_line=refuse):
         if not isinstance(row, dict):
             raise DataError(f"{path} line {number}: a {type(row).__name__}, not a JSON object; "
                             "a .jsonl file holds one JSON object per line")

@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from culnig_lm_eval.taskdata.perplexity import doc_to_target, process_results  # noqa: F401 (the tasks' hooks)
+
 HERE = Path(__file__).resolve().parent
 
 REGISTERS = ("instructions", "narrative", "explanation", "correspondence")
@@ -95,19 +97,3 @@ def load_dataset(text_file: str = "evaluation", **_ignored: Any) -> dict[str, An
     import datasets
 
     return {"test": datasets.Dataset.from_list(load_documents(text_file))}
-
-
-def doc_to_target(doc: dict[str, Any]) -> str:
-    return doc["text"]
-
-
-def process_results(doc: dict[str, Any], results: list[float]) -> dict[str, tuple[float, int]]:
-    """Same aggregation inputs as lm-eval's wikitext task: (loglikelihood, count) pairs."""
-    (loglikelihood,) = results
-    words = len(re.split(r"\s+", doc["text"].strip()))
-    n_bytes = len(doc["text"].encode("utf-8"))
-    return {
-        "word_perplexity": (loglikelihood, words),
-        "byte_perplexity": (loglikelihood, n_bytes),
-        "bits_per_byte": (loglikelihood, n_bytes),
-    }
