@@ -5,7 +5,7 @@
     culnig-score select --scores-dir runs/scores --sets-out my_sets --top-mlp 0.5
 
 Parse -> settings -> call: the work is done by ``scoring.run.score_roles`` and
-``selection.select_and_save``.
+``selection.save.select_and_save``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The whole study from one config: score -> select -> evaluate masked vs unmasked -> report.
 
 The config (:class:`~.config.ExperimentConfig`) is checked before anything loads;
-:func:`run_experiment` loads the model ONCE (``lm.load_lm``) and passes it to the library
-steps: ``scoring.run.score_roles``, ``selection.select_and_save``, then one lm-eval
+:func:`run_experiment` loads the model ONCE (``model.lm.load_lm``) and passes it to the library
+steps: ``scoring.run.score_roles``, ``selection.save.select_and_save``, then one lm-eval
 ``simple_evaluate`` per (condition, task) with ``log_samples``, saved by lm-eval's own
 ``EvaluationTracker`` (so the folders are exactly what ``lm_eval --output_path ...
 --log_samples`` writes), the per-item set scores, and ``report.build_report``.  Each

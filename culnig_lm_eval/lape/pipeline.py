@@ -310,7 +310,8 @@ def render_intervention(payload: dict, out: str | Path) -> Path:
                          f"{g.get('own_above_column', 'n/a')} of {g['sets']}"] for g in payload["dominance"]],
                        align="lrlr")
         lines += [""]
-        lines += table(["set", "own corpus", "Δ own", "mean Δ other corpora", "own is row max", "other sets on own corpus"],
+        lines += table(["set", "own corpus", "Δ own", "mean Δ other corpora", "own is row max",
+                        "other sets on own corpus"],
                        [[d["set"], d["corpus"], _fmt(d["own"]), _fmt(d["mean_other"]), "yes" if d["row_max"] else "no",
                          _fmt(d.get("column_others", math.nan))] for d in payload["diagonal"]],
                        align="llrrlr")

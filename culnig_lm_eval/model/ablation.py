@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checks import finite
 from ..architectures import model_shape, sites
+from ..checks import finite
 from ..neuron_set import NeuronSet
 
 OPERATIONS = ("suppress", "enhance", "scale")

@@ -186,7 +186,8 @@ def random_distribution(ma: ModelAnalysis, setc: Condition, seeds: list[Conditio
 def _culture_gap(ma: ModelAnalysis, cond: Condition, own: str, others: list[str], tasks) -> float:
     """Drop on ``own``'s items minus the mean of the drops on each other culture's items."""
     own_drop = ma.drop(cond, ma.culture_items(own, tasks))[1]
-    other = [d for c in others if (items := ma.culture_items(c, tasks)) and stats.is_finite(d := ma.drop(cond, items)[1])]
+    other = [d for c in others
+             if (items := ma.culture_items(c, tasks)) and stats.is_finite(d := ma.drop(cond, items)[1])]
     return own_drop - float(np.mean(other)) if other and stats.is_finite(own_drop) else float("nan")
 
 

@@ -55,7 +55,7 @@ class Thresholds:
     # answers the model finds likely (P^2 weighting) does not dominate every neuron's z-score
     normalise_z: bool = False
     rule: str = "paper"  # "paper" (the published code) or "crc-first" (CRC excluded before the cut)
-    specific_rule: str = "z"  # "z" (the paper), "contrast" or "rank-contrast" (ours; module docstring)
+    specific_rule: str = "z"  # "z" (the paper), "contrast" or "rank-contrast" (ours; docs/method.md)
     exclude_general_set: bool = False  # contrast rules: culture-general neurons never in a specific set
     # ours: a culture-specific set keeps only the neurons that the same rule also selects on both
     # disjoint halves of the items (complementary-pairs stability selection with one pair, kept
@@ -256,7 +256,7 @@ def contrast_scores(per_culture: torch.Tensor, ranked: bool) -> torch.Tensor:
 
 
 def _contrast_specific(per_c, crc_c, crc_index, general, general_masks, thresholds, cultures, specific):
-    """{culture: masks}: the top t_s% by contrast (module docstring), exclusions before the cut."""
+    """{culture: masks}: the top t_s% by contrast (docs/method.md), exclusions before the cut."""
     kinds = list(per_c)
     out = {c: {} for c in specific}
     for group in _groups(kinds, SPECIFIC_GROUPS):
@@ -283,7 +283,7 @@ def _contrast_specific(per_c, crc_c, crc_index, general, general_masks, threshol
 
 
 def _paper_masks(task, control, crc, general, thresholds, cultures, specific):
-    """(general masks, {culture: masks}) by the published rule (module docstring)."""
+    """(general masks, {culture: masks}) by the published rule (docs/method.md)."""
     kinds = list(task.scores)
     per_c = {k: _culture_columns(task, k, cultures) for k in kinds}
     if control is not None:

@@ -111,7 +111,8 @@ def render_markdown(results: dict, command: str = "") -> str:
     if command:
         lines += ["```", command, "```", ""]
     if "cultures" not in results:  # selection only
-        rows = [[name, f"`{v['selection']}`", f"{v['seconds']:.2f}", ", ".join(f"{k} {n}" for k, n in v["sizes"].items()),
+        rows = [[name, f"`{v['selection']}`", f"{v['seconds']:.2f}",
+                 ", ".join(f"{k} {n}" for k, n in v["sizes"].items()),
                  ", ".join(f"{k} {_fmt(j, '.2f')}" for k, j in v["halves_jaccard"].items()) or "–"]
                 for name, v in results["variants"].items()]
         lines += table(["variant", "selection", "seconds", "sizes", "halves Jaccard"], rows)
