@@ -12,6 +12,7 @@ from lm_eval.models.huggingface import HFLM
 from .._io import file_sha256
 from .ablation import MODES, Ablation, operation_factor
 from .embedded import hf_kwargs
+from .fast_loglikelihood import shared_context_loglikelihood
 from ..neuron_set import NeuronSet, load_sets
 
 log = logging.getLogger("culnig-lm-eval")
@@ -33,6 +34,7 @@ class MaskedHFLM(HFLM):
         operation: str = "suppress",
         factor: float | None = None,
         mode: str = "auto",
+        fast: bool = True,
         **kwargs,
     ):
         """HFLM with neuron sets ablated: ``--model masked-hf --model_args pretrained=...,neurons=a.pt+b.pt``.
@@ -45,6 +47,9 @@ class MaskedHFLM(HFLM):
             operation: ``suppress`` (set to 0), ``enhance`` (multiply by ``factor`` > 1, default 2),
                 or ``scale`` (multiply by a finite ``factor``).
             mode: ``auto`` (fold into weights where exact, hooks elsewhere), ``fold`` or ``hooks``.
+            fast: score log-likelihood requests with each distinct context run once and the
+                vocabulary projected only at scored positions (``fast_loglikelihood``): ``hf``'s
+                numbers to within float rounding.  ``fast=false`` runs ``hf``'s own code.
 
         The set files (format: ``culnig_lm_eval.neuron_set``) are read and the arguments checked
         before the model loads; each set is checked against the loaded model before anything
@@ -54,7 +59,11 @@ class MaskedHFLM(HFLM):
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
         operation_factor(operation, factor)  # bad arguments fail before the model loads
-        self.operation, self.factor, self.mode = operation, factor, mode
+        if not isinstance(fast, bool):
+            raise ValueError(f"fast={fast!r}: write fast=true or fast=false")
+        self.operation, self.factor, self.mode, self.fast = operation, factor, mode, fast
+        # the same (context, continuation) pairs come back in every masked state: tokenise once
+        self._encoded_pairs: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
         self.neuron_sets = load_sets(neurons) if neurons else []
         _warn_if_empty(self.neuron_sets)
         super().__init__(**hf_kwargs({"pretrained": pretrained, **kwargs}))
@@ -79,6 +88,19 @@ class MaskedHFLM(HFLM):
         args = dict(arg_dict or {})
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
         return cls(**args, **extra)
+
+    def _encode_pair(self, context: str, continuation: str):
+        key = (context, continuation)
+        if key not in self._encoded_pairs:
+            if len(self._encoded_pairs) >= 1_000_000:  # bounded: a long-lived model sees many tasks
+                self._encoded_pairs.clear()
+            self._encoded_pairs[key] = super()._encode_pair(context, continuation)
+        return self._encoded_pairs[key]
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        if not self.fast or self.backend != "causal":
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        return shared_context_loglikelihood(self, requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
 
     @contextlib.contextmanager
     def masked(self, neuron_sets: list[NeuronSet]):
@@ -106,5 +128,5 @@ class MaskedHFLM(HFLM):
             for s in self.neuron_sets
         ]
         applied = self.ablation.describe() if self.ablation else {"neurons": 0}
-        info["culnig_ablation"] = {**applied, "neuron_sets": sets}
+        info["culnig_ablation"] = {**applied, "neuron_sets": sets, "fast_loglikelihood": self.fast}
         return info
