@@ -322,7 +322,7 @@ def test_generation_tasks_stay_out_of_the_pooled_cultural_items(tiny_runs):
 
 def test_default_experiment_evaluates_each_gen_task_with_its_counterpart():
     from culnig_lm_eval.experiment.config import load_config
-    from culnig_lm_eval.report.analysis import loglik_counterpart
+    from culnig_lm_eval.report.sections import loglik_counterpart
 
     cultural = load_config(None).evaluate.cultural
     gen = [t for t in cultural if loglik_counterpart(t) != t]

@@ -283,7 +283,7 @@ def test_cultural_norm_gold_and_cultures(loaded):
         assert row["Story"] in reqs[0][0] and doc["country_name"] in reqs[0][0]
     per_culture = Counter(doc["culture"] for doc, _ in pairs)
     assert all(per_culture[c] >= 3 for c in TARGETS)
-    assert {"uk", "usa", "korea"} <= set(cultures) and "united_kingdom" not in cultures
+    assert {"uk", "usa", "korea"} <= set(per_culture) and "united_kingdom" not in per_culture
 
 
 def test_culturalbench_gold_and_cultures(loaded):
