@@ -42,7 +42,9 @@ def count_evaluations(monkeypatch):
     real = lm_eval.simple_evaluate
 
     def counting(*args, **kwargs):
-        calls.append((kwargs["tasks"], kwargs["model_args"]))
+        # tasks are passed as loaded objects (built once, reused in every state)
+        names = [t if isinstance(t, str) else getattr(t, "task_name", None) or t.name for t in kwargs["tasks"]]
+        calls.append((names, kwargs["model_args"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(lm_eval, "simple_evaluate", counting)

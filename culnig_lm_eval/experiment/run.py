@@ -235,67 +235,60 @@ def culture_random_sets(config: ExperimentConfig, sets: dict[str, dict[str, Path
     return written
 
 
-def loadable_tasks(tasks: list[str], manager, skipped: dict[str, str]) -> list[str]:
-    """Drop tasks whose data cannot be loaded, recording why in ``skipped``."""
+def loadable_tasks(names: list[str], tasks, skipped: dict[str, str]) -> list[str]:
+    """Load each task once (``tasks``: :class:`~culnig_lm_eval.model.states.ReusedTasks`); drop the
+    ones whose data cannot be loaded, recording why in ``skipped``."""
     ok = []
-    for task in tasks:
-        if task in skipped:
+    for name in names:
+        if name in skipped:
             continue
-        if task not in manager.all_tasks:
-            skipped[task] = "unknown task name"
+        if name not in tasks.manager.all_tasks:
+            skipped[name] = "unknown task name"
             continue
         try:
-            manager.load([task])
-            ok.append(task)
+            tasks.get(name)
+            ok.append(name)
         except Exception as err:  # data missing offline, hub unreachable ...
-            skipped[task] = f"{type(err).__name__}: {str(err).splitlines()[0][:240] if str(err) else ''}"
-            log.warning("skipping %s: %s", task, skipped[task])
+            skipped[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:240] if str(err) else ''}"
+            log.warning("skipping %s: %s", name, skipped[name])
     return ok
 
 
 def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bool, skipped: dict[str, str],
                         culture_randoms: dict[str, dict[str, dict[str, Path]]] | None = None):
-    """One ``simple_evaluate`` per (condition, task), saved as lm-eval saves it."""
-    from lm_eval import simple_evaluate
-    from lm_eval.loggers import EvaluationTracker
-    from lm_eval.tasks import TaskManager
+    """Every condition's tasks, saved as lm-eval saves them.  Each task is loaded and its requests
+    built once for all conditions; a condition's sets are folded in once for all its tasks."""
+    from tqdm import tqdm
 
+    from ..model.states import ReusedTasks, evaluate_state
     from ..neuron_set import NeuronSet, load_sets
 
-    manager = TaskManager()
+    tasks = ReusedTasks()
     plan = config.evaluate
     planned = conditions(plan, sets, culture_randoms)
-    # each task's data is checked once, not once per condition (there are hundreds of random sets)
-    loadable = set(loadable_tasks(list(dict.fromkeys(t for c in planned for t in c.tasks)), manager, skipped))
-    for condition in planned:
+    loadable = set(loadable_tasks(list(dict.fromkeys(t for c in planned for t in c.tasks)), tasks, skipped))
+    chat = bool(config.scoring.apply_chat_template)  # evaluation renders prompts as scoring did
+    for condition in tqdm(planned, desc="masked states", unit="state"):
         # keyed on the neurons, not the files: new metadata on the same neurons reuses the run
         key = "+".join("n" + NeuronSet.load(p).neurons_sha256()[:12] for p in condition.set_paths) or "unmasked"
+        todo = {}
         for task in [t for t in condition.tasks if t in loadable]:
-            folder = out / condition.label / task
-            stamp = folder / "done.json"
             expected = {"model_args": config.model_args, "sets": key, "task": task, "limit": plan.limit}
-            # evaluation renders prompts as scoring did (scoring.apply_chat_template)
-            chat = bool(config.scoring.apply_chat_template)
             expected.update({"apply_chat_template": True} if chat else {})  # older stamps stay valid
-            if not force and _stamp_matches(stamp, expected):
-                continue
-            shutil.rmtree(folder, ignore_errors=True)
-            neuron_sets = load_sets(condition.neurons_arg) if condition.set_paths else []
-            # model_args as the lm_eval command would have them: the report labels runs by neurons=
-            model_args = config.model_args + (f",neurons={condition.neurons_arg}" if neuron_sets else "")
-            tracker = EvaluationTracker(output_path=str(folder))
-            with lm.masked(neuron_sets):
-                results = simple_evaluate(
-                    model=lm, model_args=model_args, tasks=[task], task_manager=manager, limit=plan.limit,
-                    log_samples=True, evaluation_tracker=tracker, bootstrap_iters=0,
-                    apply_chat_template=chat,
-                    random_seed=0, numpy_random_seed=0, torch_random_seed=0,
-                )
-            samples = results.pop("samples")
-            tracker.save_results_aggregated(results=results, samples=samples)
-            for name in results["configs"]:
-                tracker.save_results_samples(task_name=name, samples=samples[name])
-            _write_stamp(stamp, expected)
+            if force or not _stamp_matches(out / condition.label / task / "done.json", expected):
+                todo[task] = expected
+        if not todo:
+            continue
+        neuron_sets = load_sets(condition.neurons_arg) if condition.set_paths else []
+        # model_args as the lm_eval command would have them: the report labels runs by neurons=
+        model_args = config.model_args + (f",neurons={condition.neurons_arg}" if neuron_sets else "")
+        with lm.masked(neuron_sets):
+            for task, expected in todo.items():
+                folder = out / condition.label / task
+                shutil.rmtree(folder, ignore_errors=True)
+                evaluate_state(lm, tasks, task, folder, model_args=model_args, limit=plan.limit,
+                               apply_chat_template=chat)
+                _write_stamp(folder / "done.json", expected)
     write_text(out / "skipped.json", json.dumps(skipped, indent=1))
 
 

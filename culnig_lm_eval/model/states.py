@@ -1,0 +1,77 @@
+"""One loaded model evaluated in many masked states, on harness tasks loaded and built once.
+
+lm-eval's ``simple_evaluate`` loads a task's data and builds its requests on every call.  An
+experiment evaluates the same task in hundreds of masked states, so :class:`ReusedTasks` loads
+each task once and makes its ``build_all_requests`` build the requests on the first call only;
+a later call with the same arguments clears the kept instances' responses instead.  Everything
+else -- filters, metrics, aggregation, the results and samples files -- stays lm-eval's own, so
+a state's folder is what ``lm_eval --output_path ... --log_samples`` writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def build_requests_once(task) -> None:
+    """Make ``task.build_all_requests`` build on its first call only (for the same arguments)."""
+    if getattr(task, "culnig_builds_once", False):
+        return
+    build = task.build_all_requests
+    built_with: list[str] = []
+
+    def build_all_requests(*args, **kwargs):
+        key = repr((args, sorted(kwargs.items())))
+        if built_with == [key] and task.instances:
+            for instance in task.instances:  # lm-eval appends each state's responses to these
+                instance.resps.clear()
+                instance.filtered_resps.clear()
+            return None
+        built_with[:] = [key]
+        return build(*args, **kwargs)
+
+    task.build_all_requests = build_all_requests
+    task.culnig_builds_once = True
+
+
+class ReusedTasks:
+    """Task (or group) objects by name, each loaded on first use by one ``TaskManager``."""
+
+    def __init__(self, manager=None):
+        if manager is None:
+            from lm_eval.tasks import TaskManager
+
+            manager = TaskManager()
+        self.manager = manager
+        self.loaded: dict[str, object] = {}
+
+    def get(self, name: str):
+        """The loaded task or group ``name`` (raises what loading its data raises)."""
+        if name not in self.loaded:
+            loaded = self.manager.load([name])
+            for task in loaded["tasks"].values():
+                build_requests_once(task)
+            self.loaded[name] = loaded["groups"].get(name) or loaded["tasks"][name]
+        return self.loaded[name]
+
+
+def evaluate_state(lm, tasks: ReusedTasks, task: str, folder: str | Path | None, *, model_args: str,
+                   limit: int | None = None, apply_chat_template: bool = False) -> dict:
+    """``simple_evaluate`` of ``lm`` in its current state on ``task`` (results with ``samples``); with
+    ``folder``, the results and per-sample files are saved there by lm-eval's ``EvaluationTracker``."""
+    from lm_eval import simple_evaluate
+    from lm_eval.loggers import EvaluationTracker
+
+    tracker = EvaluationTracker(output_path=str(folder)) if folder is not None else None
+    results = simple_evaluate(
+        model=lm, model_args=model_args, tasks=[tasks.get(task)], task_manager=tasks.manager, limit=limit,
+        log_samples=True, evaluation_tracker=tracker, bootstrap_iters=0,
+        apply_chat_template=apply_chat_template, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+    )
+    if tracker is not None:
+        samples = results.pop("samples")
+        tracker.save_results_aggregated(results=results, samples=samples)
+        for name in results["configs"]:
+            tracker.save_results_samples(task_name=name, samples=samples[name])
+        results["samples"] = samples
+    return results
