@@ -10,6 +10,7 @@ Subcommands::
     culnig-sets convert FILE (--model M | --num-layers N --widths mlp_gate=1536,...) -o OUT
                         [--format auto|culnig-json|lape] [--cultures a,b,c] [--culture NAME]
                         [--lape-layout auto|mask|indices]
+    culnig-sets export-model --model_args pretrained=M --sets A.pt+B.pt --out DIR [--operation OP --factor F]
 
 Sets are ``culnig-neuron-set/1`` files (format: ``culnig_lm_eval.neuron_set``); published
 formats are read by ``culnig_lm_eval.importers``.  This module only parses arguments, calls
@@ -236,6 +237,14 @@ def cmd_convert(args):
 
 
 # -- parser ------------------------------------------------------------------------------------
+def cmd_export_model(args):
+    from ..model.export import export_masked_model
+
+    out = export_masked_model(args.model_args, args.sets, args.out, args.operation, args.factor)
+    print(f"{out}: masked model ({args.sets} folded in); evaluate it with "
+          f"lm_eval --model hf --model_args pretrained={out} (or vllm, sglang)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -302,6 +311,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file (.pt or .json); for several LAPE cultures put {culture} in it "
                    "(otherwise -CULTURE is added before the suffix)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "export-model", help="save the model with sets folded into its weights, for vLLM, SGLang or stock hf",
+        description="Fold neuron sets into the weights (as masked-hf does) and save the model (safetensors, "
+        "config, tokenizer) with culnig_export.json naming the sets.  Example: culnig-sets export-model "
+        "--model_args pretrained=smollm2-135m --sets neuron_sets/smollm2-135m/paper/general.pt --out masked-model")
+    p.add_argument("--model_args", required=True, help="the model, as lm_eval takes it: pretrained=...[,dtype=...]")
+    p.add_argument("--sets", required=True, metavar="A.pt+B.pt", help="set files joined with '+'; their union is folded in")
+    p.add_argument("--out", required=True, metavar="DIR", help="new folder (or an earlier export, replaced as a unit)")
+    p.add_argument("--operation", choices=("suppress", "enhance", "scale"), default="suppress",
+                   help="suppress (default: set to 0), enhance or scale by --factor (a power of two: exact)")
+    p.add_argument("--factor", help="multiplier for enhance/scale")
+    p.set_defaults(func=cmd_export_model)
     return parser
 
 
