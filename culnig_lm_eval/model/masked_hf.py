@@ -1,9 +1,17 @@
-"""``masked-hf``: the stock ``hf`` model with culture neurons ablated (see :class:`MaskedHFLM`)."""
+"""``masked-hf``: the stock ``hf`` model with culture neurons ablated (see :class:`MaskedHFLM`).
+
+Errors in the plugin's own arguments (a bad or missing neurons file, an index out of the model's
+range, ``factor=nan``, an unknown ``mode``) are ``ValueError``/``OSError`` with one line saying
+what is wrong.  The stock ``lm_eval`` command catches nothing, so under it (and only there: a
+library caller gets the exception) :func:`plugin_errors` prints that line as
+``masked-hf: error: ...`` and exits with status 2 instead of a traceback.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 
 from lm_eval import utils as lm_eval_utils
 from lm_eval.api.registry import register_model
@@ -16,6 +24,36 @@ from .fast_loglikelihood import shared_context_loglikelihood
 from ..neuron_set import NeuronSet, load_sets
 
 log = logging.getLogger("culnig-lm-eval")
+
+
+def under_lm_eval_cli() -> bool:
+    """Whether this call runs inside the stock ``lm_eval`` command (its ``cli_evaluate``, from the
+    console script or ``python -m lm_eval``) rather than under a library caller."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "cli_evaluate":
+            module = frame.f_globals.get("__name__")
+            spec = frame.f_globals.get("__spec__")
+            if module == "lm_eval.__main__" or getattr(spec, "name", None) == "lm_eval.__main__":
+                return True
+        frame = frame.f_back
+    return False
+
+
+@contextlib.contextmanager
+def plugin_errors():
+    """A user's mistake in the plugin's arguments: the exception for library callers, one line
+    ``masked-hf: error: ...`` and exit status 2 under the ``lm_eval`` command."""
+    try:
+        yield
+    except (ValueError, LookupError, OSError) as err:
+        if not under_lm_eval_cli():
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, OSError) and err.strerror:
+            message = f"{err.filename + ': ' if err.filename else ''}{err.strerror}"
+        print(f"masked-hf: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def _warn_if_empty(neuron_sets: list[NeuronSet]):
@@ -56,20 +94,22 @@ class MaskedHFLM(HFLM):
         changes.  Folding scales the chosen projection rows once, so masked evaluation costs
         nothing extra.
         """
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
-        operation_factor(operation, factor)  # bad arguments fail before the model loads
-        if not isinstance(fast, bool):
-            raise ValueError(f"fast={fast!r}: write fast=true or fast=false")
+        with plugin_errors():  # bad arguments fail before the model loads
+            if mode not in MODES:
+                raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
+            operation_factor(operation, factor)
+            if not isinstance(fast, bool):
+                raise ValueError(f"fast={fast!r}: write fast=true or fast=false")
+            self.neuron_sets = load_sets(neurons) if neurons else []
         self.operation, self.factor, self.mode, self.fast = operation, factor, mode, fast
         # the same (context, continuation) pairs come back in every masked state: tokenise once
         self._encoded_pairs: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
-        self.neuron_sets = load_sets(neurons) if neurons else []
         _warn_if_empty(self.neuron_sets)
         super().__init__(**hf_kwargs({"pretrained": pretrained, **kwargs}))
-        self.ablation = (
-            Ablation(self.model, self.neuron_sets, operation, factor, mode) if self.neuron_sets else None
-        )
+        with plugin_errors():  # each set against the loaded model (layers, widths, index range)
+            self.ablation = (
+                Ablation(self.model, self.neuron_sets, operation, factor, mode) if self.neuron_sets else None
+            )
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
