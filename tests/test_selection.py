@@ -6,8 +6,7 @@ import torch
 from culnig_lm_eval.scoring.attribution import ScoreTable
 from culnig_lm_eval.selection.rules import (
     CRC_FIRST,
-    GENERAL_EXCLUSION,
-    PAPER,
+    PAPER_GATE_ONLY,
     Thresholds,
     select,
     top_mask,
@@ -79,7 +78,7 @@ def test_paper_rule_cuts_first_then_removes_crc_neurons():
     sets = select(*general_tables(), thresholds=Thresholds(top_mlp=3.0, crc_exclude=1.0))
     # top 3 by diff: (0,2)=8, (1,3)=7, (1,4)=6; then the CRC neuron (1,3) leaves: 2 neurons, not 3
     assert chosen_general(sets) == sorted([flat(0, 2), flat(1, 4)])
-    assert sets["general"].meta["selection"] == PAPER
+    assert sets["general"].meta["selection"] == PAPER_GATE_ONLY  # gate-only tables: not named culnig-paper
     assert sets["general"].meta["hyperparameters"]["rule"] == "paper"
 
 
@@ -94,7 +93,7 @@ def test_general_exclusion_is_opt_in_and_named():
     assert paper.indices["mlp_gate"][0].tolist() == [0]
     extended = select(**tables, thresholds=Thresholds(top_mlp=1.0, general_exclude=1.0))["general"]
     assert extended.indices["mlp_gate"][0].tolist() == [7]
-    assert extended.meta["selection"] == GENERAL_EXCLUSION
+    assert extended.meta["selection"] == PAPER_GATE_ONLY + "+general-exclusion"
     with pytest.raises(ValueError, match="general"):
         select(table(task), thresholds=Thresholds(general_exclude=5.0))
 
@@ -138,7 +137,7 @@ def test_paper_specific_sets_cut_first_then_drop_own_crc_and_low_z():
     assert members(sets["korea"]) == {(0, 10)}
     # spain's top 2 are (1,20) (its CRC neuron, removed after the cut) and (0,11) (z = 0): nothing left
     assert members(sets["spain"]) == set()
-    assert sets["spain"].meta["selection"] == PAPER
+    assert sets["spain"].meta["selection"] == PAPER_GATE_ONLY
 
 
 def test_paper_specific_sets_only_for_cultures_with_crc_samples():
@@ -196,17 +195,18 @@ def test_select_and_save_writes_every_set_random_baselines_and_a_summary(tmp_pat
                               random_seeds=[3, 4])
     labels = {"general", *CULTURES, "random3", "random4", "random-uniform3", "random-uniform4"}
     assert set(written) == labels
-    assert {p.name for p in out.iterdir()} == {f"{label}.pt" for label in labels} | {"selection.json"}
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} \
+        == {f"{label}.pt" for label in labels} | {"selection.json"}
     general = NeuronSet.load(written["general"])
     assert general.meta["model"]["name"] == "tiny"
     layer_matched, uniform = NeuronSet.load(written["random3"]), NeuronSet.load(written["random-uniform3"])
     assert layer_matched.per_layer() == general.per_layer() and len(uniform) == len(general) == 2
-    assert layer_matched.meta["selection"] == "random-like:culnig-paper"
-    assert uniform.meta["selection"] == "random-uniform:culnig-paper"
+    assert layer_matched.meta["selection"] == "random-like:culnig-paper-gate-only"
+    assert uniform.meta["selection"] == "random-uniform:culnig-paper-gate-only"
     summary = json.loads((out / "selection.json").read_text())
     assert summary["files"]["general"] == "general.pt"
     assert summary["summary"]["general"]["neurons"] == 2
     assert summary["summary"]["general"]["fraction"] == {"mlp_gate": 0.02}
-    assert summary["thresholds"]["top_mlp"] == 2.0 and summary["selection"] == PAPER
+    assert summary["thresholds"]["top_mlp"] == 2.0 and summary["selection"] == PAPER_GATE_ONLY
     assert summary["score_files"]["task"] == {"path": "scores/task.scores.pt", "sha256": "ab" * 32}
     assert summary["random_seeds"] == [3, 4]

@@ -1,9 +1,10 @@
 """Random baselines of a neuron set, size-matched to it, and how their files are named.
 
 Two draws: ``layer-matched`` (:meth:`NeuronSet.random_like`: the same number of neurons in every
-(module kind, layer)) and ``uniform`` (:func:`random_uniform`, the reference's
-``decide_random_neuron.py``: the same total drawn from all neurons of the set's module kinds
-pooled).  A sets folder names them ``random<seed>.pt`` and ``random-uniform<seed>.pt``.
+(module kind, layer); ours) and ``uniform`` (:func:`random_uniform`, the published
+``decide_random_neuron.py``: the same total drawn uniformly from the MLP gate and attention
+q/k/v neurons of all layers pooled, never up_proj).  A sets folder names them
+``random<seed>.pt`` and ``random-uniform<seed>.pt``.
 """
 
 from __future__ import annotations
@@ -14,19 +15,29 @@ from ..neuron_set import NeuronSet, new_meta
 
 # draw -> file-name prefix of its random sets (``<prefix><seed>.pt``)
 RANDOM_DRAWS = {"layer-matched": "random", "uniform": "random-uniform"}
+# the published uniform draw's candidates (decide_random_neuron.py MLP_TARGET_MODULES): gate, q, k, v
+UNIFORM_POOL = ("mlp_gate", "attn_q", "attn_k", "attn_v")
 
 
 def random_uniform(reference: NeuronSet, seed: int) -> NeuronSet:
-    """As many neurons as ``reference``, drawn uniformly from all neurons of its module kinds
-    pooled (the reference's ``decide_random_neuron.py``; layers and kinds are not matched)."""
+    """As many neurons as ``reference``, drawn uniformly from the MLP gate and attention q/k/v
+    neurons of every layer pooled, as the published ``decide_random_neuron.py`` draws them
+    (layers and kinds are not matched; up_proj is never drawn).  The pool is those of the four
+    kinds that ``reference``'s selection scored (its kinds): a gate-only set draws from the gate."""
     model = reference.meta.get("model") or {}
     widths, layers = model.get("widths") or {}, model.get("num_layers")
-    kinds = list(reference.indices)
+    kinds = [k for k in UNIFORM_POOL if k in reference.indices]
+    if not kinds:
+        reference._fail(f"holds none of the kinds the uniform draw takes ({', '.join(UNIFORM_POOL)}), "
+                        "so a uniform random set like it cannot be drawn")
     missing = [k for k in kinds if not widths.get(k)]
     if missing or not layers:
         reference._fail(f"has no model shape for {', '.join(missing) or 'num_layers'} in its metadata, "
                         "so a random set of the same size cannot be drawn")
     sizes = [layers * widths[k] for k in kinds]
+    if len(reference) > sum(sizes):
+        reference._fail(f"holds {len(reference)} neurons, more than the {sum(sizes)} of {', '.join(kinds)} "
+                        "a uniform random set is drawn from")
     gen = torch.Generator().manual_seed(int(seed))
     mask = torch.zeros(sum(sizes), dtype=torch.bool)
     mask[torch.randperm(sum(sizes), generator=gen)[: len(reference)]] = True
@@ -36,7 +47,7 @@ def random_uniform(reference: NeuronSet, seed: int) -> NeuronSet:
         method="random",
         selection=f"random-uniform:{reference.meta.get('selection') or reference.meta.get('method') or 'set'}",
         tasks=list(reference.meta.get("tasks") or []),
-        hyperparameters={"seed": int(seed)},
+        hyperparameters={"seed": int(seed), "pool": kinds},
         provenance={"size_matched_to": reference.summary_meta()},
     )
     return NeuronSet.from_masks(masks, meta)

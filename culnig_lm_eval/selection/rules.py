@@ -1,16 +1,19 @@
 """The CULNIG selection rules: score tables -> a culture-general set and culture-specific sets.
 
 :func:`select` applies the rule a :class:`Thresholds` names (``rule``: ``paper``, the published
-code, or ``crc-first``, this package's earlier rule; ``specific_rule``: ``z``, ``contrast`` or
-``rank-contrast`` for the culture-specific side) and records it in every set's
-``meta["selection"]``.  What each rule and option does, and where it differs from the published
-code, is in ``docs/method.md``.
+code, ``paper-gate-only``, the same on the MLP neurons only, or ``crc-first``, this package's
+earlier rule; ``specific_rule``: ``z``, ``contrast`` or ``rank-contrast`` for the
+culture-specific side) and records it in every set's ``meta["selection"]``
+(:func:`selection_name`: ``culnig-paper`` only where the tables allow the published rule).
+What each rule and option does is in ``docs/method.md``; every remaining difference from the
+published code, with its measured effect, in ``docs/differences.md``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -18,10 +21,16 @@ from .._io import safe_name
 from ..checks import number_in, true_or_false, whole_number
 from ..neuron_set import NeuronSet, new_meta
 from ..scoring.attribution import ScoreTable
+from .ranking import neuron_order, ordered_sum, pooled_top, reference_z, top_mask
+
+log = logging.getLogger("culnig-selection")
 
 PAPER = "culnig-paper"
+PAPER_GATE_ONLY = PAPER + "-gate-only"
 CRC_FIRST = "culnig-crc-first"
-RULES = {"paper": PAPER, "crc-first": CRC_FIRST}
+RULES = {"paper": PAPER, "paper-gate-only": PAPER_GATE_ONLY, "crc-first": CRC_FIRST}
+PAPER_RULES = ("paper", "paper-gate-only")
+ATTENTION_KINDS = ("attn_q", "attn_k", "attn_v")
 GENERAL_EXCLUSION = PAPER + "+general-exclusion"
 NORMALISED_Z = "+normalised-z"
 SPECIFIC_RULES = ("z", "contrast", "rank-contrast")
@@ -54,7 +63,9 @@ class Thresholds:
     # opt-in: divide each culture's S_c by its mean |S_c| before the z-score, so one culture whose
     # answers the model finds likely (P^2 weighting) does not dominate every neuron's z-score
     normalise_z: bool = False
-    rule: str = "paper"  # "paper" (the published code) or "crc-first" (CRC excluded before the cut)
+    # "paper" (the published code), "paper-gate-only" (the same on the MLP neurons only) or
+    # "crc-first" (ours: CRC excluded before the cut)
+    rule: str = "paper"
     specific_rule: str = "z"  # "z" (the paper), "contrast" or "rank-contrast" (ours; docs/method.md)
     exclude_general_set: bool = False  # contrast rules: culture-general neurons never in a specific set
     # ours: a culture-specific set keeps only the neurons that the same rule also selects on both
@@ -87,7 +98,7 @@ class Thresholds:
             raise ThresholdError(f"rule={self.rule!r}: must be one of {', '.join(RULES)}")
         if self.specific_rule not in SPECIFIC_RULES:
             raise ThresholdError(f"specific_rule={self.specific_rule!r}: must be one of {', '.join(SPECIFIC_RULES)}")
-        if self.specific_rule != "z" and self.rule != "paper":
+        if self.specific_rule != "z" and self.rule not in PAPER_RULES:
             raise ThresholdError(f"specific_rule={self.specific_rule!r} works with rule='paper' only")
         check("exclude_general_set", true_or_false)
         if self.exclude_general_set and self.specific_rule == "z":
@@ -105,8 +116,12 @@ class Thresholds:
 
     @property
     def selection_name(self) -> str:
-        name = RULES[self.rule]
-        name += "+general-exclusion" if self.general_exclude is not None else ""
+        """The name from the thresholds alone; :func:`selection_name` adds what the tables change."""
+        return RULES[self.rule] + self.name_suffix
+
+    @property
+    def name_suffix(self) -> str:
+        name = "+general-exclusion" if self.general_exclude is not None else ""
         name += NORMALISED_Z if self.normalise_z else ""
         name += f"+{self.specific_rule}" if self.specific_rule != "z" else ""
         name += "+general-set-excluded" if self.exclude_general_set else ""
@@ -173,39 +188,24 @@ def _check_tables(tables: dict[str, ScoreTable | None]):
     _check_cultures(task)
 
 
-# -- ranking -----------------------------------------------------------------------------
-def top_mask(values: torch.Tensor, percent: float, allowed: torch.Tensor | None = None) -> torch.Tensor:
-    """Boolean mask of the top ``percent``% of all entries of ``values`` (among ``allowed``)."""
-    k = int(values.numel() * percent / 100 + 1e-9)  # never more than percent%
-    mask = torch.zeros(values.numel(), dtype=torch.bool)
-    if k == 0:
-        return mask.view_as(values)
-    flat = values.flatten()
-    if allowed is not None:
-        flat = flat.masked_fill(~allowed.flatten(), float("-inf"))
-        k = min(k, int(allowed.sum()))
-    mask[torch.topk(flat, k).indices] = True
-    return mask.view_as(values)
-
-
-def pooled_top(values: dict[str, torch.Tensor], percent: float,
-               excluded: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """{kind: mask}: the top ``percent``% of the neurons of all ``values`` ranked together
-    (``percent`` of all of them; ``excluded`` neurons are never chosen)."""
-    kinds = list(values)
-    allowed = ~torch.cat([excluded[k].flatten() for k in kinds]) if excluded is not None else None
-    mask = top_mask(torch.cat([values[k].flatten() for k in kinds]), percent, allowed)
-    parts = mask.split([values[k].numel() for k in kinds])
-    return {k: part.view_as(values[k]) for k, part in zip(kinds, parts)}
-
-
+# -- ranking (top_mask, pooled_top and the published order of ties: ranking.py) ----------
 def _groups(kinds, groups) -> list[list[str]]:
     return [[k for k in group if k in kinds] for group in groups if any(k in kinds for k in group)]
+
+
+def _order(table: ScoreTable) -> dict[str, torch.Tensor]:
+    """The published scorer's order of the table's neurons: ties at a cut go to the first."""
+    shapes = {k: tuple(v.shape[:2]) for k, v in table.scores.items()}
+    return neuron_order(shapes, (table.meta.get("model") or {}).get("model_type"))
 
 
 def _sum_scores(table: ScoreTable, kind: str) -> torch.Tensor:
     """[layers, width, cultures] in float64 (exact sums for the comparisons of the paper rule)."""
     return table.scores[kind].to(torch.float64)
+
+
+def _count(table: ScoreTable) -> int:
+    return max(int(torch.as_tensor(table.counts).sum()), 1)
 
 
 def _culture_columns(table: ScoreTable, kind: str, cultures: list[str]) -> torch.Tensor:
@@ -216,23 +216,22 @@ def _culture_columns(table: ScoreTable, kind: str, cultures: list[str]) -> torch
     if mine:
         to, source = (torch.tensor(ix) for ix in zip(*mine))
         out[..., to] = scores.index_select(-1, source).to(torch.float64)
-    return out.div_(max(int(torch.as_tensor(table.counts).sum()), 1))
+    return out.div_(_count(table))
 
 
 def _z_scores(per_c: torch.Tensor, normalise: bool) -> torch.Tensor:
-    """Across cultures, population std; z = 0 where every culture has the same score."""
+    """Across cultures, population std, in the published arithmetic (ranking.reference_z);
+    z = 0 where every culture has the same score."""
     if normalise:
         per_c = per_c / per_c.abs().mean(dim=(0, 1), keepdim=True).clamp(min=1e-30)
-    std, mean = torch.std_mean(per_c, dim=-1, correction=0)
-    z = (per_c - mean[..., None]).div_(std[..., None])
-    return z.masked_fill_((std == 0)[..., None], 0.0)
+    return reference_z(per_c)
 
 
-def _general_excluded(general, group, thresholds) -> dict[str, torch.Tensor] | None:
+def _general_excluded(general, group, thresholds, order=None) -> dict[str, torch.Tensor] | None:
     """Our pre-cut extension: the top r_g% by general-prose score, ranked like the cut."""
     if general is None:
         return None
-    return pooled_top({k: _sum_scores(general, k).sum(-1) for k in group}, thresholds.general_exclude)
+    return pooled_top({k: _sum_scores(general, k).sum(-1) for k in group}, thresholds.general_exclude, order=order)
 
 
 def contrast_scores(per_culture: torch.Tensor, ranked: bool) -> torch.Tensor:
@@ -255,16 +254,17 @@ def contrast_scores(per_culture: torch.Tensor, ranked: bool) -> torch.Tensor:
     return scaled - others
 
 
-def _contrast_specific(per_c, crc_c, crc_index, general, general_masks, thresholds, cultures, specific):
+def _contrast_specific(per_c, crc_c, crc_index, general, general_masks, thresholds, cultures, specific, order):
     """{culture: masks}: the top t_s% by contrast (docs/method.md), exclusions before the cut."""
     kinds = list(per_c)
     out = {c: {} for c in specific}
     for group in _groups(kinds, SPECIFIC_GROUPS):
         sizes = [per_c[k][..., 0].numel() for k in group]
         values = torch.cat([per_c[k].reshape(-1, len(cultures)) for k in group])  # [neurons, cultures]
+        ranks = torch.cat([order[k].flatten() for k in group])
         contrast = contrast_scores(values, ranked=thresholds.specific_rule == "rank-contrast")
         excluded = torch.zeros(values.shape[0], dtype=torch.bool)
-        prose = _general_excluded(general, group, thresholds)
+        prose = _general_excluded(general, group, thresholds, order)
         if prose is not None:
             excluded |= torch.cat([prose[k].flatten() for k in group])
         if thresholds.exclude_general_set:
@@ -274,17 +274,22 @@ def _contrast_specific(per_c, crc_c, crc_index, general, general_masks, threshol
             i = cultures.index(c)
             allowed = ~excluded & (values[:, i] > 0)
             if crc_c is not None:
-                crc_top = pooled_top({k: crc_c[k][..., crc_index[c]] for k in group}, thresholds.crc_exclude)
+                crc_top = pooled_top({k: crc_c[k][..., crc_index[c]] for k in group}, thresholds.crc_exclude,
+                                     order=order)
                 allowed &= ~torch.cat([crc_top[k].flatten() for k in group])
-            chosen = top_mask(contrast[:, i], thresholds.top_specific, allowed)
+            chosen = top_mask(contrast[:, i], thresholds.top_specific, allowed, ranks)
             for k, part in zip(group, chosen.split(sizes)):
                 out[c][k] = part.view_as(per_c[k][..., 0])
     return out
 
 
 def _paper_masks(task, control, crc, general, thresholds, cultures, specific):
-    """(general masks, {culture: masks}) by the published rule (docs/method.md)."""
+    """(general masks, {culture: masks}) by the published rule (docs/method.md), in its
+    arithmetic: the culture-general score is the task's sum over its cultures / N_task minus the
+    control's sum over ALL its cultures / N_control (a culture only the control has counts
+    there, as in decide_culture_general_neurons.py); ties at every cut in its order."""
     kinds = list(task.scores)
+    order = _order(task)
     per_c = {k: _culture_columns(task, k, cultures) for k in kinds}
     if control is not None:
         per_c = {k: v - _culture_columns(control, k, cultures) for k, v in per_c.items()}
@@ -292,28 +297,31 @@ def _paper_masks(task, control, crc, general, thresholds, cultures, specific):
 
     general_masks = {}
     for group in _groups(kinds, GENERAL_GROUPS):
-        diff = {k: per_c[k].sum(-1) for k in group}
-        excluded = _general_excluded(general, group, thresholds)
-        chosen = pooled_top(diff, thresholds.top_for(group[0]), excluded)
+        diff = {k: ordered_sum(_sum_scores(task, k)) / _count(task) for k in group}
+        if control is not None:
+            diff = {k: v - ordered_sum(_sum_scores(control, k)) / _count(control) for k, v in diff.items()}
+        excluded = _general_excluded(general, group, thresholds, order)
+        chosen = pooled_top(diff, thresholds.top_for(group[0]), excluded, order)
         if crc_c is not None:
-            crc_top = pooled_top({k: crc_c[k].sum(-1) for k in group}, thresholds.crc_exclude)
+            crc_top = pooled_top({k: ordered_sum(crc_c[k]) for k in group}, thresholds.crc_exclude, order=order)
             chosen = {k: chosen[k] & ~crc_top[k] for k in group}
         general_masks.update(chosen)
 
     crc_index = {c: i for i, c in enumerate(crc.cultures)} if crc is not None else {}
     if thresholds.specific_rule != "z":
         return general_masks, _contrast_specific(per_c, crc_c, crc_index, general, general_masks, thresholds,
-                                                 cultures, specific)
+                                                 cultures, specific, order)
     z = {k: _z_scores(per_c[k], thresholds.normalise_z) for k in kinds}
     specific_masks = {c: {} for c in specific}
     for group in _groups(kinds, SPECIFIC_GROUPS):
-        excluded = _general_excluded(general, group, thresholds)
+        excluded = _general_excluded(general, group, thresholds, order)
         for c in specific:
             i = cultures.index(c)
-            chosen = pooled_top({k: per_c[k][..., i] for k in group}, thresholds.top_specific, excluded)
+            chosen = pooled_top({k: per_c[k][..., i] for k in group}, thresholds.top_specific, excluded, order)
             chosen = {k: chosen[k] & (z[k][..., i] >= thresholds.z_min) for k in group}
             if crc_c is not None:
-                crc_top = pooled_top({k: crc_c[k][..., crc_index[c]] for k in group}, thresholds.crc_exclude)
+                crc_top = pooled_top({k: crc_c[k][..., crc_index[c]] for k in group}, thresholds.crc_exclude,
+                                     order=order)
                 chosen = {k: chosen[k] & ~crc_top[k] for k in group}
             specific_masks[c].update(chosen)
     return general_masks, specific_masks
@@ -366,6 +374,63 @@ def _crc_first_masks(task, control, crc, general, thresholds, cultures, specific
     return general_masks, specific_masks
 
 
+# -- names: culnig-paper only where the tables allow the published rule ------------------
+def crc_clamped(crc: ScoreTable | None) -> bool:
+    """Whether a CRC table's samples were clamped at 0.  Tables record it (``clamped_at_zero``);
+    a score file of an earlier version (``settings`` but no record) clamped its CRC samples."""
+    if crc is None:
+        return False
+    recorded = crc.meta.get("clamped_at_zero")
+    return bool(recorded) if recorded is not None else "settings" in crc.meta
+
+
+def _kinds(tables: dict) -> set[str]:
+    task = tables.get("task")
+    return set(task.scores) if task is not None else set()
+
+
+def selection_name(thresholds: Thresholds, tables: dict[str, ScoreTable | None]) -> str:
+    """``thresholds.selection_name`` with what the tables change: the paper rule on tables
+    without attention scores is ``culnig-paper-gate-only``; ``+up-proj`` where up_proj was
+    scored (the paper rules rank it; the published code never does); ``+crc-clamped`` where the
+    CRC samples were clamped at 0 (the published scorer leaves them unclamped)."""
+    kinds = _kinds(tables)
+    name = RULES[thresholds.rule]
+    if thresholds.rule == "paper" and not kinds & set(ATTENTION_KINDS):
+        name = PAPER_GATE_ONLY
+    if thresholds.rule in PAPER_RULES and "mlp_up" in kinds:
+        name += "+up-proj"
+    if crc_clamped(tables.get("crc")):
+        name += "+crc-clamped"
+    return name + thresholds.name_suffix
+
+
+def departures(thresholds: Thresholds, tables: dict[str, ScoreTable | None]) -> list[str]:
+    """One line per way the tables keep the paper rule from being the published code (empty
+    for another rule, or when they do not)."""
+    if thresholds.rule != "paper":
+        return []
+    kinds, lines = _kinds(tables), []
+    if not kinds & set(ATTENTION_KINDS):
+        lines.append("the task table has no attention q/k/v scores, which the published ranking pools beside the "
+                     f"MLP gate: the sets are named {PAPER_GATE_ONLY} (culnig-score run scores attention unless "
+                     "--no-attention)")
+    if "mlp_up" in kinds:
+        lines.append("up_proj was scored (--up-proj) and is ranked beside the gate: the sets are named +up-proj "
+                     "(the published code never ranks up_proj)")
+    if crc_clamped(tables.get("crc")):
+        lines.append("the CountryRC samples were clamped at 0 (--clamp-crc, or a score file of an earlier version): "
+                     "the sets are named +crc-clamped (the published scorer leaves CountryRC unclamped)")
+    return lines
+
+
+def _without_attention(table: ScoreTable | None) -> ScoreTable | None:
+    if table is None:
+        return None
+    kept = {k: v for k, v in table.scores.items() if k not in ATTENTION_KINDS}
+    return replace(table, scores=kept) if len(kept) < len(table.scores) else table
+
+
 # -- public ------------------------------------------------------------------------------
 def select(
     task: ScoreTable,
@@ -380,6 +445,8 @@ def select(
         raise ThresholdError("halves_agree and stable_fraction need the fold tables of the items: select with "
                              "select_and_save(half_tables=...) or culnig-score select --half-scores-dir")
     _check_tables({"task": task, "control": control, "crc": crc, "general": general})
+    if thresholds.rule == "paper-gate-only":  # the paper's rule on the MLP neurons alone
+        task, control, crc, general = (_without_attention(t) for t in (task, control, crc, general))
     if thresholds.general_exclude is not None and general is None:
         raise ValueError("general_exclude was set but no general-prose score table was given")
     if thresholds.general_exclude is None:
@@ -387,10 +454,10 @@ def select(
     counts = dict(zip(task.cultures, torch.as_tensor(task.counts).tolist()))
     cultures = [c for c in task.cultures if counts[c] > 0]
     specific = [c for c in cultures if counts[c] >= thresholds.min_samples]
-    if thresholds.rule == "paper" and crc is not None:
+    if thresholds.rule in PAPER_RULES and crc is not None:
         crc_counts = dict(zip(crc.cultures, torch.as_tensor(crc.counts).tolist()))
         specific = [c for c in specific if crc_counts.get(c, 0) > 0]
-    masks = _paper_masks if thresholds.rule == "paper" else _crc_first_masks
+    masks = _paper_masks if thresholds.rule in PAPER_RULES else _crc_first_masks
     general_masks, specific_masks = masks(task, control, crc, general, thresholds, cultures, specific)
 
     shape = dict(task.meta.get("model") or {})
@@ -407,7 +474,8 @@ def select(
         if t is not None
     }
     tasks = [t.meta.get("task") for t in (task, control, crc, general) if t is not None]
-    common = dict(method="culnig", selection=thresholds.selection_name, tasks=tasks,
+    name = selection_name(thresholds, {"task": task, "crc": crc})
+    common = dict(method="culnig", selection=name, tasks=tasks,
                   hyperparameters=asdict(thresholds))
     sets = {"general": NeuronSet.from_masks(general_masks, {**new_meta(shape, **common), "provenance": provenance})}
     for c in specific:

@@ -4,6 +4,7 @@ as one unit (:func:`select_and_save`)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -11,8 +12,10 @@ from pathlib import Path
 from .._io import atomic_folder, safe_name, write_text
 from ..scoring.attribution import ScoreTable
 from .random_sets import RANDOM_DRAWS, random_set
-from .rules import Thresholds
+from .rules import Thresholds, departures, selection_name
 from .stability import describe, select_with_halves
+
+log = logging.getLogger("culnig-selection")
 
 
 def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: Path, *, model_name: str = "",
@@ -32,13 +35,17 @@ def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: 
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError(f"random seed {seed!r}: seeds are integers from 0 to 2**63-1")
         seeds.append(seed)
+    differs = departures(thresholds, tables)
+    for line in differs:  # the paper rule asked for, the tables do not allow it: say so once
+        log.warning("%s: not the published rule: %s", out, line)
     sets, stability = select_with_halves(tables, half_tables, thresholds, model_name)
     for seed in dict.fromkeys(seeds):
         for draw, prefix in RANDOM_DRAWS.items():
             sets[f"{prefix}{seed}"] = random_set(draw, sets["general"], seed)
     files = {label: f"{safe_name(label, 'set label')}.pt" for label in sets}
     summary = {
-        "selection": thresholds.selection_name,
+        "selection": selection_name(thresholds, tables),
+        **({"differs_from_published": differs} if differs else {}),
         "thresholds": asdict(thresholds),
         "random_seeds": list(dict.fromkeys(seeds)),
         "files": files,

@@ -41,7 +41,7 @@ import torch
 
 from ..neuron_set import NeuronSet
 from ..scoring.attribution import ScoreTable
-from .rules import ThresholdError, select_tables
+from .rules import ThresholdError, select_tables, selection_name
 
 UNSTABLE_BELOW = 0.3
 SPLIT_ROLES = ("task", "control")
@@ -266,7 +266,7 @@ def select_with_halves(tables: dict[str, ScoreTable], half_tables: dict | None, 
     stability = annotate(sets, pairs, folds=split.folds)
     if not filtered:
         return sets, stability
-    name = thresholds.selection_name
+    name = selection_name(thresholds, tables)
     halves_seen = [half for pair in pairs for half in pair]
     second_seed = None
     if thresholds.stable_fraction is not None and sampled:  # the seeds check: another draw of pairs

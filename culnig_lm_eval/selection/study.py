@@ -38,7 +38,7 @@ from ..checks import number_in, whole_number
 from ..neuron_set import NeuronSet
 from ..scoring.attribution import ScoreTable
 from .random_sets import random_uniform
-from .rules import ThresholdError, Thresholds
+from .rules import ThresholdError, Thresholds, selection_name
 from .stability import HalfSelections, describe, select_with_halves
 from .study_report import analyse, pareto_figure, render_markdown, selection_only_summary
 
@@ -125,7 +125,7 @@ def select_variants(settings: StudySettings, tables: dict[str, ScoreTable],
             raise StudyError(f"variant {name}: {err}") from None
         seconds = time.perf_counter() - started
         sets[name] = chosen
-        info[name] = {"selection": thresholds.selection_name, "thresholds": asdict(thresholds),
+        info[name] = {"selection": selection_name(thresholds, tables), "thresholds": asdict(thresholds),
                       "seconds": seconds, "stability": stability,
                       "sizes": {label: len(s) for label, s in chosen.items()}}
     return sets, info
