@@ -86,13 +86,18 @@ def test_scores_do_not_depend_on_batch_or_padding(padding_side):
 
 
 def test_table_sums_per_culture_and_clamps_controls():
+    """Control samples are clamped at 0 (the published scorer clamps data sets named "control");
+    task and CountryRC samples are not, unless --clamp-crc asks for it; the table says which."""
     model = tiny_llama(2)
     samples = random_samples(6, seed=9)
     scorer = AttributionScorer(model)
     per_sample = scorer.sample_scores(collate(samples, 0))["mlp_gate"]  # [L, B, W]
+    assert (per_sample < 0).any()  # negative sample scores exist: clamping changes the sums
     cultures = sorted({s.culture for s in samples})
-    for role, clamp in (("task", False), ("control", True)):
-        table, _ = score_samples(scorer, samples, role=role, batch_size=4)
+    for role, clamp, flag in (("task", False, None), ("control", True, None), ("crc", False, None),
+                              ("crc", True, True), ("general", True, None)):
+        table, _ = score_samples(scorer, samples, role=role, batch_size=4, clamp_at_zero=flag)
+        assert table.meta["clamped_at_zero"] is clamp
         assert table.cultures == cultures
         for ci, c in enumerate(cultures):
             members = [i for i, s in enumerate(samples) if s.culture == c]
@@ -131,3 +136,19 @@ def test_data_parallel_ranks_share_batches_and_reduce_to_the_single_process_resu
     single, _ = score_samples(AttributionScorer(tiny_llama(4)), random_samples(11, seed=2), role="task", batch_size=2)
     assert parallel["counts"].tolist() == single.counts.tolist()
     torch.testing.assert_close(parallel["scores"], single.scores["mlp_gate"], rtol=1e-5, atol=1e-12)
+
+
+def test_the_crc_stamp_says_whether_its_samples_were_clamped():
+    """A CRC score file of the other clamping -- or of a version that clamped without saying
+    so -- is not reused as if it were this run's; the other roles' stamps do not change."""
+    from culnig_lm_eval.scoring.run import ScoringSettings, clamps_at_zero
+
+    plain, clamped = ScoringSettings(), ScoringSettings(clamp_crc=True)
+    assert plain.stamp("crc")["crc_clamped"] is False and clamped.stamp("crc")["crc_clamped"] is True
+    for role in ("task", "control", "general"):
+        assert plain.stamp(role) == clamped.stamp(role) and "crc_clamped" not in plain.stamp(role)
+        assert "clamp_crc" not in plain.stamp(role)
+    assert [clamps_at_zero(r) for r in ("task", "control", "crc", "general")] == [False, True, False, True]
+    assert clamps_at_zero("crc", clamp_crc=True)
+    with pytest.raises(ValueError, match="clamp_crc"):
+        ScoringSettings(clamp_crc="yes")

@@ -46,7 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--general", type=_comma, default=[],
                        help="general-prose tasks (loglikelihood_rolling) for the opt-in general exclusion, e.g. general_ppl_selection")
     run_p.add_argument("--out", type=Path, required=True, help="folder for the score files (<role>.scores.pt)")
-    run_p.add_argument("--attention", action="store_true", help="also score attention q/k/v outputs")
+    run_p.add_argument("--attention", dest="attention", action="store_true", default=True,
+                       help="score attention q/k/v outputs beside the MLP gate (the default: the published "
+                            "ranking pools them; the flag is kept for old command lines)")
+    run_p.add_argument("--no-attention", dest="attention", action="store_false",
+                       help="score the MLP gate only; the paper rule's sets are then named culnig-paper-gate-only")
+    run_p.add_argument("--clamp-crc", action="store_true",
+                       help="clamp CountryRC samples at 0 like the control's (ours; the published scorer leaves "
+                            "them unclamped); selections from that table are named +crc-clamped")
     run_p.add_argument("--up-proj", action="store_true", help="also score MLP up_proj outputs")
     run_p.add_argument("--batch_size", type=int, default=8)
     run_p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available, else cpu)")
@@ -134,8 +141,10 @@ def _selection_args(p):
     p.add_argument("--min-samples", type=int, default=d.min_samples,
                    help="cultures with fewer task samples get no culture-specific set")
     p.add_argument("--rule", choices=sorted(RULES), default=d.rule,
-                   help="paper: the published CULNIG code (top t%% then minus CRC, pooled attention); "
-                        "crc-first: CRC excluded before the cut, per module kind (see culnig_lm_eval.selection.rules)")
+                   help="paper: the published CULNIG code (top t%% then minus CRC, pooled attention; on tables "
+                        "without attention scores it is named culnig-paper-gate-only); paper-gate-only: the same "
+                        "rule on the MLP neurons only; crc-first: CRC excluded before the cut, per module kind "
+                        "(see docs/method.md and docs/differences.md)")
     p.add_argument("--specific-rule", choices=list(SPECIFIC_RULES), default=d.specific_rule,
                    help="culture-specific sets: z (the paper: top t_s%% then z-score filter), contrast or "
                         "rank-contrast (ours: top t_s%% by the culture's score minus the other cultures'; "
@@ -188,7 +197,7 @@ def settings_from_args(args):
         num_fewshot=args.num_fewshot, fewshot_seed=args.fewshot_seed, apply_chat_template=args.apply_chat_template,
         fewshot_as_multiturn=args.fewshot_as_multiturn, culture_field=args.culture_field, window=args.window,
         stride=args.stride, force=args.force, fold=args.fold,
-        fold_tables=args.fold_tables,
+        fold_tables=args.fold_tables, clamp_crc=args.clamp_crc,
     )
 
 

@@ -17,7 +17,7 @@ from .._io import safe_name
 
 DEFAULT_CONFIG = Path(__file__).parent.parent / "experiments" / "smollm2-135m.yaml"
 SCORING_KEYS = {"tasks", "control", "crc", "general", "limit", "window", "stride", "batch_size", "attention",
-                "up_proj", "apply_chat_template", "num_fewshot", "culture_field", "stability_fold"}
+                "up_proj", "apply_chat_template", "num_fewshot", "culture_field", "stability_fold", "clamp_crc"}
 EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu",
                  "instance_task", "random_draws", "random_for", "random_tasks"}
 # 20 random sets per evaluated set: with the observed set counted as one draw the smallest empirical
@@ -137,6 +137,7 @@ class ExperimentConfig:
                 limit=scoring.get("limit"), window=int(scoring.get("window", 96)), stride=int(scoring.get("stride", 16)),
                 num_fewshot=scoring.get("num_fewshot"), apply_chat_template=bool(scoring.get("apply_chat_template")),
                 culture_field=str(scoring.get("culture_field", "culture")),
+                clamp_crc=scoring.get("clamp_crc", False),
             )
             plan = EvaluationPlan(**{k: evaluate[k] for k in EVALUATE_KEYS if k in evaluate})
             for key in ("cultural", "per_culture", "general", "nlu"):

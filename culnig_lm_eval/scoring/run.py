@@ -52,6 +52,11 @@ class ScoringSettings:
     # for stability checks and stability selection without another scoring run.  It does not
     # change the full tables, so it is not part of their stamp.
     fold_tables: int | None = None
+    # CountryRC samples clamped at 0 per sample, like the control's.  The published scorer
+    # (ynklab/CULNIG calc_neuron_score.py) clamps only data sets named "control", so CountryRC
+    # enters unclamped by default; a selection made from a clamped CRC table is named
+    # "+crc-clamped" (selection/rules.py, docs/differences.md).
+    clamp_crc: bool = False
 
     def __post_init__(self):
         unknown = set(self.kinds) - set(MODULE_KINDS)
@@ -66,12 +71,18 @@ class ScoringSettings:
             whole_number(self.fold_tables, f"--fold-tables {self.fold_tables!r}", least=2)
             if self.fold is not None:
                 raise ValueError("--fold-tables scores every document: it cannot be combined with --fold")
+        if not isinstance(self.clamp_crc, bool):
+            raise ValueError(f"clamp_crc {self.clamp_crc!r}: must be true or false")
 
-    def stamp(self) -> dict:
-        """What makes two score files comparable (batch size and force do not change scores)."""
+    def stamp(self, role: str | None = None) -> dict:
+        """What makes two score files of ``role`` comparable (batch size and force do not change
+        scores).  The CRC table's stamp also says whether its samples were clamped, so a CRC file
+        of another clamping (or of a version that clamped without saying so) is not reused."""
         keep = asdict(self)
-        for volatile in ("batch_size", "force", "fold_tables"):
+        for volatile in ("batch_size", "force", "fold_tables", "clamp_crc"):
             keep.pop(volatile)
+        if role == "crc":
+            keep["crc_clamped"] = self.clamp_crc
         keep["kinds"] = list(self.kinds)
         if keep["fold"] is None:
             keep.pop("fold")  # score files written before folds existed stay reusable
@@ -89,6 +100,14 @@ def parse_fold(spec: str) -> tuple[int, int]:
 
 
 FOLD_SCHEME = "culture-stratified"  # stored with fold score files (ScoringSettings.stamp)
+# roles whose samples are clamped at 0 before they are summed: the control, as the published
+# scorer does, and the general prose of the opt-in general exclusion (ours; no published rule)
+CLAMPED_ROLES = ("control", "general")
+
+
+def clamps_at_zero(role: str, clamp_crc: bool = False) -> bool:
+    """Whether the samples of ``role`` are clamped at 0 per sample (CRC only with ``clamp_crc``)."""
+    return role in CLAMPED_ROLES or (role == "crc" and clamp_crc)
 
 
 def doc_hash(doc_id: int) -> int:
@@ -140,7 +159,7 @@ def reusable_score_files(role_tasks: dict[str, list[str]], settings: ScoringSett
         if settings.fold_tables and role in FOLD_ROLES and not _fold_files_match(out, role, settings, specs):
             log.warning("%s: %s exists but not its %d fold tables; scoring it again", role, path, settings.fold_tables)
             continue
-        if meta.get("settings") == settings.stamp() and meta.get("tasks") == list(specs):
+        if meta.get("settings") == settings.stamp(role) and meta.get("tasks") == list(specs):
             log.warning("%s: %s exists with the same settings; reusing it (--force recomputes)", role, path)
             done[role] = path
         else:
@@ -161,7 +180,7 @@ def _fold_files_match(out: Path, role: str, settings: ScoringSettings, specs) ->
         if not path.exists():
             return False
         meta = load_table(path).meta
-        if meta.get("settings") != fold_settings(settings, index).stamp() or meta.get("tasks") != list(specs):
+        if meta.get("settings") != fold_settings(settings, index).stamp(role) or meta.get("tasks") != list(specs):
             return False
     return True
 
@@ -220,15 +239,16 @@ def score_roles(lm, role_tasks: dict[str, list[str]], settings: ScoringSettings,
         with torch.inference_mode(False):
             table, fold_parts = score_samples(
                 scorer, role_samples, role=role, batch_size=settings.batch_size, pad_id=pad_id, device=device,
-                rank=lm.rank, world_size=lm.world_size, desc=f"{role}: {','.join(todo[role])}", folds=folds)
+                rank=lm.rank, world_size=lm.world_size, desc=f"{role}: {','.join(todo[role])}", folds=folds,
+                clamp_at_zero=clamps_at_zero(role, settings.clamp_crc))
         meta = {"task": ",".join(todo[role]), "tasks": list(todo[role]),
                 "data": {key: source for name, _ in parsed[role] for key, source in task_sources(tasks[name]).items()}}
         writes = []
         for index, part in enumerate(fold_parts):
-            part.meta.update(meta, settings=fold_settings(settings, index).stamp())
+            part.meta.update(meta, settings=fold_settings(settings, index).stamp(role))
             part.meta["model"]["name"] = model_label(settings.model_args)
             writes.append((part, score_file(fold_folder(out, folds) / str(index), role)))
-        table.meta.update(meta, settings=settings.stamp())
+        table.meta.update(meta, settings=settings.stamp(role))
         table.meta["model"]["name"] = model_label(settings.model_args)
         writes.append((table, score_file(out, role)))  # last: a full file on disk means its folds are there
         if lm.rank == 0:
@@ -266,14 +286,18 @@ def score_samples(
     world_size: int = 1,
     desc: str = "scoring",
     folds: int | None = None,
+    clamp_at_zero: bool | None = None,
 ):
     """(table, fold tables): the scores of ``samples`` summed per culture, and with ``folds=K``
     the tables of the K folds of :func:`fold_assignment` too (each the table a ``fold="i/K"``
     run would make; empty list without ``folds``).  One pass: every sample is added to its
-    (culture, fold) column, and the full table is the sum of the folds.  Control-like roles are
-    clamped at 0 per sample."""
+    (culture, fold) column, and the full table is the sum of the folds.  Samples are clamped at 0
+    per sample where ``clamp_at_zero`` says so (default: :func:`clamps_at_zero` of the role: the
+    control and general prose, not the task or CountryRC); the tables record it in
+    ``meta["clamped_at_zero"]``."""
     if role not in ROLES:
         raise ValueError(f"role {role!r} is not one of {ROLES}")
+    clamp = clamps_at_zero(role) if clamp_at_zero is None else bool(clamp_at_zero)
     cultures = sorted({s.culture for s in samples})
     culture_index = {c: i for i, c in enumerate(cultures)}
     num_folds = folds or 1
@@ -287,14 +311,15 @@ def score_samples(
             batch = collate(chunk, pad_id, device=device)
             ids = torch.tensor([culture_index[s.culture] * num_folds + assignment.get((s.culture, s.doc_id), 0)
                                 for s in chunk], device=device)
-            table.add(scorer.sample_scores(batch), ids, clamp_at_zero=role != "task")
+            table.add(scorer.sample_scores(batch), ids, clamp_at_zero=clamp)
             bar.update(len(chunk))
             bar.set_postfix(samples_per_s=f"{bar.n / (time.perf_counter() - started):.2f}")
     if world_size > 1:  # the harness model's ranks, not merely an initialised process group
         table.all_reduce()
 
     def meta(members: list[Sample]) -> dict:
-        return {"role": role, "num_samples": len(members), "samples_digest": samples_digest(members),
+        return {"role": role, "clamped_at_zero": clamp, "num_samples": len(members),
+                "samples_digest": samples_digest(members),
                 "kinds": list(scorer.kinds), "model": dict(scorer.shape), "created": now_iso(),
                 "package_version": package_version()}
 
