@@ -43,7 +43,10 @@ def offline_env(**extra) -> dict:
 
 def slow_selection(folder: Path, min_responses=10, cut=40) -> dict[str, tuple[list[str], list[str], dict]]:
     """culture -> (neur question ids, test question ids, {qid: majority}), recomputed from the files
-    with plain loops: KL(country || all) over answers both have, descending, ties by question number."""
+    with plain loops: KL(country || all) over answers both have, descending, ties by question number.
+    Every non-empty cell is an answer (as the CULNIG reference reads the prepared files), except a
+    negative value off the question's scale (a WVS missing code, emptied by WorldValuesBench's
+    preparation)."""
     meta = json.loads((folder / "question_metadata.json").read_text())
     with (folder / "full_demographic_qa.tsv").open(newline="") as fh:
         country_of = {r["D_INTERVIEW"]: r["B_COUNTRY"] for r in csv.DictReader(fh, delimiter="\t")}
@@ -58,7 +61,9 @@ def slow_selection(folder: Path, min_responses=10, cut=40) -> dict[str, tuple[li
         for q in questions:
             if row.get(q, "") == "":
                 continue
-            answer = int(row[q])
+            answer = int(float(row[q]))
+            if answer < 0 and not meta[q]["answer_scale_min"] <= answer <= meta[q]["answer_scale_max"]:
+                continue
             every[q][answer] += 1
             if country is not None:
                 per[country][q][answer] += 1
@@ -251,7 +256,6 @@ def replace_first_answer(folder: Path, new: str):
 
 @pytest.mark.parametrize("edit, needle", [
     (lambda f: replace_first_answer(f, "often"), "line 2: Q1 is 'often', not a whole-number answer"),
-    (lambda f: replace_first_answer(f, "9"), "line 2: Q1 is 9, outside its scale 1..4"),
     (lambda f: (f / "full_demographic_qa.tsv").write_text("D_INTERVIEW\tCOUNTRY\n1\tChina\n"),
      "missing column(s) B_COUNTRY"),
     (lambda f: (f / "full_value_qa.tsv").write_bytes(b"D_INTERVIEW\tQ1\n1\t\xff\n"), "not UTF-8"),
@@ -302,3 +306,92 @@ def test_bad_folder_stops_culnig_score_with_one_line_and_exit_2(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Q1 is 'often'" in errors[0] and str(folder) in errors[0]
     assert not (tmp_path / "s").exists()
+
+
+# ------------------------------------------------------------------ answers off the scale, negatives
+
+
+def set_answers(folder: Path, question: str, country_prefix: str, answers: list[str]):
+    """Overwrite ``question``'s cell for the first rows whose interview id starts with ``country_prefix``."""
+    path = folder / "full_value_qa.tsv"
+    lines = path.read_text().splitlines()
+    column = lines[0].split("\t").index(question)
+    todo = list(answers)
+    for i, line in enumerate(lines[1:], start=1):
+        cells = line.split("\t")
+        if todo and cells[0].startswith(country_prefix):
+            cells[column] = todo.pop(0)
+            lines[i] = "\t".join(cells)
+    assert not todo
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_answers_off_the_scale_are_kept_counted_and_can_be_the_majority(tmp_path, caplog):
+    """WorldValuesBench's preparation keeps an ordinal answer off its scale (it prints it) and the
+    CULNIG reference counts it: the load does not stop, the answer is in the distribution, and an
+    off-scale majority is the gold, a last option scored as the reference scores that answer."""
+    folder = Path(shutil.copytree(SAMPLE, tmp_path / "WorldValuesBench"))
+    set_answers(folder, "Q1", "826", ["9"] * 9 + ["0"])  # the UK (826...): 9 of its Q1 answers are 9, one is 0
+    with caplog.at_level("WARNING", logger="culnig_lm_eval.taskdata.wvb"):
+        docs = wvb.wvb(culture="uk", wvb=str(folder))["test"]
+    warned = [r.getMessage() for r in caplog.records if "outside their question's scale" in r.getMessage()]
+    assert len(warned) == 1 and "Q1: 10" in warned[0]
+    expected = slow_selection(folder)["uk"]
+    assert ids_of(docs, "uk") == expected[0] + expected[1]
+    q1 = next(d for d in docs if d["question_id"] == "Q1" and d["variant"] == 0)
+    counts = json.loads(q1["distribution"])
+    assert counts["9"] == 9 and counts["0"] == 1 and q1["responses"] == sum(counts.values())
+    assert q1["majority"] == expected[2]["Q1"] == 9
+    assert q1["options"] == ["1", "2", "3", "4", "9"] and q1["gold"] == 4
+    # choosing the off-scale majority: right (acc), but off the scale (alignment 0), as the reference
+    pick = lambda i: [(-1.0 if j == i else -9.0, j == i) for j in range(5)]  # noqa: E731
+    assert wvb.process_results(q1, pick(4)) == {"alignment": 0.0, "acc": 1.0}
+    assert wvb.process_results(q1, pick(3)) == {"alignment": pytest.approx((1 - 5 / 8) * 100), "acc": 0.0}
+    # a question whose majority stays on the scale keeps exactly its scale's options
+    other = next(d for d in docs if d["question_id"] == "Q2")
+    assert other["options"] == [str(o) for o in range(other["scale_min"], other["scale_max"] + 1)]
+
+
+def write_negative_scale_folder(root: Path) -> Path:
+    """A WorldValuesBench folder in the official schema with one question on a -2..2 scale (none of
+    the published questions has one; the reader must not take its negative answers for missing codes)."""
+    root.mkdir()
+    meta = {"D_INTERVIEW": {"question": "Interview identifier.", "category": "Technical Variables",
+                            "use_case": "demographic", "answer_scale_min": "", "answer_scale_max": "",
+                            "answer_data_type": "non_ordinal"},
+            "B_COUNTRY": {"question": "Which country?", "category": "Technical Variables", "use_case": "demographic",
+                          "answer_scale_min": "", "answer_scale_max": "", "answer_data_type": "non_ordinal"},
+            "Q1": {"question": "How do you rate it, from -2 (very bad) to 2 (very good)?", "category": "Invented",
+                   "use_case": "value", "answer_scale_min": -2, "answer_scale_max": 2, "answer_data_type": "ordinal"},
+            "Q2": {"question": "How much does it matter?", "category": "Invented", "use_case": "value",
+                   "answer_scale_min": 1, "answer_scale_max": 4, "answer_data_type": "ordinal"}}
+    (root / "question_metadata.json").write_text(json.dumps(meta, indent=2))
+    # UK: Q1 answers -2 x6, -1 x3, 1 x2, and -5 / -4 (WVS missing codes off the scale) x5
+    uk_q1 = ["-2"] * 6 + ["-1"] * 3 + ["1"] * 2 + ["-5", "-4", "-5", "-4", "-5"]
+    # China: Q1 answers 2 x8, 0 x5, -1 x3
+    china_q1 = ["2"] * 8 + ["0"] * 5 + ["-1"] * 3
+    demographic, values = ["D_INTERVIEW\tB_COUNTRY"], ["D_INTERVIEW\tQ1\tQ2"]
+    for prefix, country, answers in (("826", "Great Britain", uk_q1), ("156", "China", china_q1)):
+        for i, answer in enumerate(answers):
+            interview = f"{prefix}{i:05d}"
+            demographic.append(f"{interview}\t{country}")
+            values.append(f"{interview}\t{answer}\t{1 + i % 4}")
+    (root / "full_demographic_qa.tsv").write_text("\n".join(demographic) + "\n")
+    (root / "full_value_qa.tsv").write_text("\n".join(values) + "\n")
+    return root
+
+
+def test_negative_answers_on_the_scale_are_answers_and_missing_codes_are_not(tmp_path):
+    folder = write_negative_scale_folder(tmp_path / "wvb")
+    data = wvb.survey(str(folder))
+    assert data.by_country["Great Britain"]["Q1"] == {-2: 6, -1: 3, 1: 2}  # the missing codes left out
+    assert data.everyone["Q1"] == {-2: 6, -1: 6, 1: 2, 2: 8, 0: 5}
+    uk = wvb.wvb(culture="uk", wvb=str(folder), min_responses=10)["test"]
+    q1 = next(d for d in uk if d["question_id"] == "Q1")
+    assert q1["majority"] == -2 and q1["responses"] == 11  # with -2 dropped as "missing" it would be -1
+    assert q1["options"] == ["-2", "-1", "0", "1", "2"] and q1["options"][q1["gold"]] == "-2"
+    assert wvb.alignment(-2, -2, -2, 2) == 100.0 and wvb.alignment(2, -2, -2, 2) == 0.0
+    china = wvb.wvb(culture="china", wvb=str(folder), min_responses=10)["test"]
+    assert next(d for d in china if d["question_id"] == "Q1")["majority"] == 2
+    # the slow reading agrees on what counts
+    assert slow_selection(folder, min_responses=10)["uk"][2]["Q1"] == -2

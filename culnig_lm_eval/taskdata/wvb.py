@@ -21,8 +21,18 @@ What the documents are (the CULNIG reference's ``dataset.py``, ``worldvaluesbenc
   where either probability is 0 are left out, as in the reference; ties keep question-number
   order);  the top ``neuron_questions`` (40) are ``questions: neur`` (for finding neurons), the
   rest ``questions: test``; ``all`` keeps every question;
+* an answer is every whole number in a value cell, as the reference counts them: an empty cell
+  is no answer, and so is a negative value outside the question's scale (a WVS missing code:
+  -1 don't know, -2 no answer, -3 not applicable, -4 not asked, -5 missing; WorldValuesBench's
+  ``data_preparation.py`` empties negative answers of ordinal questions).  A negative value
+  inside the scale is an answer.  A value off the scale is kept and counted -- WorldValuesBench's
+  preparation keeps it (it only prints it) and the reference counts it in the distributions,
+  the divergence and the majority -- with one warning per load naming the questions;
 * the gold answer is the culture's most frequent answer (on a tie, the one met first in the
-  file, as the reference's ``max`` over an insertion-ordered dict does);
+  file, as the reference's ``max`` over an insertion-ordered dict does).  Where that majority
+  is off the scale (it never is in the published data) it is added as a last option, so it can
+  be scored and chosen as the reference's free-text answer can: choosing it is ``acc`` 1 and
+  ``alignment`` 0 (off the scale), as the reference scores that answer;
 * every (culture, question) is asked in 2 personas x 2 instructions = 4 variants (``variant`` =
   persona x 2 + instruction, the reference's ``instruction_id``); the persona is the system
   message under ``--apply_chat_template`` (the task's ``description``) and a first paragraph
@@ -178,8 +188,14 @@ def _rows(path: Path, need: tuple[str, ...]):
         raise DataError(f"{path}: not readable as a TSV ({err})") from None
 
 
+def in_scale(answer: int, scale: dict) -> bool:
+    return scale["low"] <= answer <= scale["high"]
+
+
 def _answer(text: str, where: str, question: str, scale: dict) -> int | None:
-    """An answer cell: '' or a negative WVS code is no answer; '3' and '3.0' are 3."""
+    """An answer cell: '3' and '3.0' are 3.  '' is no answer, and so is a negative value off the
+    scale (a WVS missing code); a negative value on the scale is an answer, and so is a value off
+    the scale (kept and counted, as WorldValuesBench's preparation and the reference do)."""
     text = text.strip()
     if not text:
         return None
@@ -189,10 +205,8 @@ def _answer(text: str, where: str, question: str, scale: dict) -> int | None:
         number = math.nan
     if not math.isfinite(number) or number != int(number):
         raise DataError(f"{where}: {question} is {text!r}, not a whole-number answer")
-    if number < 0:
+    if number < 0 and not in_scale(int(number), scale):
         return None
-    if not scale["low"] <= number <= scale["high"]:
-        raise DataError(f"{where}: {question} is {int(number)}, outside its scale {scale['low']}..{scale['high']}")
     return int(number)
 
 
@@ -209,6 +223,7 @@ def survey(root: str) -> Survey:
     by_country: dict[str, dict[str, Counter]] = {}
     columns = None
     count = 0
+    off_scale: Counter = Counter()  # question id -> answers off its scale (kept and counted)
     for line, header, row in _rows(values, ("D_INTERVIEW",)):
         if columns is None:
             columns = [(i, q) for i, q in enumerate(header) if q in questions]
@@ -222,11 +237,17 @@ def survey(root: str) -> Survey:
             answer = _answer(row[i], f"{values} line {line}", q, questions[q])
             if answer is None:
                 continue
+            if not in_scale(answer, questions[q]):
+                off_scale[q] += 1
             everyone.setdefault(q, Counter())[answer] += 1
             if own is not None:
                 own.setdefault(q, Counter())[answer] += 1
     if not count:
         raise DataError(f"{values}: no rows; point at the full data file")
+    if off_scale:
+        log.warning("%s: %d answers outside their question's scale are kept and counted, as WorldValuesBench's "
+                    "preparation and the CULNIG reference do (%s)", values, sum(off_scale.values()),
+                    ", ".join(f"{q}: {n}" for q, n in sorted(off_scale.items(), key=lambda qn: _order(qn[0]))))
     return Survey(str(folder), questions, everyone, by_country)
 
 
@@ -284,6 +305,8 @@ def wvb(culture: str | list[str] | None = None, questions: str = "all", neuron_q
                 meta = data.questions[qid]
                 options_ = [str(o) for o in range(meta["low"], meta["high"] + 1)]
                 gold = majority(counts)
+                if not in_scale(gold, meta):  # the reference scores and accepts it; so can we
+                    options_.append(str(gold))
                 docs.append({
                     "id": f"wvb-{cid}-{qid}-{variant}",
                     "question_id": qid,
