@@ -74,8 +74,19 @@ def test_equal_to_stock_hf_on_every_architecture(model_type):
     assert any(len(ctx) + len(cont) > lm.max_length + 1 for _, ctx, cont in requests)
     stock = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
     fast = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert lm.decoder_and_head.usable  # the shared-context path ran, not the fallback
     assert_same(stock, fast)
     assert sum(greedy for _, greedy in stock) >= 2  # the greedy continuations
+
+
+def test_a_model_whose_logits_are_not_head_of_hidden_uses_hf_path(monkeypatch, caplog):
+    from culnig_lm_eval.model import fast_loglikelihood
+
+    monkeypatch.setattr(fast_loglikelihood.DecoderAndHead, "_matches", lambda self, softcap: False)
+    lm = masked_lm(tiny_model("gemma2"), batch_size=3)
+    requests = requests_for(lm)
+    assert lm._loglikelihood_tokens(requests, disable_tqdm=True) == HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
+    assert "hf's own path" in caplog.text
 
 
 def test_merging_continuation_is_scored_on_hf_tokens():

@@ -3,7 +3,7 @@
 Subcommands::
 
     culnig-lape corpora  --blend-annotations DIR --out CORPORA [--eval-fraction 0.2] [--cultures a,b]
-    culnig-lape record   --model_args ARGS --corpora DIR --out COUNTS [--row-length 128] [--max-tokens N]
+    culnig-lape record   --model_args ARGS --corpora DIR --out COUNTS [--row-length 4096] [--max-tokens 10000000]
     culnig-lape identify COUNTS [COUNTS ...] --out SETS [--top-rate 0.01] [--filter-rate 0.95]
                          [--activation-bar-ratio 0.95]
     culnig-lape combine  --cultures SETS --languages SETS [--culture-languages uk=en,...] --out SETS
@@ -115,7 +115,7 @@ def _eval_rows(tokenizer, corpora, row_length: int, max_tokens: int | None):
 def cmd_evaluate(args) -> int:
     from ..lape.corpora import read_corpus_folder
     from ..lape.intervene import delta_matrix
-    from ..lape.pipeline import analyse_intervention, render_intervention, set_layers, sets_in
+    from ..lape.pipeline import analyse_intervention, render_intervention, row_length_for, set_layers, sets_in
 
     settings = _settings(args)  # --batch-size, --row-length, --max-tokens checked before anything loads
     labels = [Path(folder).resolve().name for folder in args.sets]
@@ -126,7 +126,7 @@ def cmd_evaluate(args) -> int:
     sets = {f"{label}/{name}": s for folder, label in zip(args.sets, labels) for name, s in sets_in(folder).items()}
     corpora = read_corpus_folder(args.corpora)
     model, tokenizer = _load_model(args.model_args, args.device)
-    rows = _eval_rows(tokenizer, corpora, settings.row_length, settings.max_tokens)
+    rows = _eval_rows(tokenizer, corpora, row_length_for(settings, model), settings.max_tokens)
     result = delta_matrix(model, sets, rows, settings.batch_size)
     pairs = [(name, name.split("/")[-1]) for name in sets]
     payload = analyse_intervention(result, pairs, set_layers(sets), "LAPE intervention")
@@ -152,7 +152,9 @@ def _model_options(p):
     p.add_argument("--model_args", required=True, help="as for lm_eval, e.g. pretrained=smollm2-135m")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
-    p.add_argument("--row-length", type=int, default=128, help="tokens per row (BOS included)")
+    p.add_argument("--row-length", type=int, default=None,
+                   help="tokens per row, BOS included (default: 4096 as the published recorders, or the model's "
+                        "maximum length if shorter)")
 
 
 def _hp_options(p):
@@ -169,6 +171,8 @@ def _languages_option(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..lape.pipeline import PUBLISHED_EVAL_TOKENS, PUBLISHED_RECORD_TOKENS
+
     parser = argparse.ArgumentParser(prog=PROG, description="Culture neurons by activation-probability entropy "
                                      "(LAPE): build corpora, record, identify, combine, evaluate, or all of it (demo).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -186,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--corpora", required=True, help="folder with one sub-folder of .txt files per corpus")
     p.add_argument("--out", required=True, type=Path, help="folder for <corpus>.counts.pt")
-    p.add_argument("--max-tokens", type=int, default=None, help="tokens per corpus (default: all)")
+    p.add_argument("--max-tokens", type=int, default=PUBLISHED_RECORD_TOKENS,
+                   help="tokens recorded per corpus (the published 10M by default)")
     p.add_argument("--force", action="store_true", help="record again even where a matching count file exists")
     p.set_defaults(func=cmd_record)
 
@@ -208,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sets", nargs="+", required=True, help="folders of sets")
     p.add_argument("--corpora", required=True, help="evaluation corpora, one sub-folder of .txt files each")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--max-tokens", type=int, default=None, help="tokens per evaluation corpus (default: all)")
+    p.add_argument("--max-tokens", type=int, default=PUBLISHED_EVAL_TOKENS,
+                   help="tokens per evaluation corpus (the published 100k by default)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the whole LAPE study on BLEnD annotations: corpora, record, identify, combine, evaluate")
@@ -216,8 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--eval-fraction", type=float, default=0.2)
-    p.add_argument("--max-tokens", type=int, default=None, help="recorded tokens per corpus (default: all)")
-    p.add_argument("--eval-max-tokens", type=int, default=None, help="evaluated tokens per corpus (default: all)")
+    p.add_argument("--max-tokens", type=int, default=PUBLISHED_RECORD_TOKENS,
+                   help="recorded tokens per corpus (the published 10M by default)")
+    p.add_argument("--eval-max-tokens", type=int, default=PUBLISHED_EVAL_TOKENS,
+                   help="evaluated tokens per corpus (the published 100k by default)")
     p.add_argument("--force", action="store_true", help="redo every step")
     _hp_options(p)
     _languages_option(p)

@@ -22,6 +22,7 @@ from .corpora import blend_annotation_corpora, language_corpora, parse_languages
 from .harness import write_corpora
 from .identify import LapeHyperparameters
 from .pipeline import (
+    PUBLISHED_EVAL_TOKENS,
     RecordSettings,
     analyse_intervention,
     combine,
@@ -29,6 +30,7 @@ from .pipeline import (
     layer_thirds,
     record_corpora,
     render_intervention,
+    row_length_for,
     set_layers,
     write_sets,
 )
@@ -44,7 +46,7 @@ class DemoConfig:
     eval_fraction: float = 0.2
     record: RecordSettings = field(default_factory=RecordSettings)
     hp: LapeHyperparameters = field(default_factory=LapeHyperparameters)
-    eval_max_tokens: int | None = None
+    eval_max_tokens: int | None = PUBLISHED_EVAL_TOKENS  # per evaluation corpus; None = all
     culture_languages: str | None = None
 
     def __post_init__(self):
@@ -114,9 +116,10 @@ def run_demo(config: DemoConfig, out: Path, force: bool = False) -> Path:
 
     from .intervene import delta_matrix
 
-    rows = {c.name: token_rows(tokenizer, c.documents, config.record.row_length, max_tokens=config.eval_max_tokens,
+    length = row_length_for(config.record, model)
+    rows = {c.name: token_rows(tokenizer, c.documents, length, max_tokens=config.eval_max_tokens,
                                drop_partial=True) for c in built["culture"]["eval"]}
-    rows.update({f"{LANGUAGE_PREFIX}{c.name}": token_rows(tokenizer, c.documents, config.record.row_length,
+    rows.update({f"{LANGUAGE_PREFIX}{c.name}": token_rows(tokenizer, c.documents, length,
                                                           max_tokens=config.eval_max_tokens, drop_partial=True)
                  for c in languages["eval"]})
     result = delta_matrix(model, sets, rows, config.record.batch_size)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from .._io import atomic_folder, file_sha256, now_iso, package_version, safe_name
-from ..architectures import model_shape
+from ..architectures import model_shape, text_config
 from ..checks import whole_number
 from ..neuron_set import NeuronSet, save_many
 from .corpora import Corpus, token_rows
@@ -23,17 +23,38 @@ from .corpora import Corpus, token_rows
 COUNTS_SUFFIX = ".counts.pt"
 
 
+# The published recording (namazifard/Culture_Neurons activation_*.py, on RUCAIBox's
+# activation.py): rows of vLLM's max_model_len, which its culture and language recorders set to
+# 4096 (its transformers recorders take the model's maximum length), full rows only; its
+# prepare_*_corpora.py keeps the first 100k tokens of a corpus for evaluation and the next 10M
+# for recording.
+PUBLISHED_ROW_LENGTH = 4096
+PUBLISHED_RECORD_TOKENS = 10_000_000
+PUBLISHED_EVAL_TOKENS = 100_000
+
+
 @dataclass(frozen=True)
 class RecordSettings:
-    row_length: int = 128
+    # tokens per row, BOS included; None: the published 4096, or the model's maximum length if shorter
+    row_length: int | None = None
     batch_size: int = 8
-    max_tokens: int | None = None  # per corpus; None = all
+    max_tokens: int | None = PUBLISHED_RECORD_TOKENS  # per corpus; None = all
 
     def __post_init__(self):
-        whole_number(self.row_length, f"--row-length {self.row_length}", least=2)
+        if self.row_length is not None:
+            whole_number(self.row_length, f"--row-length {self.row_length}", least=2)
         whole_number(self.batch_size, f"--batch-size {self.batch_size}", least=1)
         if self.max_tokens is not None:
             whole_number(self.max_tokens, f"--max-tokens {self.max_tokens}", least=1)
+
+
+def row_length_for(settings: RecordSettings, model) -> int:
+    """The row length ``settings`` asks for on ``model``: its own, or the published 4096 capped at
+    the model's maximum length (``max_position_embeddings``)."""
+    if settings.row_length is not None:
+        return settings.row_length
+    longest = getattr(text_config(model.config), "max_position_embeddings", None)
+    return min(PUBLISHED_ROW_LENGTH, int(longest)) if longest else PUBLISHED_ROW_LENGTH
 
 
 def _corpus_stamp(corpus: Corpus, settings: RecordSettings, shape: dict) -> dict:
@@ -94,6 +115,7 @@ def record_corpora(model, tokenizer, corpora: list[Corpus], out: str | Path, set
 
     check_activation(model.config)
     shape = model_shape(model.config)
+    settings = replace(settings, row_length=row_length_for(settings, model))  # stamped as recorded
     rank, world = _process_group()
     out = Path(out)
     paths = []

@@ -3,14 +3,18 @@
 lm-eval's ``HFLM._loglikelihood_tokens`` runs every (context, continuation) pair as one
 sequence and applies the vocabulary projection and log-softmax at every position.  Here the
 requests that share a context (the options of one multiple-choice document) run it once,
-left-padded in a batch with other documents' contexts, which also gives every continuation's
-first-token distribution; continuations of two or more tokens then run on the cached keys and
-values.  The projection and log-softmax are applied only where a continuation token is scored.
+left-padded in a batch with other documents' contexts; continuations of two or more tokens then
+run on the cached keys and values.  The decoder's hidden states at the scored positions (the
+last context position, and every continuation position but the last) are collected over many
+batches and projected onto the vocabulary together, in chunks: a projection of a few positions
+at a time would read the whole output matrix for each (671 MB for Gemma-3's 262k vocabulary).
 
 The token ids are ``hf``'s own (the requests carry its ``_encode_pair`` output), so a
 continuation that merges with its context in the joint encoding is scored on exactly the ids
 ``hf`` scores.  Requests longer than the model's window, which ``hf`` truncates from the left,
-and models whose cache cannot be shared go through ``hf``'s own method.
+go through ``hf``'s own method, and so does everything for a model whose output is not its
+output embedding applied to its decoder's last hidden state (checked once per model), or whose
+cache cannot be shared.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tqdm import tqdm
 log = logging.getLogger("culnig-lm-eval")
 
 Request = tuple  # ((context, continuation) | None, context token ids, continuation token ids)
+PROJECTED_LOGITS = 1 << 25  # logits per projection chunk (128 MB in fp32): chunk positions = this // vocab
 
 
 @dataclass
@@ -51,34 +56,6 @@ def group_by_context(requests: list[Request], indices: list[int]) -> list[Contex
     return sorted(groups.values(), key=lambda g: (-g.length, g.context))
 
 
-def forward_parameters(model) -> set[str]:
-    """Keyword names the model's ``forward`` takes (through PEFT's wrapper, if any)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return set(inspect.signature(base.forward).parameters)
-
-
-def cache_rows(cache, rows: torch.Tensor):
-    """A shallow copy of a ``DynamicCache`` holding the batch rows ``rows`` (repeats allowed).
-
-    The context's cache is shared by the continuation chunks, so each chunk selects its rows
-    into new tensors and the original cache is never changed."""
-    chosen = copy.copy(cache)
-    chosen.layers = []
-    for layer in cache.layers:
-        layer = copy.copy(layer)
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            index = rows.to(layer.keys.device)
-            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
-        chosen.layers.append(layer)
-    return chosen
-
-
-def shareable(cache) -> bool:
-    """Only caches of per-layer key/value tensors (``DynamicCache``) can be split by rows."""
-    return cache is not None and all(hasattr(layer, "keys") and hasattr(layer, "values")
-                                     for layer in getattr(cache, "layers", [None]))
-
-
 def length_buckets(rows: list, most: int, waste: float = 0.25) -> list[list]:
     """``rows`` (group, continuation) in chunks of similar length: at most ``most`` rows, and
     padding at most ``waste`` of a chunk's positions (sorted longest first, so a chunk's first
@@ -99,34 +76,144 @@ def length_buckets(rows: list, most: int, waste: float = 0.25) -> list[list]:
     return chunks
 
 
-class SharedContextScorer:
-    """Scores one batch of context groups on ``lm`` (an ``HFLM``)."""
+def cache_rows(cache, rows: torch.Tensor):
+    """A shallow copy of a ``DynamicCache`` holding the batch rows ``rows`` (repeats allowed); the
+    context's cache is shared by several continuation chunks, so the original is never changed."""
+    chosen = copy.copy(cache)
+    chosen.layers = []
+    for layer in cache.layers:
+        layer = copy.copy(layer)
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            index = rows.to(layer.keys.device)
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+        chosen.layers.append(layer)
+    return chosen
+
+
+def shareable(cache) -> bool:
+    """Only caches of per-layer key/value tensors (``DynamicCache``) can be split by rows."""
+    return cache is not None and all(hasattr(layer, "keys") and hasattr(layer, "values")
+                                     for layer in getattr(cache, "layers", [None]))
+
+
+class DecoderAndHead:
+    """The model split as ``logits = softcap(head(decoder(ids).last_hidden_state))``, if it is one.
+
+    ``usable`` is False when the split does not reproduce the model's own logits on a probe
+    input (an architecture with another output transform): the caller then uses ``hf``'s path."""
 
     def __init__(self, lm):
-        self.lm = lm
-        self.model = lm.model
-        params = forward_parameters(self.model)
+        model = lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model
+        self.lm, self.model = lm, model
+        self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
+        params = set(inspect.signature(self.decoder.forward).parameters)
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
-        self.keep_arg = "logits_to_keep" in params
-        self.pad_id = 0
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.softcap = None
+        self.usable = self.decoder is not model and self.head is not None and self._matches(
+            getattr(config, "final_logit_softcapping", None))
 
-    def _call(self, **inputs):
+    def _autocast(self):
         lm = self.lm
-        keep = inputs.pop("keep_last", None)
-        if keep is not None and self.keep_arg:
-            inputs["logits_to_keep"] = keep
-        with torch.no_grad(), torch.autocast(device_type=lm.device.type, dtype=lm.mixed_precision_dtype,
-                                             enabled=lm.mixed_precision_dtype is not None):
-            out = self.model(**inputs)
-        logits = out.logits if keep is None or self.keep_arg else out.logits[:, -keep:]
-        # the output's key is "cache" on transformers 5, "past_key_values" before (read as a mapping:
-        # the attribute of the old name warns on 5)
-        cache = out.get("cache", out.get("past_key_values")) if inputs.get("use_cache") else None
-        return logits, cache
+        return torch.autocast(device_type=lm.device.type, dtype=lm.mixed_precision_dtype,
+                              enabled=lm.mixed_precision_dtype is not None)
 
-    def score(self, groups: list[ContextGroup], rows_per_call: int) -> dict[int, tuple[float, bool]] | None:
-        """{request index: (log-likelihood, is_greedy)}; None when the model's cache cannot be shared."""
-        lm, device = self.lm, self.lm.device
+    @torch.no_grad()
+    def _matches(self, softcap) -> bool:
+        probe = torch.tensor([[self.lm.prefix_token_id, 0, 1]], device=self.lm.device)
+        with self._autocast():
+            expected = self.model(input_ids=probe).logits
+            hidden = self.decoder(input_ids=probe).last_hidden_state
+        for cap in dict.fromkeys((softcap, None)):
+            self.softcap = cap
+            if torch.equal(self.logits(hidden), expected):
+                return True
+        return False
+
+    def hidden(self, **inputs):
+        """Last hidden states ``[batch, length, hidden]`` and the cache (``use_cache=True``)."""
+        if "cache" in inputs:
+            inputs[self.cache_arg] = inputs.pop("cache")
+        with torch.no_grad(), self._autocast():
+            out = self.decoder(**inputs)
+        # the key is "cache" on transformers 5, "past_key_values" before (read as a mapping: the
+        # attribute of the old name warns on 5)
+        cache = out.get("cache", out.get("past_key_values")) if inputs.get("use_cache") else None
+        return out.last_hidden_state, cache
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), self._autocast():
+            logits = self.head(hidden)
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+class ScoredPositions:
+    """Hidden states of scored positions, projected together in chunks; sums per continuation.
+
+    A position can score several targets (a context's last position predicts the first token of
+    each of its continuations): it is projected once."""
+
+    def __init__(self, split: DecoderAndHead):
+        self.split = split
+        self.chunk = max(1, PROJECTED_LOGITS // split.head.weight.shape[0])  # positions per projection
+        self.clear()
+
+    def clear(self):
+        self.hidden: list[torch.Tensor] = []
+        self.rows: list[torch.Tensor] = []  # per target: its position among all added hidden states
+        self.targets: list[torch.Tensor] = []
+        self.owners: list[torch.Tensor] = []
+        self.keys: list[tuple] = []  # owner index -> (group id, continuation)
+        self.pending = 0  # positions added
+
+    def owner(self, key: tuple) -> int:
+        self.keys.append(key)
+        return len(self.keys) - 1
+
+    def add(self, hidden: torch.Tensor, rows: list[int], targets: list[int], owners: list[int]):
+        """``hidden`` [n, hidden size]; target k is scored at ``hidden[rows[k]]`` for ``owners[k]``."""
+        device = hidden.device
+        self.rows.append(torch.tensor(rows, device=device) + self.pending)
+        self.targets.append(torch.tensor(targets, device=device))
+        self.owners.append(torch.tensor(owners, device=device))
+        self.hidden.append(hidden)
+        self.pending += len(hidden)
+
+    def project(self) -> dict[tuple, tuple[float, bool]]:
+        """{(group id, continuation): (log-likelihood, is_greedy)} of everything added, then empty."""
+        if not self.pending:
+            return {}
+        hidden, rows = torch.cat(self.hidden), torch.cat(self.rows)
+        targets, owners = torch.cat(self.targets), torch.cat(self.owners)
+        picked = torch.empty(len(targets), dtype=self.split.lm.softmax_dtype or hidden.dtype, device=hidden.device)
+        hits = torch.empty(len(targets), dtype=torch.bool, device=hidden.device)
+        for start in range(0, len(hidden), self.chunk):
+            logprobs = F.log_softmax(self.split.logits(hidden[start:start + self.chunk]), dim=-1,
+                                     dtype=self.split.lm.softmax_dtype)
+            inside = ((rows >= start) & (rows < start + len(logprobs))).nonzero()[:, 0]
+            local = rows[inside] - start
+            picked[inside] = logprobs[local, targets[inside]].to(picked.dtype)
+            hits[inside] = logprobs.argmax(-1)[local] == targets[inside]
+        total = torch.zeros(len(self.keys), dtype=picked.dtype, device=picked.device).index_add_(0, owners, picked)
+        missed = torch.zeros(len(self.keys), dtype=torch.long, device=picked.device).index_add_(0, owners, (~hits).long())
+        out = {key: (float(value), not miss) for key, value, miss in zip(self.keys, total.tolist(), missed.tolist())}
+        self.clear()
+        return out
+
+
+class SharedContextScorer:
+    """Runs batches of context groups on the decoder, adding their scored positions to ``positions``."""
+
+    def __init__(self, split: DecoderAndHead):
+        self.split = split
+        self.device = split.lm.device
+        self.pad_id = 0  # any id: padded positions are masked out
+
+    def run(self, groups: list[ContextGroup], group_ids: list[int], positions: ScoredPositions,
+            rows_per_call: int) -> bool:
+        """False when the model's cache cannot be shared between continuations."""
         lengths = torch.tensor([len(g.context) for g in groups])
         width = int(lengths.max())
         ids = torch.full((len(groups), width), self.pad_id, dtype=torch.long)
@@ -134,33 +221,23 @@ class SharedContextScorer:
         for b, group in enumerate(groups):  # left padding: every context ends at the last column
             ids[b, width - len(group.context):] = torch.tensor(group.context)
             mask[b, width - len(group.context):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         rows = [(b, cont) for b, group in enumerate(groups) for cont in group.continuations if len(cont) > 1]
-        ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
-        logits, cache = self._call(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                   use_cache=bool(rows), keep_last=1)
-        first = F.log_softmax(logits[:, -1], dim=-1, dtype=lm.softmax_dtype)  # [groups, vocab]
-        first_greedy = first.argmax(-1).tolist()
+        mask = mask.to(self.device)
+        hidden, cache = self.split.hidden(input_ids=ids.to(self.device), attention_mask=mask,
+                                          position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=bool(rows))
         if rows and not shareable(cache):
-            return None
-        later: dict[tuple[int, tuple], tuple[torch.Tensor, bool]] = {}
+            return False
+        owners = {(b, cont): positions.owner((group_ids[b], cont))
+                  for b, group in enumerate(groups) for cont in group.continuations}
+        pairs = [(b, cont) for b, group in enumerate(groups) for cont in group.continuations]
+        # a continuation's first token is predicted at its context's last position
+        positions.add(hidden[:, -1], [b for b, _ in pairs], [cont[0] for _, cont in pairs], [owners[p] for p in pairs])
         for chunk in length_buckets(rows, rows_per_call):
-            later.update(self._continuations(chunk, cache, mask, lengths))
-        out = {}
-        for b, group in enumerate(groups):
-            for cont, indices in group.continuations.items():
-                value = first[b, cont[0]]
-                greedy = first_greedy[b] == cont[0]
-                if len(cont) > 1:
-                    rest, rest_greedy = later[(b, cont)]
-                    value, greedy = torch.cat([value[None], rest]).sum(), greedy and rest_greedy
-                answer = (float(value), bool(greedy))
-                out.update({i: answer for i in indices})
-        return out
+            self._continuations(chunk, cache, mask, lengths, owners, positions)
+        return True
 
-    def _continuations(self, rows, cache, context_mask, context_lengths):
-        """Tokens 2.. of each continuation, run on the repeated context cache."""
-        device = self.lm.device
+    def _continuations(self, rows, cache, context_mask, context_lengths, owners, positions):
+        """Tokens 2.. of each continuation, predicted on the repeated context cache."""
         width = max(len(cont) - 1 for _, cont in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -168,19 +245,13 @@ class SharedContextScorer:
             ids[r, :len(cont) - 1] = torch.tensor(cont[:-1])
             mask[r, :len(cont) - 1] = 1
         owner = torch.tensor([b for b, _ in rows])
-        positions = context_lengths[owner, None] + torch.arange(width)
-        attention = torch.cat([context_mask[owner.to(device)], mask.to(device)], dim=1)
-        logits, _ = self._call(input_ids=ids.to(device), attention_mask=attention,
-                               position_ids=positions.to(device), use_cache=True,
-                               **{self.cache_arg: cache_rows(cache, owner)})
-        logprobs = F.log_softmax(logits, dim=-1, dtype=self.lm.softmax_dtype)  # [rows, width, vocab]
-        targets = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, (_, cont) in enumerate(rows):
-            targets[r, :len(cont) - 1] = torch.tensor(cont[1:])
-        targets = targets.to(device)
-        picked = logprobs.gather(-1, targets[..., None])[..., 0]
-        hits = (logprobs.argmax(-1) == targets) | ~mask.to(device).bool()
-        return {(b, cont): (picked[r, :len(cont) - 1], bool(hits[r].all())) for r, (b, cont) in enumerate(rows)}
+        hidden, _ = self.split.hidden(
+            input_ids=ids.to(self.device), use_cache=True, cache=cache_rows(cache, owner),
+            attention_mask=torch.cat([context_mask[owner.to(self.device)], mask.to(self.device)], dim=1),
+            position_ids=(context_lengths[owner, None] + torch.arange(width)).to(self.device))
+        targets = [t for _, cont in rows for t in cont[1:]]
+        positions.add(hidden[mask.bool().to(self.device)], list(range(len(targets))), targets,
+                      [owners[row] for row in rows for _ in row[1][1:]])
 
 
 def shared_context_loglikelihood(lm, requests: list[Request], disable_tqdm: bool = False,
@@ -188,34 +259,51 @@ def shared_context_loglikelihood(lm, requests: list[Request], disable_tqdm: bool
     """``HFLM._loglikelihood_tokens`` on ``lm`` with contexts shared (module docstring); same return."""
     from lm_eval.models.huggingface import HFLM
 
+    def stock(indices):
+        return HFLM._loglikelihood_tokens(lm, [requests[i] for i in indices], disable_tqdm=True,
+                                          override_bs=override_bs)
+
+    split = getattr(lm, "decoder_and_head", None)
+    if split is None:
+        split = lm.decoder_and_head = DecoderAndHead(lm)
+        if not split.usable:
+            log.warning("masked-hf: this model's logits are not its output embedding of the decoder's hidden "
+                        "states; log-likelihoods use hf's own path (fast=false)")
+    if not split.usable:
+        return stock(range(len(requests)))
     results: list[tuple[float, bool] | None] = [None] * len(requests)
     fits = [i for i, (_, ctx, cont) in enumerate(requests) if len(ctx) + len(cont) <= lm.max_length + 1]
-    stock = sorted(set(range(len(requests))) - set(fits))
+    left_to_hf = sorted(set(range(len(requests))) - set(fits))  # hf truncates these from the left
     groups = group_by_context(requests, fits)
     batch_size = override_bs or lm.batch_size
     if batch_size == "auto" and groups:
         longest = groups[0]
         batch_size = lm._detect_batch_size([(None, list(longest.context), list(max(longest.continuations, key=len)))])
     batch_size = max(int(batch_size), 1)
-    scorer = SharedContextScorer(lm)
+    scorer, positions = SharedContextScorer(split), ScoredPositions(split)
     bar = tqdm(total=len(requests), disable=disable_tqdm or lm.rank != 0, desc="Running loglikelihood requests")
+
+    def settle(answers: dict[tuple, tuple[float, bool]]):
+        for (group_id, cont), answer in answers.items():
+            for i in groups[group_id].continuations[cont]:
+                results[i] = answer
+                if requests[i][0] is not None:
+                    lm.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                bar.update(1)
+
     for start in range(0, len(groups), batch_size):
-        chunk = groups[start:start + batch_size]
-        answers = scorer.score(chunk, rows_per_call=4 * batch_size)
-        if answers is None:  # a cache of another kind: the rest goes the stock way
+        ids = list(range(start, min(start + batch_size, len(groups))))
+        if not scorer.run([groups[g] for g in ids], ids, positions, rows_per_call=4 * batch_size):
             log.warning("masked-hf: this model's cache cannot be shared between continuations; using hf's path")
-            stock += [i for group in groups[start:] for indices in group.continuations.values() for i in indices]
+            settle(positions.project())
+            left_to_hf = sorted(set(left_to_hf) | {i for i in fits if results[i] is None})
             break
-        for i, answer in answers.items():
+        if positions.pending >= positions.chunk:
+            settle(positions.project())
+    settle(positions.project())
+    if left_to_hf:
+        for i, answer in zip(left_to_hf, stock(left_to_hf)):
             results[i] = answer
-            if requests[i][0] is not None:
-                lm.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
-        bar.update(len(answers))
-    if stock:
-        stock = sorted(stock)
-        for i, answer in zip(stock, HFLM._loglikelihood_tokens(lm, [requests[i] for i in stock], disable_tqdm=True,
-                                                               override_bs=override_bs)):
-            results[i] = answer
-        bar.update(len(stock))
+        bar.update(len(left_to_hf))
     bar.close()
     return results
