@@ -5,6 +5,8 @@
 * ``real_blend``: the real BLEnD folder ``../shared/data/blend`` beside the checkout (the
   project's CI has it); tests that need it skip with the reason when it is absent.
 * ``tiny_llama_dir``: a saved tiny Llama (see ``tiny_models.py``) that ``hf``/``masked-hf`` load.
+* ``plugin_tasks_only``: lm-eval indexes this package's task folder alone (offline, sample data):
+  a ``TaskManager`` then costs milliseconds instead of ~10 s; for tests that use no stock task.
 """
 
 from __future__ import annotations
@@ -42,6 +44,34 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     from tiny_models import save_tiny_llama
 
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def index_plugin_tasks_only(mp) -> None:
+    """With ``mp`` (a MonkeyPatch): every ``TaskManager`` made through ``lm_eval.tasks`` (as the
+    package's code and lm-eval's CLI make them) indexes only this package's tasks; offline, sample data."""
+    import lm_eval.evaluator
+    import lm_eval.tasks
+
+    from culnig_lm_eval._startup import task_dir
+
+    real = getattr(lm_eval.tasks.TaskManager, "_culnig_real", lm_eval.tasks.TaskManager)
+
+    class PluginTasks(real):
+        _culnig_real = real
+
+        def __init__(self, *args, **kwargs):
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("verbosity", "include_path", "include_defaults")}
+            super().__init__(include_path=str(task_dir()), include_defaults=False, **kwargs)
+
+    mp.setattr(lm_eval.tasks, "TaskManager", PluginTasks)
+    mp.setattr(lm_eval.evaluator, "TaskManager", PluginTasks, raising=False)
+    for key, value in (("CULNIG_DATA", "sample"), ("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1")):
+        mp.setenv(key, value)
+
+
+@pytest.fixture
+def plugin_tasks_only(monkeypatch):
+    index_plugin_tasks_only(monkeypatch)
 
 
 def sample_data_only(mp) -> None:

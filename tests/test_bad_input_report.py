@@ -153,7 +153,7 @@ def test_refuses_to_replace_a_folder_with_other_files(runs, tmp_path, capsys):
     from culnig_lm_eval.cli.report import main
 
     assert main([str(runs), "--out", str(runs)]) == 2
-    assert "holds other files" in capsys.readouterr().err
+    assert "holds files no culnig command wrote there" in capsys.readouterr().err
     assert (runs / "unmasked" / "m" / f"results_{DATE}.json").is_file()
 
 

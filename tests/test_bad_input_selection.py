@@ -181,7 +181,7 @@ def test_a_signal_while_writing_leaves_the_previous_folder(tmp_path, sig):
     first = run_writer(out, seed=0)
     assert first.wait(timeout=120) == 0, first.stderr.read()
     before = snapshot(out)
-    assert len(before) == 1 + 8 + 1 + 40  # general, 8 cultures, selection.json, 2 x 20 random sets
+    assert len(before) == 1 + 8 + 1 + 40 + 1  # general, 8 cultures, selection.json, 2 x 20 random sets, marker
 
     second = run_writer(out, seed=1, pause=60)
     deadline = time.monotonic() + 90

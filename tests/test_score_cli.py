@@ -29,7 +29,8 @@ def test_select_writes_sets_from_score_files(tmp_path):
     assert main(["select", "--scores-dir", str(tmp_path), "--sets-out", str(out), "--top-mlp", "1"]) == 0
     general = NeuronSet.load(out / "general.pt")
     assert general.indices["mlp_gate"][0].tolist() == [3] and general.indices["mlp_gate"][1].tolist() == [7]
-    assert {p.name for p in out.iterdir()} == {"general.pt", "korea.pt", "spain.pt", "selection.json"}
+    assert {p.name for p in out.iterdir()} == {"general.pt", "korea.pt", "spain.pt", "selection.json",
+                                               ".culnig-output.json"}  # the marker: our output, replaceable
     summary = json.loads((out / "selection.json").read_text())
     assert summary["summary"]["general"]["neurons"] == 2
     assert general.meta["provenance"]["task"]["sha256"]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import run
+from ._common import OUTPUT_FOLDERS, run
 
 PROG = "culnig-experiment"
 
@@ -19,12 +19,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score neurons, select culture-general/-specific sets (and size-matched random sets), "
         "evaluate masked vs unmasked through lm-eval with per-sample logs, and write report.md with figures. "
         "Finished steps are skipped on re-runs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=OUTPUT_FOLDERS, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", type=Path, default=None, help=f"experiment YAML (default: {DEFAULT_CONFIG})")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<config name>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run folder (written into: its sets/<selection>/ and report/ are replaced, other "
+                             "files kept; default: runs/<config name>)")
     parser.add_argument("--force", action="store_true", help="redo every step")
     return parser
+
+
+def _check_replaced_folders(config, out: Path) -> None:
+    """The folders of the run that are replaced as a whole must hold only earlier output: checked
+    before the model loads (``_io``); files beside them in ``out`` are never touched."""
+    from .._io import check_output_folder
+    from ..report.render import REPORT_LEGACY
+    from ..selection.save import SETS_LEGACY
+
+    check_output_folder(out / "report", legacy=REPORT_LEGACY)
+    for name in config.selections:
+        check_output_folder(out / "sets" / name, legacy=SETS_LEGACY)
 
 
 def _main(args) -> int:
@@ -32,7 +46,9 @@ def _main(args) -> int:
     from ..experiment.run import run_experiment
 
     config = load_config(args.config)
-    report = run_experiment(config, args.out or Path("runs") / config.name, force=args.force)
+    out = args.out or Path("runs") / config.name
+    _check_replaced_folders(config, out)
+    report = run_experiment(config, out, force=args.force)
     print(f"report: {report}")
     return 0
 

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import run
+from ._common import OUTPUT_FOLDERS, run
 
 MODULES_PROG = "culnig-modules"
 FINETUNE_PROG = "culnig-finetune"
@@ -75,7 +75,7 @@ def modules_parser() -> argparse.ArgumentParser:
                    help="top: most neurons first; bottom: fewest first; random: seeded order")
     p.add_argument("--budget", type=float, default=0.1, help="fraction of all parameters to choose")
     p.add_argument("--seed", type=int, default=0, help="order of ties (bottom) and of random")
-    p.add_argument("--out", type=Path, default=None, help="write the choice here (.json, or .yaml/.yml)")
+    p.add_argument("--out", type=Path, default=None, help="write the choice to this file (.json, or .yaml/.yml)")
     p.add_argument("--show", type=int, default=30, help="table rows to print")
     p.set_defaults(func=cmd_modules)
     return p
@@ -162,13 +162,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ..finetune.compare import CompareSettings, run_compare
+    from .._io import check_output_folder
+    from ..finetune.compare import REPORT_LEGACY, CompareSettings, run_compare
     from ..finetune.examples import tokenise
 
     compare = CompareSettings(tuple(_task_list(args.choices)), args.budget, args.module_seed)
     if not args.sets:
         raise ValueError("--sets: name the neuron-set file(s) whose neurons rank the modules")
     settings, out, examples, neuron_sets = _prepare(args)
+    check_output_folder(out / "report", legacy=REPORT_LEGACY)
     lm = _load(args, settings)
     _fit_sets(neuron_sets, lm.model)
     data = tokenise(lm, examples, settings.max_length)
@@ -210,7 +212,9 @@ def _common(p, compare: bool):
     p.add_argument("--lora", action="store_true", help="LoRA adapters on the chosen modules instead of a full update")
     p.add_argument("--lora-r", type=int, default=32)
     p.add_argument("--lora-alpha", type=int, default=64)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path,
+                   help="run folder (written into: checkpoint, curve" + (", report/ replaced" if compare else "")
+                        + "; other files are kept)")
     p.add_argument("--force", action="store_true", help="start again instead of resuming a checkpoint")
 
 
@@ -226,6 +230,8 @@ def finetune_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common(p, compare=True)
     p.set_defaults(func=cmd_compare)
+    for command in sub.choices.values():
+        command.epilog = OUTPUT_FOLDERS
     return parser
 
 

@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import run
+from ._common import OUTPUT_FOLDERS, run
 
 PROG = "culnig-lape"
 
@@ -47,17 +47,25 @@ def _load_model(model_args: str, device: str | None):
 
 
 # -- subcommands --------------------------------------------------------------------------------
+def _output_folder(args, legacy) -> None:
+    """A replaced --out must be new, empty or our earlier output: checked before any work."""
+    from .._io import check_output_folder
+
+    check_output_folder(args.out, "--out", legacy)
+
+
 def cmd_corpora(args) -> int:
     from ..lape.corpora import blend_annotation_corpora, language_corpora, parse_languages
-    from ..lape.harness import write_corpora
+    from ..lape.harness import CORPORA_LEGACY, write_corpora
 
+    _output_folder(args, CORPORA_LEGACY)
     mapping = parse_languages(args.culture_languages)
     cultures = [c.strip() for c in args.cultures.split(",")] if args.cultures else None
     built = blend_annotation_corpora(args.blend_annotations, cultures, args.eval_fraction)
     groups = {f"culture/{side}": built["culture"][side] for side in ("record", "eval")}
     groups.update({f"language/{side}": language_corpora(built["native"][side], mapping) for side in ("record", "eval")})
     write_corpora(args.out, groups, {"culture_languages": mapping, "eval_fraction": args.eval_fraction,
-                                     "from": "BLEnD annotations (CC BY-SA 4.0)"})
+                                     "from": "BLEnD annotations (CC BY-SA 4.0)"}, what="--out")
     print(f"corpora: {args.out} (" + ", ".join(f"{g}: {len(c)}" for g, c in groups.items()) + ")")
     return 0
 
@@ -86,10 +94,11 @@ def _count_paths(items: list[str]) -> list[Path]:
 
 
 def cmd_identify(args) -> int:
-    from ..lape.pipeline import identify_sets, write_sets
+    from ..lape.pipeline import SETS_LEGACY, identify_sets, write_sets
 
+    _output_folder(args, SETS_LEGACY)
     sets = identify_sets(_count_paths(args.counts), _hp(args))
-    write_sets(sets, args.out)
+    write_sets(sets, args.out, what="--out")
     for s in sets:
         print(f"{s.meta['culture']}: {len(s)} neurons")
     return 0
@@ -97,10 +106,11 @@ def cmd_identify(args) -> int:
 
 def cmd_combine(args) -> int:
     from ..lape.corpora import parse_languages
-    from ..lape.pipeline import combine, sets_in, write_sets
+    from ..lape.pipeline import SETS_LEGACY, combine, sets_in, write_sets
 
+    _output_folder(args, SETS_LEGACY)
     combined = combine(sets_in(args.cultures), sets_in(args.languages), parse_languages(args.culture_languages))
-    write_sets(list(combined.values()), args.out, list(combined))
+    write_sets(list(combined.values()), args.out, list(combined), what="--out")
     for name, s in combined.items():
         print(f"{name}: {len(s)} neurons")
     return 0
@@ -115,9 +125,17 @@ def _eval_rows(tokenizer, corpora, row_length: int, max_tokens: int | None):
 def cmd_evaluate(args) -> int:
     from ..lape.corpora import read_corpus_folder
     from ..lape.intervene import delta_matrix
-    from ..lape.pipeline import analyse_intervention, render_intervention, row_length_for, set_layers, sets_in
+    from ..lape.pipeline import (
+        REPORT_LEGACY,
+        analyse_intervention,
+        render_intervention,
+        row_length_for,
+        set_layers,
+        sets_in,
+    )
 
     settings = _settings(args)  # --batch-size, --row-length, --max-tokens checked before anything loads
+    _output_folder(args, REPORT_LEGACY)
     labels = [Path(folder).resolve().name for folder in args.sets]
     clash = sorted({label for label in labels if labels.count(label) > 1})
     if clash:
@@ -130,7 +148,7 @@ def cmd_evaluate(args) -> int:
     result = delta_matrix(model, sets, rows, settings.batch_size)
     pairs = [(name, name.split("/")[-1]) for name in sets]
     payload = analyse_intervention(result, pairs, set_layers(sets), "LAPE intervention")
-    print(f"report: {render_intervention(payload, args.out)}")
+    print(f"report: {render_intervention(payload, args.out, '--out')}")
     return 0
 
 
@@ -175,12 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog=PROG, description="Culture neurons by activation-probability entropy "
                                      "(LAPE): build corpora, record, identify, combine, evaluate, or all of it (demo).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     epilog=OUTPUT_FOLDERS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("corpora", help="English culture and native-language corpora from BLEnD annotations")
     p.add_argument("--blend-annotations", required=True, help="folder holding BLEnD's <Country>_data.json files")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="corpora folder (replaced)")
     p.add_argument("--cultures", default=None, help="comma-separated countries (default: every file)")
     p.add_argument("--eval-fraction", type=float, default=0.2, help="share of questions held out for evaluation")
     _languages_option(p)
@@ -189,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("record", help="count positive gate activations per neuron on each corpus")
     _model_options(p)
     p.add_argument("--corpora", required=True, help="folder with one sub-folder of .txt files per corpus")
-    p.add_argument("--out", required=True, type=Path, help="folder for <corpus>.counts.pt")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder for <corpus>.counts.pt (written into: other files are kept)")
     p.add_argument("--max-tokens", type=int, default=PUBLISHED_RECORD_TOKENS,
                    help="tokens recorded per corpus (the published 10M by default)")
     p.add_argument("--force", action="store_true", help="record again even where a matching count file exists")
@@ -197,14 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("identify", help="LAPE sets from count files (one set per corpus)")
     p.add_argument("counts", nargs="+", help="count files or folders of them")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="sets folder (replaced)")
     _hp_options(p)
     p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser("combine", help="pure / compound / generic sets from culture and language sets")
     p.add_argument("--cultures", required=True, help="folder of culture sets (<culture>.pt)")
     p.add_argument("--languages", required=True, help="folder of language sets (<language>.pt)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="sets folder (replaced)")
     _languages_option(p)
     p.set_defaults(func=cmd_combine)
 
@@ -212,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--sets", nargs="+", required=True, help="folders of sets")
     p.add_argument("--corpora", required=True, help="evaluation corpora, one sub-folder of .txt files each")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="report folder (replaced)")
     p.add_argument("--max-tokens", type=int, default=PUBLISHED_EVAL_TOKENS,
                    help="tokens per evaluation corpus (the published 100k by default)")
     p.set_defaults(func=cmd_evaluate)
@@ -220,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole LAPE study on BLEnD annotations: corpora, record, identify, combine, evaluate")
     p.add_argument("--blend-annotations", required=True, help="folder holding BLEnD's <Country>_data.json files")
     _model_options(p)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path,
+                   help="run folder (written into: its corpora/, sets/ and report/ are replaced, counts/ "
+                        "reused, other files kept)")
     p.add_argument("--eval-fraction", type=float, default=0.2)
     p.add_argument("--max-tokens", type=int, default=PUBLISHED_RECORD_TOKENS,
                    help="recorded tokens per corpus (the published 10M by default)")
@@ -230,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     _hp_options(p)
     _languages_option(p)
     p.set_defaults(func=cmd_demo)
+    for command in sub.choices.values():
+        command.epilog = OUTPUT_FOLDERS
     return parser
 
 

@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 
-from ._common import run
+from ._common import OUTPUT_FOLDERS, run
 
 PROG = "culnig-report"
 MAX_SEED = 2**32 - 1  # numpy's seed range
@@ -27,8 +27,9 @@ Items are paired by doc_id and lm-eval's doc_hash: a task whose runs hold differ
 Skipped. A masked run whose neuron set holds 0 neurons is flagged with a warning.
 
 REPORT_DIR is replaced as a whole (the new report is built beside it and swapped in), so an
-interruption or a full disk leaves the previous complete report; a REPORT_DIR holding other
-files is refused. No results under the RUN_DIRs, or a bad number, is an error (exit status 2).
+interruption or a full disk leaves the previous complete report. It must be new, empty or an
+earlier report: a REPORT_DIR holding files no culnig command wrote there is refused and left
+untouched. No results under the RUN_DIRs, or a bad number, is an error (exit status 2).
 
 A single RUN_DIR that is (or holds) the intervention.json of `culnig-lape evaluate` / `demo`
 re-renders that LAPE report: the delta-NLL heatmap, the layer distribution of each set and
@@ -51,12 +52,12 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG + "\n" + OUTPUT_FOLDERS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="lm-eval --output_path folder(s) (searched recursively) or results_*.json files")
     p.add_argument("--out", "-o", required=True, metavar="REPORT_DIR",
-                   help="folder for report.md, report.json and figures/ (created if needed)")
+                   help="folder for report.md, report.json and figures/ (replaced; created if needed)")
     p.add_argument("--sets-dir", metavar="DIR",
                    help="also look here for the neuron-set files named in neurons= (by relative path and by "
                         "file name); by default they are looked up as written, from the current folder and "
@@ -113,7 +114,7 @@ def make_report(args: argparse.Namespace) -> int:
         payload = load_intervention(lape)
         if args.title:
             payload["title"] = args.title
-        print(render_intervention(payload, args.out))
+        print(render_intervention(payload, args.out, "--out"))
         return 0
     from culnig_lm_eval.report.render import build_report
 
@@ -122,6 +123,7 @@ def make_report(args: argparse.Namespace) -> int:
         ppl_threshold=args.ppl_threshold, n_resamples=args.n_resamples, seed=args.seed, alpha=args.alpha,
         nlu_tasks=tuple(t.strip() for t in args.nlu_tasks.split(",") if t.strip()),
         cultures=tuple(c.strip() for c in args.cultures.split(",") if c.strip()), title=args.title,
+        what="--out",
     )
     print(path)
     return 0

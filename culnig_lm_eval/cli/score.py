@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ._common import run
+from ._common import OUTPUT_FOLDERS, run
 
 PROG = "culnig-score"
 ROLE_FLAGS = {"task": "tasks", "control": "control", "crc": "crc", "general": "general"}
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--crc", type=_comma, default=[], help="country reading-comprehension tasks to exclude, e.g. crc")
     run_p.add_argument("--general", type=_comma, default=[],
                        help="general-prose tasks (loglikelihood_rolling) for the opt-in general exclusion, e.g. general_ppl_selection")
-    run_p.add_argument("--out", type=Path, required=True, help="folder for the score files (<role>.scores.pt)")
+    run_p.add_argument("--out", type=Path, required=True,
+                       help="folder for the score files (<role>.scores.pt; written into: other files are kept)")
     run_p.add_argument("--attention", dest="attention", action="store_true", default=True,
                        help="score attention q/k/v outputs beside the MLP gate (the default: the published "
                             "ranking pools them; the flag is kept for old command lines)")
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="task/control fold tables: the folder of `culnig-score run --fold 0/2`, or the foldsK "
                          "folder of `culnig-score run --fold-tables K` (many pairs of halves); adds the stability "
                          "of every set (Jaccard of the sets selected on two halves)")
-    st.add_argument("--out", type=Path, required=True, help="study folder (replaced as a whole)")
+    st.add_argument("--out", type=Path, required=True, help="study folder (replaced)")
     st.add_argument("--model_args", default=d.model_args)
     st.add_argument("--variants", type=_comma, default=None,
                     help=f"variants to compare, from: {', '.join(VARIANTS)} (default: all; the -agree and "
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cultures with fewer task samples get no culture-specific set")
     st.add_argument("--stable-pairs", type=int, default=t.stable_pairs,
                     help="at most this many complementary pairs of halves (stability and the -stable variants)")
+    for command in sub.choices.values():
+        command.epilog = OUTPUT_FOLDERS
     return parser
 
 
@@ -128,7 +131,7 @@ def _selection_args(p):
 
     d = Thresholds()
     p.add_argument("--sets-out", "--out-sets", dest="sets_out", type=Path, default=None,
-                   help="folder for the neuron sets, replaced as a whole (default: neuron_sets/<model name>)")
+                   help="folder for the neuron sets (replaced; default: neuron_sets/<model name>)")
     p.add_argument("--top-mlp", type=float, default=d.top_mlp, help="t: %% of MLP neurons in the culture-general set")
     p.add_argument("--top-attention", type=float, default=d.top_attention, help="t: %% of attention neurons")
     p.add_argument("--top-specific", type=float, default=d.top_specific, help="t_s: %% per culture-specific set")
@@ -201,6 +204,15 @@ def settings_from_args(args):
     )
 
 
+def _check_sets_out(args) -> None:
+    """A --sets-out folder is replaced as a whole: refuse one holding other files before any work."""
+    from .._io import check_output_folder
+    from ..selection.save import SETS_LEGACY
+
+    if args.sets_out and not getattr(args, "no_select", False):
+        check_output_folder(args.sets_out, "--sets-out", SETS_LEGACY)
+
+
 def _score(args) -> dict[str, Path]:
     from .._io import check_writable_folder
     from ..model.lm import load_lm, parse_model_args
@@ -208,14 +220,13 @@ def _score(args) -> dict[str, Path]:
 
     settings = settings_from_args(args)
     parse_model_args(args.model_args)
+    _check_sets_out(args)
     role_tasks = {role: getattr(args, flag) for role, flag in ROLE_FLAGS.items() if getattr(args, flag)}
     reused = reusable_score_files(role_tasks, settings, args.out)
     if len(reused) == len(role_tasks):
         return reused
     tasks = load_role_tasks(role_tasks, settings)  # bad data fails here, before the model loads
     check_writable_folder(args.out, "--out")
-    if args.sets_out and not args.no_select:
-        check_writable_folder(args.sets_out.parent, "--sets-out")
     lm = load_lm(args.model_args, batch_size=args.batch_size, device=args.device, model=args.model)
     return score_roles(lm, role_tasks, settings, args.out, tasks=tasks)
 
@@ -231,7 +242,7 @@ def _select(paths: dict[str, Path], args, half_tables: dict | None = None) -> di
     name = tables["task"].meta.get("model", {}).get("name") or "model"
     out = args.sets_out or Path("neuron_sets") / Path(name).name
     written = select_and_save(tables, thresholds, out, model_name=name, random_seeds=seeds,
-                              half_tables=half_tables or None)
+                              half_tables=half_tables or None, what="--sets-out")
     from ..neuron_set import NeuronSet
 
     for label, path in written.items():
@@ -242,9 +253,9 @@ def _select(paths: dict[str, Path], args, half_tables: dict | None = None) -> di
 
 
 def _study(args) -> int:
-    from .._io import check_writable_folder
+    from .._io import check_output_folder
     from ..scoring.tables import load_fold_tables, load_table, table_paths
-    from ..selection.study import VARIANTS, StudySettings, default_variants, run_study
+    from ..selection.study import STUDY_LEGACY, VARIANTS, StudySettings, default_variants, run_study
 
     names = args.variants if args.variants is not None else default_variants(bool(args.half_scores_dir))
     unknown = [v for v in names if v not in VARIANTS]
@@ -267,7 +278,7 @@ def _study(args) -> int:
         raise ValueError(f"--scores-dir {args.scores_dir}: holds no task.scores.pt")
     half_tables = load_fold_tables(args.half_scores_dir, "--half-scores-dir") if args.half_scores_dir else {}
     tables = {role: load_table(path) for role, path in paths.items()}
-    check_writable_folder(args.out.parent if args.out.parent != Path("") else Path("."), "--out")
+    check_output_folder(args.out, "--out", STUDY_LEGACY)
     command = "culnig-score " + shlex.join(args.argv)
     report = run_study(settings, tables, args.out, half_tables=half_tables or None, command=command,
                        progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -294,6 +305,7 @@ def _main(args) -> int:
 
     if args.scores_dir and not args.scores_dir.is_dir():
         raise ValueError(f"--scores-dir {args.scores_dir}: no such folder (culnig-score run --out writes it)")
+    _check_sets_out(args)
     paths = {}
     for role in ROLE_FLAGS:
         explicit = getattr(args, f"{role}_scores")

@@ -22,6 +22,9 @@ from .modules import CHOICES, module_choice
 from .train import FinetuneSettings, Run, evaluate
 
 
+REPORT_LEGACY = ("comparison.json", "finetune.md", "finetune-curves.png")  # RUN/report/ before output markers
+
+
 @dataclass(frozen=True)
 class CompareSettings:
     choices: tuple[str, ...] = CHOICES
@@ -170,7 +173,7 @@ def write_report(folder: Path, curves: dict[str, list[dict]], choices: dict, set
                             "neurons_held": c.neurons_held}
                         for n, c in choices.items()},
             "analysis": analysis, "verdict": sentences}
-    with atomic_folder(folder) as staging:
+    with atomic_folder(folder, legacy=REPORT_LEGACY) as staging:
         write_text(staging / "comparison.json", json.dumps(body, indent=1))
         tasks = settings.all_eval_tasks
         curves_figure(staging / "finetune-curves.png", analysis["points"], tasks)

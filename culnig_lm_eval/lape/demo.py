@@ -19,10 +19,12 @@ from ..checks import whole_number
 from ..neuron_set import NeuronSet
 from ..report.markdown import table
 from .corpora import blend_annotation_corpora, language_corpora, parse_languages, token_rows
-from .harness import write_corpora
+from .harness import CORPORA_LEGACY, write_corpora
 from .identify import LapeHyperparameters
 from .pipeline import (
     PUBLISHED_EVAL_TOKENS,
+    REPORT_LEGACY,
+    SETS_LEGACY,
     RecordSettings,
     analyse_intervention,
     combine,
@@ -83,9 +85,15 @@ def _summary_lines(sets: dict[str, NeuronSet], result, mapping: dict[str, str], 
 
 
 def run_demo(config: DemoConfig, out: Path, force: bool = False) -> Path:
+    """The run folder ``out`` is written into: ``corpora/``, ``sets/`` and ``report/`` are replaced
+    (each only when it holds nothing but an earlier output: checked first), ``counts/`` is reused,
+    other files are kept."""
+    from .._io import check_output_folder
     from ..model.lm import load_lm, model_label
 
     # every input is read and checked before the model loads
+    for name, legacy in (("corpora", CORPORA_LEGACY), ("sets", SETS_LEGACY), ("report", REPORT_LEGACY)):
+        check_output_folder(out / name, legacy=legacy)
     mapping = parse_languages(config.culture_languages)
     built = blend_annotation_corpora(config.annotations, None, config.eval_fraction)
     cultures = [c.name for c in built["culture"]["record"]]

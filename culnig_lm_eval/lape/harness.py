@@ -85,12 +85,15 @@ def write_tasks(folder: Path, corpora: dict[str, list[str]]) -> list[str]:
     return tasks
 
 
-def write_corpora(out: str | Path, groups: dict[str, list[Corpus]], info: dict) -> Path:
+CORPORA_LEGACY = ("manifest.json", "tasks/*", "*/*/*/text.txt")  # a corpora folder before output markers (_io)
+
+
+def write_corpora(out: str | Path, groups: dict[str, list[Corpus]], info: dict, what: str = "output folder") -> Path:
     """``groups`` = {"<group>/<split>": corpora} -> ``out/<group>/<split>/<name>/text.txt`` + manifest, as one unit.
 
     ``out/tasks/`` gets one lm-eval perplexity task per evaluation corpus (:func:`write_tasks`)."""
     manifest = {"format": "culnig-lape-corpora/1", **info, "corpora": {}}
-    with atomic_folder(out) as staging:
+    with atomic_folder(out, what, CORPORA_LEGACY) as staging:
         evaluation = {g.split("/")[0]: [c.name for c in cs] for g, cs in groups.items() if g.endswith("/eval")}
         manifest["tasks"] = write_tasks(staging / "tasks", evaluation)
         for group, corpora in groups.items():

@@ -21,6 +21,9 @@ from ..neuron_set import NeuronSet, save_many
 from .corpora import Corpus, token_rows
 
 COUNTS_SUFFIX = ".counts.pt"
+# what a sets folder and a report folder held before output markers (``_io``)
+SETS_LEGACY = ("*.pt", "*/*.pt")
+REPORT_LEGACY = ("intervention.json", "intervention.md", "delta_nll.png", "layers.png")
 
 
 # The published recording (namazifard/Culture_Neurons activation_*.py, on RUCAIBox's
@@ -201,11 +204,12 @@ def _set_path(root: Path, name: str) -> Path:
     return root.joinpath(*parts[:-1], parts[-1] + ".pt")
 
 
-def write_sets(sets: list[NeuronSet], out: str | Path, names: list[str] | None = None) -> list[Path]:
+def write_sets(sets: list[NeuronSet], out: str | Path, names: list[str] | None = None,
+               what: str = "output folder") -> list[Path]:
     """Write sets as ``out/<name>.pt`` (``name`` defaults to the set's culture; ``pure/uk`` makes a
-    sub-folder), replacing ``out`` as a unit."""
+    sub-folder), replacing ``out`` as a unit (only an earlier output of ours: ``_io``)."""
     names = names or [s.meta["culture"] for s in sets]
-    with atomic_folder(out) as staging:
+    with atomic_folder(out, what, SETS_LEGACY) as staging:
         save_many([(s, _set_path(staging, n)) for s, n in zip(sets, names)])
     return [_set_path(Path(out), n) for n in names]
 
@@ -307,7 +311,7 @@ def load_intervention(path: str | Path) -> dict:
     return payload
 
 
-def render_intervention(payload: dict, out: str | Path) -> Path:
+def render_intervention(payload: dict, out: str | Path, what: str = "output folder") -> Path:
     """``intervention.json`` + ``intervention.md`` + heatmap and layer figures, replacing ``out`` as a unit.
     Formatting only: every number comes from :func:`analyse_intervention`."""
     import numpy as np
@@ -338,7 +342,7 @@ def render_intervention(payload: dict, out: str | Path) -> Path:
                          _fmt(d.get("column_others", math.nan))] for d in payload["diagonal"]],
                        align="llrrlr")
     marks = [(sets.index(d["set"]), corpora.index(d["corpus"])) for d in payload["diagonal"]]
-    with atomic_folder(out) as staging:
+    with atomic_folder(out, what, REPORT_LEGACY) as staging:
         (staging / "intervention.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         figures.culture_heatmap(staging / "delta_nll.png", sets, corpora, np.array(delta), payload["title"],
                                 diagonal=marks, xlabel="evaluation text", ylabel="masked neuron set",

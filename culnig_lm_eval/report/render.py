@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from .._io import atomic_folder, write_text
+from .._io import atomic_folder, check_output_folder, write_text
 from . import figures
 from .analysis import DEFAULT_NLU_TASKS, ModelAnalysis, Options, analyse
 from .cells import (
@@ -94,8 +94,13 @@ class _Report:
 
 def build_report(run_dirs, out_dir, sets_dir=None, instance_scores=None, ppl_threshold: float = 1.10,
                  n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05,
-                 nlu_tasks=DEFAULT_NLU_TASKS, cultures=(), title: str | None = None) -> Path:
+                 nlu_tasks=DEFAULT_NLU_TASKS, cultures=(), title: str | None = None,
+                 what: str = "output folder") -> Path:
     """Read every lm-eval output under ``run_dirs`` and write ``out_dir/report.md``.
+
+    ``out_dir`` is replaced as a whole, so it must be new, empty or an earlier report (``_io``:
+    a folder holding anything else is refused, naming it as ``what``, e.g. ``--out``).
+
 
     Args:
         run_dirs: folders (searched recursively for ``results_*.json``) or results files.
@@ -112,7 +117,7 @@ def build_report(run_dirs, out_dir, sets_dir=None, instance_scores=None, ppl_thr
     out_dir = Path(out_dir)
     opts = Options(n_resamples=n_resamples, seed=seed, alpha=alpha, ppl_threshold=ppl_threshold,
                    nlu_tasks=tuple(nlu_tasks), extra_cultures=tuple(cultures))
-    _refuse_foreign_folder(out_dir)
+    check_output_folder(out_dir, what, REPORT_LEGACY)
     missing = [str(d) for d in run_dirs if not Path(d).exists()]
     if missing:
         raise FileNotFoundError(f"run folder {', '.join(missing)} does not exist; give the --output_path "
@@ -129,23 +134,14 @@ def build_report(run_dirs, out_dir, sets_dir=None, instance_scores=None, ppl_thr
     # everything is computed here, before the first line is formatted
     models = [model_report(analyse(conds, opts)) for _, conds in sorted(groups.items())]
     scores = aggregate_instance_scores(instance_scores) if instance_scores and Path(instance_scores).is_file() else None
-    with atomic_folder(out_dir) as staging:
+    with atomic_folder(out_dir, what, REPORT_LEGACY) as staging:
         rep = _Report(staging, opts)
         _write_report(rep, col, models, run_dirs, instance_scores, scores, title)
     return out_dir / "report.md"
 
 
-REPORT_FILES = {"report.md", "report.json", "figures"}
-
-
-def _refuse_foreign_folder(out_dir: Path):
-    """The report folder is replaced as a whole: never replace a folder holding anything else."""
-    if out_dir.is_dir():
-        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in REPORT_FILES)
-        if foreign:
-            raise ValueError(f"--out {out_dir} holds other files ({', '.join(foreign[:3])}"
-                             f"{', ...' if len(foreign) > 3 else ''}) and would be replaced as a whole; "
-                             "choose a new or report-only folder")
+# what a report folder held before output markers (``_io``)
+REPORT_LEGACY = ("report.md", "report.json", "figures/", "figures/*")
 
 
 def _write_report(rep: _Report, col: Collection, models: list[ModelReport], run_dirs, instance_path,

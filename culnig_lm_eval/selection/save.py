@@ -17,16 +17,23 @@ from .stability import describe, select_with_halves
 
 log = logging.getLogger("culnig-selection")
 
+# what a sets folder held before output markers (``_io``): set files, selection.json, and the
+# random sets culnig-experiment draws for the culture sets (``random/``)
+SETS_LEGACY = ("*.pt", "selection.json", "random/*.pt", "random/done.json")
+
 
 def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: Path, *, model_name: str = "",
-                    random_seeds: Sequence[int] = (), half_tables: dict | None = None) -> dict[str, Path]:
+                    random_seeds: Sequence[int] = (), half_tables: dict | None = None,
+                    what: str = "output folder") -> dict[str, Path]:
     """Select, then write ``<out>/<label>.pt`` for every set, ``random<seed>.pt`` (layer-matched)
     and ``random-uniform<seed>.pt`` (the reference's uniform draw) for every seed, and
     ``selection.json``, all as one unit (:func:`atomic_folder`).  Returns {label: final path}.
 
     ``half_tables`` ({"task": fold table, "control": fold table}, or a list of the K fold
     tables per role; see :mod:`.stability`): every selected set also records the Jaccard overlap
-    of the sets selected on the two halves, and the stability filters of ``thresholds`` apply."""
+    of the sets selected on the two halves, and the stability filters of ``thresholds`` apply.
+    ``out`` is replaced only when it holds nothing but an earlier sets folder (``_io``); ``what``
+    names it in that error (e.g. ``--sets-out``)."""
     unknown = sorted(set(tables) - {"task", "control", "crc", "general"})
     if unknown or "task" not in tables:
         raise ValueError(f"score tables: expected roles task, control, crc, general; got {sorted(tables)}")
@@ -59,7 +66,7 @@ def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: 
         **({"half_score_files": describe(half_tables)} if half_tables else {}),
     }
     out = Path(out)
-    with atomic_folder(out) as staging:
+    with atomic_folder(out, what, SETS_LEGACY) as staging:
         for label, neuron_set in sets.items():
             neuron_set.save(staging / files[label])
         write_text(staging / "selection.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")

@@ -59,6 +59,8 @@ HALVES_VARIANTS = {
     "rank-contrast-stable": {**DEFAULT_VARIANTS["rank-contrast"], "stable_fraction": 0.8},
 }
 VARIANTS = {**DEFAULT_VARIANTS, **HALVES_VARIANTS}
+# what a study folder held before output markers (``_io``): replaced only when it holds nothing else
+STUDY_LEGACY = ("study.json", "study.md", "pareto.png", "sets/*/*.pt")
 
 
 def default_variants(with_halves: bool) -> list[str]:
@@ -280,7 +282,7 @@ def run_study(settings: StudySettings, tables: dict[str, ScoreTable], out: Path,
     results["score_files"] = {role: t.meta.get("path") for role, t in tables.items()}
     results["half_score_files"] = describe(half_tables or {})
     out = Path(out)
-    with atomic_folder(out) as staging:
+    with atomic_folder(out, legacy=STUDY_LEGACY) as staging:
         for name, labelled in sets.items():
             for label, neuron_set in labelled.items():
                 neuron_set.save(staging / "sets" / name / f"{safe_name(label, 'set label')}.pt")
