@@ -24,9 +24,12 @@ FINETUNE_PROG = "culnig-finetune"
 
 
 def _load_sets(paths: list[str]):
+    from ..finetune.modules import check_sets_hold_neurons
     from ..neuron_set import NeuronSet
 
-    return [NeuronSet.load(p) for p in paths]
+    neuron_sets = [NeuronSet.load(p) for p in paths]
+    check_sets_hold_neurons(neuron_sets)
+    return neuron_sets
 
 
 def _fit_sets(neuron_sets, model) -> None:
@@ -101,16 +104,22 @@ def _task_list(text: str) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-def _check_tasks(names: list[str]) -> None:
-    """Unknown names and unloadable data stop the run before the model loads."""
+def _check_tasks(settings) -> None:
+    """Unknown names, unloadable data and tasks without a per-item accuracy (a perplexity task)
+    stop the run before the model loads."""
+    from ..finetune.train import check_accuracy_tasks
     from ..scoring.samples import load_tasks
 
-    load_tasks(names)
+    flags = {name: "--eval-tasks" for name in settings.eval_tasks}
+    if settings.train_eval_task:
+        flags[settings.train_eval_task] = "--train-eval-task"
+    check_accuracy_tasks(load_tasks(settings.all_eval_tasks), flags)
 
 
 def _examples(args):
-    from ..finetune.examples import from_jsonl, from_task
+    from ..finetune.examples import check_max_examples, from_jsonl, from_task
 
+    check_max_examples(args.max_train_examples)
     if args.train_file:
         return from_jsonl(args.train_file, args.max_train_examples)
     return from_task(args.train_task, args.max_train_examples, args.seed)
@@ -119,12 +128,16 @@ def _examples(args):
 def _prepare(args):
     """Everything that can be wrong with the user's input, checked before the model loads."""
     from .._io import check_writable_folder
+    from ..finetune.train import read_checkpoint
 
     settings = _settings(args)
     out = check_writable_folder(args.out, "--out")
     examples = _examples(args)
-    _check_tasks(settings.all_eval_tasks)
+    _check_tasks(settings)
     neuron_sets = _load_sets(args.sets) if args.sets else []
+    if not args.force:  # a damaged checkpoint is reported now, not after the model loaded
+        for path in [out / "checkpoint.pt"] + [out / c / "checkpoint.pt" for c in _task_list(getattr(args, "choices", ""))]:
+            read_checkpoint(path)
     return settings, out, examples, neuron_sets
 
 
@@ -139,13 +152,15 @@ def _load(args, settings):
 
 def cmd_train(args) -> int:
     from ..finetune.examples import tokenise
-    from ..finetune.modules import load_choice, module_choice
+    from ..finetune.modules import check_target_modules, load_choice, meta_model, module_choice
     from ..finetune.train import Run
 
     if bool(args.modules) == bool(args.sets):
         raise ValueError("give either --modules FILE (from culnig-modules) or --sets with --choice")
     settings, out, examples, neuron_sets = _prepare(args)
     chosen = load_choice(args.modules)["target_modules"] if args.modules else None
+    if chosen is not None:  # on the model's structure: no weights loaded yet
+        check_target_modules(meta_model(args.model_args), chosen, args.modules)
     lm = _load(args, settings)
     if chosen is None:
         _fit_sets(neuron_sets, lm.model)
@@ -163,7 +178,7 @@ def cmd_train(args) -> int:
 
 def cmd_compare(args) -> int:
     from .._io import check_output_folder
-    from ..finetune.compare import REPORT_LEGACY, CompareSettings, run_compare
+    from ..finetune.compare import REPORT_LEGACY, CompareSettings, read_baseline, run_compare
     from ..finetune.examples import tokenise
 
     compare = CompareSettings(tuple(_task_list(args.choices)), args.budget, args.module_seed)
@@ -171,6 +186,8 @@ def cmd_compare(args) -> int:
         raise ValueError("--sets: name the neuron-set file(s) whose neurons rank the modules")
     settings, out, examples, neuron_sets = _prepare(args)
     check_output_folder(out / "report", legacy=REPORT_LEGACY)
+    if not args.force:
+        read_baseline(out)
     lm = _load(args, settings)
     _fit_sets(neuron_sets, lm.model)
     data = tokenise(lm, examples, settings.max_length)
@@ -196,7 +213,8 @@ def _common(p, compare: bool):
     data = p.add_mutually_exclusive_group()
     data.add_argument("--train-task", default="qnli", help="lm-eval task whose training split is used")
     data.add_argument("--train-file", default=None, help="JSONL with prompt/target per line (instead of a task)")
-    p.add_argument("--max-train-examples", type=int, default=10000, help="seeded subset of the training split")
+    p.add_argument("--max-train-examples", type=int, default=10000,
+                   help="seeded subset of the training split (first N lines of --train-file); 0: all examples")
     p.add_argument("--train-eval-task", default="qnli", help="the training task's own evaluation ('' for none)")
     p.add_argument("--eval-tasks", default="blend_test,culturalbench,cultural_norm",
                    help="comma-separated lm-eval tasks evaluated every --eval-every updates")

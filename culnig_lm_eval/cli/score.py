@@ -213,6 +213,25 @@ def _check_sets_out(args) -> None:
         check_output_folder(args.sets_out, "--sets-out", SETS_LEGACY)
 
 
+def _check_leaf_tasks(role_tasks: dict[str, list[str]], tasks: dict, settings) -> None:
+    """A group or tag (blend_gen, blend) loads as its leaves: it has no samples of its own to score."""
+    from ..scoring.run import parse_task_specs
+
+    for role, specs in role_tasks.items():
+        for name, _ in parse_task_specs(specs, settings.limit):
+            if name in tasks:
+                continue
+            from lm_eval.tasks import TaskManager
+
+            try:
+                leaves = TaskManager().load([name]).get("group_map", {}).get(name) or []
+            except Exception:  # noqa: BLE001 -- only the hint is lost
+                leaves = []
+            shown = ",".join(str(t) for t in leaves[:4]) + (",..." if len(leaves) > 4 else "")
+            raise ValueError(f"--{ROLE_FLAGS[role]} {name}: a group of tasks, which is not scorable as one; give "
+                             f"its tasks instead" + (f" ({len(leaves)}: {shown})" if leaves else ""))
+
+
 def _score(args) -> dict[str, Path]:
     from .._io import check_writable_folder
     from ..model.lm import load_lm, parse_model_args
@@ -226,6 +245,7 @@ def _score(args) -> dict[str, Path]:
     if len(reused) == len(role_tasks):
         return reused
     tasks = load_role_tasks(role_tasks, settings)  # bad data fails here, before the model loads
+    _check_leaf_tasks(role_tasks, tasks, settings)
     check_writable_folder(args.out, "--out")
     lm = load_lm(args.model_args, batch_size=args.batch_size, device=args.device, model=args.model)
     return score_roles(lm, role_tasks, settings, args.out, tasks=tasks)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from .._io import atomic_folder, now_iso, write_text
-from .modules import CHOICES, module_choice
-from .train import FinetuneSettings, Run, evaluate
+from .modules import CHOICES, check_sets_hold_neurons, module_choice
+from .train import FinetuneSettings, Run, evaluate, weights_sha256
 
 
 REPORT_LEGACY = ("comparison.json", "finetune.md", "finetune-curves.png")  # RUN/report/ before output markers
@@ -57,11 +57,13 @@ def run_compare(lm, neuron_sets, data, settings: FinetuneSettings, compare: Comp
 
     out = Path(out)
     model = lm.model
+    check_sets_hold_neurons(neuron_sets)
     choices = {c: module_choice(model, neuron_sets, c, compare.budget, compare.module_seed) for c in compare.choices}
     for name, choice in choices.items():
         write_text(out / name / "modules.json", json.dumps(choice.to_dict(), indent=1))
     touched = {p for c in choices.values() for p in c.trainable_parameters}
     snapshot = _snapshot(model, touched)
+    weights = weights_sha256(model)  # every choice starts from these weights (restored after each)
     baseline = _stored_baseline(out, settings, model_args) if not force else None
     curves = {}
     for name, choice in choices.items():
@@ -69,7 +71,7 @@ def run_compare(lm, neuron_sets, data, settings: FinetuneSettings, compare: Comp
             baseline = {"tasks": evaluate(lm, settings.all_eval_tasks, settings.eval_limit, TaskManager())}
             write_text(out / "baseline.json", json.dumps({"key": _baseline_key(settings, model_args), **baseline}))
         run = Run(lm, data, choice.target_modules, settings, out / name, model_args, label=name,
-                  baseline=baseline, progress=progress)
+                  baseline=baseline, progress=progress, weights=weights)
         curves[name] = run.run(force=force)
         _restore(model, snapshot)
     return write_report(out / "report", curves, choices, settings, compare, model_args)
@@ -85,11 +87,29 @@ def _baseline_key(settings: FinetuneSettings, model_args: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def _stored_baseline(out: Path, settings: FinetuneSettings, model_args: str) -> dict | None:
-    path = out / "baseline.json"
+def read_baseline(out: Path) -> dict | None:
+    """``RUN/baseline.json`` (the shared step-0 evaluation), None when absent; refused with one
+    line naming it when it is not what :func:`run_compare` writes (call it before the model loads)."""
+    path = Path(out) / "baseline.json"
     if not path.is_file():
         return None
-    body = json.loads(path.read_text())
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not readable JSON ({err}); delete it, or use --force to evaluate step 0 again") \
+            from None
+    tasks = body.get("tasks") if isinstance(body, dict) else None
+    if not isinstance(tasks, dict) or not all(isinstance(v, dict) and isinstance(v.get("items"), list)
+                                              and isinstance(v.get("acc"), (int, float)) for v in tasks.values()):
+        raise ValueError(f"{path}: not a step-0 evaluation of culnig-finetune compare (needs 'key' and 'tasks' "
+                         "with acc and items); delete it, or use --force to evaluate step 0 again")
+    return body
+
+
+def _stored_baseline(out: Path, settings: FinetuneSettings, model_args: str) -> dict | None:
+    body = read_baseline(out)
+    if body is None:
+        return None
     return {"tasks": body["tasks"]} if body.get("key") == _baseline_key(settings, model_args) else None
 
 
@@ -126,12 +146,14 @@ def analyse(curves: dict[str, list[dict]]) -> dict:
                 a, b = curves[x][-1]["tasks"][task]["items"], curves[y][-1]["tasks"][task]["items"]
                 ci = paired_bootstrap_ci(a, b)
                 head_to_head.append({"a": x, "b": y, "task": task, "difference": float(np.mean(a) - np.mean(b)),
-                                     "ci": [ci.low, ci.high], "mcnemar_p": mcnemar_exact(a, b)})
+                                     "ci": [ci.low, ci.high], "mcnemar_p": mcnemar_exact(a, b), "items": len(a)})
     return {"rows": rows, "points": points, "head_to_head": head_to_head}
 
 
 def verdict(analysis: dict, cultural: list[str], task: str | None) -> list[str]:
     """Plain sentences from the numbers: did top erode cultural accuracy more, at what task gain?"""
+    from ..report.stats import sample_size_caveat
+
     by = {(r["choice"], r["task"]): r for r in analysis["rows"]}
     pairs = {(h["a"], h["b"], h["task"]): h for h in analysis["head_to_head"]}
     lines = []
@@ -154,8 +176,12 @@ def verdict(analysis: dict, cultural: list[str], task: str | None) -> list[str]:
                 finding = "top ends HIGHER than"
             else:
                 finding = "no clear difference between top and"
+            caveat = sample_size_caveat(h.get("items"))
+            if caveat:  # too few items for the interval (1 item: zero width) or the test to mean much
+                finding = "too few items to tell top from"
             lines.append(f"{culture_task}: {finding} {other}: {100 * diff:+.1f} points "
-                         f"[95% CI {100 * lo:+.1f}, {100 * hi:+.1f}], McNemar p={h['mcnemar_p']:.3g}{gains}")
+                         f"[95% CI {100 * lo:+.1f}, {100 * hi:+.1f}], McNemar p={h['mcnemar_p']:.3g}{gains}"
+                         + (f" ({caveat}: {h['items']} item(s))" if caveat else ""))
     return lines
 
 

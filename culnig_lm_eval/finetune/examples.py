@@ -28,12 +28,22 @@ class Example:
     target: str
 
 
+def check_max_examples(max_examples) -> int | None:
+    """``--max-train-examples``: a positive number, or 0 / None for every example."""
+    if max_examples is None or max_examples == 0:
+        return None
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 0:
+        raise ValueError(f"--max-train-examples {max_examples}: give a positive number of examples, or 0 for all")
+    return max_examples
+
+
 def from_task(name: str, max_examples: int | None = None, seed: int = 42) -> list[Example]:
     """Training examples of lm-eval task ``name`` (its training split; a seeded subset)."""
     import random
 
     from ..scoring.samples import load_tasks
 
+    max_examples = check_max_examples(max_examples)
     tasks = load_tasks([name])
     if len(tasks) != 1:
         raise ValueError(f"--train-task {name}: names {len(tasks)} tasks; give one task with a training split")
@@ -64,6 +74,8 @@ def from_task(name: str, max_examples: int | None = None, seed: int = 42) -> lis
 
 
 def from_jsonl(path: str | Path, max_examples: int | None = None) -> list[Example]:
+    """The first ``max_examples`` rows of a JSONL file (0 or None: all of them)."""
+    max_examples = check_max_examples(max_examples)
     path = Path(path)
     examples = []
 

@@ -133,6 +133,29 @@ def count_modules(model: nn.Module, neuron_sets) -> list[ModuleCount]:
     return rows
 
 
+def check_sets_hold_neurons(neuron_sets) -> None:
+    """Refuse sets whose union is empty: every module would count 0 and the ranking would be the
+    layer order (and a comparison of such choices says nothing about the sets)."""
+    if neuron_sets and not any(len(s) for s in neuron_sets):
+        names = ", ".join(str(s.source) for s in neuron_sets)
+        raise ValueError(f"--sets {names}: the set{'s hold' if len(neuron_sets) > 1 else ' holds'} 0 neurons, so no "
+                         "module holds any and the ranking would be the layer order; give a set with neurons")
+
+
+def check_target_modules(model: nn.Module, names: list[str], source) -> None:
+    """Every name of a module file must be an ``nn.Linear`` of ``model`` (PEFT's target_modules and
+    the parameters a full update trains); checked on the model's structure before weights load."""
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"--modules {source}: {name!r} is not a module of this model (was the file made for "
+                             "another model?)") from None
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"--modules {source}: {name!r} is a {type(module).__name__}, not a linear module; "
+                             "culnig-modules files name nn.Linear modules such as model.layers.0.mlp.gate_proj")
+
+
 def total_parameters(model: nn.Module) -> int:
     """All parameters, tied ones once (``parameters()`` de-duplicates shared tensors)."""
     return sum(p.numel() for p in model.parameters())

@@ -8,6 +8,15 @@ import numpy as np
 
 from ..report.figures import new_figure, palette, save_figure
 from ..report.markdown import table
+from ..report.stats import MIN_INTERVAL_ITEMS, sample_size_caveat
+
+
+def _ci_cell(row: dict) -> str:
+    caveat = sample_size_caveat(row["items"])
+    if caveat.endswith("no interval"):
+        return f"n/a ({caveat})"
+    text = f"[{100 * row['ci'][0]:+.1f}, {100 * row['ci'][1]:+.1f}]"
+    return f"{text} ({caveat})" if caveat else text
 
 
 def curves_figure(path: Path, points: dict[str, list[dict]], tasks: list[str]) -> Path:
@@ -52,8 +61,13 @@ def render(body: dict) -> str:
               "Change from step 0 to the last step (paired bootstrap 95% interval, exact McNemar test):", ""]
     lines += table(["choice", "task", "start", "end", "change (points)", "95% CI", "McNemar p", "items"],
                    [[r["choice"], r["task"], f"{r['start']:.3f}", f"{r['end']:.3f}", f"{100 * r['delta']:+.1f}",
-                     f"[{100 * r['ci'][0]:+.1f}, {100 * r['ci'][1]:+.1f}]", f"{r['mcnemar_p']:.3g}", r["items"]]
+                     _ci_cell(r), f"{r['mcnemar_p']:.3g}", r["items"]]
                     for r in body["analysis"]["rows"]])
+    small = sorted({r["items"] for r in body["analysis"]["rows"] if sample_size_caveat(r["items"])})
+    if small:
+        lines += ["", f"**Small samples:** {', '.join(map(str, small))} item(s) per task: with fewer than "
+                      f"{MIN_INTERVAL_ITEMS} items the intervals are far too narrow (1 item: none shown) and the "
+                      "McNemar test can hardly reach significance; treat these rows as anecdotes."]
     lines += ["", "Final models head to head (same items):", ""]
     lines += [f"- {v}" for v in body["verdict"]] or ["- (no cultural task to compare)"]
     lines.append("")

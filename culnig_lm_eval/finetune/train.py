@@ -13,9 +13,12 @@ point is exactly the model at that step.
 
 Resumption: ``checkpoint.pt`` in the run folder holds the step, the trained tensors (the
 chosen modules, or the LoRA adapters), the optimizer state and the curve so far; it is
-rewritten atomically at every evaluation.  A run with the same settings continues from it; the
+rewritten atomically at every evaluation.  A run with the same settings, data, modules and
+base weights (a sha256 of every parameter as loaded: :func:`weights_sha256`, so another
+checkpoint or hub revision behind the same ``--model_args`` is noticed) continues from it; the
 data order is a permutation seeded by (seed, epoch), so a resumed run sees the batches an
-uninterrupted one would have.  Multi-GPU: under ``accelerate launch`` the model is wrapped for
+uninterrupted one would have.  A checkpoint that cannot be read (truncated, or holding Python
+objects other than tensors) is refused with one line; ``--force`` starts again.  Multi-GPU: under ``accelerate launch`` the model is wrapped for
 data parallelism and each process takes every n-th batch; the harness evaluation runs on all
 processes as ``lm_eval`` does under accelerate (untested here: no GPU was available).
 """
@@ -77,14 +80,43 @@ class FinetuneSettings:
     def all_eval_tasks(self) -> list[str]:
         return list(dict.fromkeys(self.eval_tasks + ([self.train_eval_task] if self.train_eval_task else [])))
 
-    def fingerprint(self, data: list[Tokenised], modules: list[str], model_args: str) -> str:
-        """What a checkpoint must match to be resumed: settings, data and module choice."""
+    def fingerprint(self, data: list[Tokenised], modules: list[str], model_args: str, weights: str = "") -> str:
+        """What a checkpoint must match to be resumed: settings, data, module choice and base weights."""
         digest = hashlib.sha256()
-        digest.update(json.dumps({"settings": asdict(self), "modules": modules, "model_args": model_args},
-                                 sort_keys=True, default=str).encode())
+        digest.update(json.dumps({"settings": asdict(self), "modules": modules, "model_args": model_args,
+                                  "weights": weights}, sort_keys=True, default=str).encode())
         for row in data:
             digest.update(repr((row.ids, row.target_length)).encode())
         return digest.hexdigest()
+
+
+def weights_sha256(model) -> str:
+    """sha256 over every parameter's name, dtype, shape and bytes (tied ones once), as loaded.
+
+    Reads each tensor once (on CPU, one at a time): about a second per GB, small beside a
+    fine-tuning run, and it is what tells two checkpoints behind the same name apart."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            tensor = param.detach().to("cpu").contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+ACCURACY_METRICS = ("acc", "exact_match")  # the per-item scores a fine-tuning curve follows
+
+
+def check_accuracy_tasks(tasks: dict, flags: dict[str, str]) -> None:
+    """Every loaded task must log a per-item accuracy (``acc`` or ``exact_match``); a perplexity
+    task (``general_ppl``) has none.  ``tasks``: leaf name -> Task; ``flags``: requested name ->
+    the flag that named it.  Checked before the model loads."""
+    for name, task in tasks.items():
+        metrics = list(task.aggregation() or {})
+        if not any(m in metrics for m in ACCURACY_METRICS):
+            where = f"{flags[name]} {name}" if name in flags else f"--eval-tasks {name} (a task of {', '.join(flags)})"
+            raise ValueError(f"{where}: logs no per-item accuracy (its metrics: {', '.join(metrics) or 'none'}); "
+                             f"the curves need a task with {' or '.join(ACCURACY_METRICS)}, e.g. blend_test")
 
 
 # -- evaluation ----------------------------------------------------------------------------
@@ -109,7 +141,9 @@ def evaluate(lm, tasks: list[str], limit: int | None, manager=None) -> dict[str,
         correct, metric = [], None
         for leaf in leaves:
             samples = sorted(results["samples"][leaf], key=lambda s: s["doc_id"])
-            metric = metric or next(k for k in ("acc", "exact_match") if k in samples[0])
+            metric = metric or next((k for k in ACCURACY_METRICS if samples and k in samples[0]), None)
+            if metric is None:
+                raise ValueError(f"evaluation task {leaf}: logs no per-item {' or '.join(ACCURACY_METRICS)}")
             correct += [float(s[metric]) for s in samples]
         if not correct:
             raise ValueError(f"evaluation task {name}: no scored items")
@@ -148,14 +182,47 @@ def trained_tensors(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+CHECKPOINT_KEYS = ("fingerprint", "step", "tensors", "optimizer", "curve")
+
+
+def read_checkpoint(path: Path, fingerprint: str | None = None) -> dict | None:
+    """``checkpoint.pt`` of a run folder (None when there is none), refused with one line when it
+    cannot be read, holds anything but tensors and plain data, or (``fingerprint`` given) belongs
+    to another run: other settings, data, modules or base weights."""
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    again = "delete it, or use --force to start the run again"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused a Python object: never loaded
+        raise ValueError(f"{path}: holds Python objects other than tensors, so it was not loaded (a checkpoint "
+                         f"of culnig-finetune holds tensors and plain data only); {again}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or damaged: {first}); {again}") from None
+    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+        raise ValueError(f"{path}: not a culnig-finetune checkpoint (expected {', '.join(CHECKPOINT_KEYS)}); {again}")
+    if fingerprint is not None and state.get("fingerprint") != fingerprint:
+        raise ValueError(f"{path}: a checkpoint of a run with other settings, data, modules or base weights; "
+                         "use another --out or --force to start again")
+    return state
+
+
 class Run:
     """One fine-tuning run in ``out``: train, evaluate, checkpoint, resume."""
 
     def __init__(self, lm, data: list[Tokenised], modules: list[str], settings: FinetuneSettings, out: Path,
-                 model_args: str, label: str = "run", baseline: dict | None = None, progress: bool = True):
+                 model_args: str, label: str = "run", baseline: dict | None = None, progress: bool = True,
+                 weights: str | None = None):
+        """``weights``: :func:`weights_sha256` of the model as loaded (computed here when not given)."""
         self.lm, self.data, self.modules, self.settings = lm, data, modules, settings
         self.out, self.label, self.baseline, self.progress = Path(out), label, baseline, progress
-        self.fingerprint = settings.fingerprint(data, modules, model_args)
+        weights = weights if weights is not None else weights_sha256(lm.model)
+        self.fingerprint = settings.fingerprint(data, modules, model_args, weights)
         self.model_args = model_args
 
     @property
@@ -163,13 +230,7 @@ class Run:
         return self.out / "checkpoint.pt"
 
     def _load_checkpoint(self) -> dict | None:
-        if not self.checkpoint_path.is_file():
-            return None
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") != self.fingerprint:
-            raise ValueError(f"{self.checkpoint_path}: a checkpoint of a run with other settings, data or modules; "
-                             "use another --out or --force to start again")
-        return state
+        return read_checkpoint(self.checkpoint_path, self.fingerprint)
 
     def _save(self, step: int, optimizer, curve: list[dict], model):
         state = {"fingerprint": self.fingerprint, "step": step, "tensors": trained_tensors(model),

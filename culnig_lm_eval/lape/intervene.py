@@ -50,7 +50,8 @@ class InterventionResult:
     set_sizes: list[int]
 
     def diagonal(self, pairs: list[tuple[str, str]]) -> list[dict]:
-        """For (set, corpus) pairs that belong together: is that cell the largest of its row?"""
+        """For (set, corpus) pairs that belong together: is that cell the largest of its row?
+        An empty set masks nothing (its row is all 0): ``row_max`` is False and ``empty`` True."""
         rows = []
         for set_name, corpus in pairs:
             if set_name not in self.set_names or corpus not in self.corpus_names:
@@ -58,12 +59,14 @@ class InterventionResult:
             i, j = self.set_names.index(set_name), self.corpus_names.index(corpus)
             row = self.delta[i]
             others = [v for k, v in enumerate(row) if k != j]
+            empty = self.set_sizes[i] == 0
             rows.append({
                 "set": set_name,
                 "corpus": corpus,
                 "own": row[j],
                 "mean_other": sum(others) / len(others) if others else float("nan"),
-                "row_max": max(range(len(row)), key=row.__getitem__) == j,
+                "row_max": not empty and max(range(len(row)), key=row.__getitem__) == j,
+                "empty": empty,
             })
         return rows
 

@@ -162,13 +162,25 @@ def load_counts(paths: list[str | Path]):
     if len(paths) < 2:
         raise ValueError(f"LAPE compares at least 2 corpora; got {len(paths)} count file(s)")
     records = [ActivationCounts.load(p) for p in paths]
+    for path, r in zip(paths, records):
+        meta = r.meta if isinstance(r.meta, dict) else {}
+        for key, what in (("model", "the model shape it was recorded on"), ("corpus", "the corpus name")):
+            if not meta.get(key) or not isinstance(meta[key], dict if key == "model" else str):
+                raise CountsError(f"lape counts {path}: its meta has no {key!r} ({what}); count files are "
+                                  "written by culnig-lape record")
     first = records[0]
-    for r in records[1:]:
+    for path, r in zip(paths[1:], records[1:]):
         r.check_model(first.meta["model"])
-    names = [str(r.meta.get("corpus")) for r in records]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise CountsError(f"two count files are for the same corpus {dupes[0]!r}; give each corpus once")
+        if r.over_zero.shape != first.over_zero.shape:
+            raise CountsError(f"lape counts {path}: {tuple(r.over_zero.shape)} counts (layers x neurons), but "
+                              f"{paths[0]} has {tuple(first.over_zero.shape)}; give count files of one model")
+    seen: dict[str, str | Path] = {}
+    for path, r in zip(paths, records):
+        name = r.meta["corpus"]
+        if name in seen:
+            raise CountsError(f"lape counts {seen[name]} and {path} are both for corpus {name!r}; give each "
+                              "corpus once")
+        seen[name] = path
     return records
 
 
@@ -267,10 +279,15 @@ def analyse_intervention(result, pairs: list[tuple[str, str]], layers: dict[str,
     per group of sets (``culture/``, ``pure/`` ...), whether the group's matrix is diagonal-dominant
     (each set's own corpus is the most affected of the group's corpora) and how often a set hurts
     its own corpus more than the group's other sets hurt that corpus (the column's mean, which
-    takes out how fragile a text is under any mask).  ``layers``: set name -> neurons per layer."""
+    takes out how fragile a text is under any mask).  ``layers``: set name -> neurons per layer.
+    A NaN or infinite NLL is refused (the model's numbers are broken; nothing is written); an
+    empty set masks nothing, so it takes no part in the dominance counts."""
+    check_finite_result(result)
     diag = result.diagonal(pairs)
     groups: dict[str, list[dict]] = {}
     for d in diag:
+        if d.get("empty"):
+            continue
         groups.setdefault(d["set"].split("/")[0] if "/" in d["set"] else d["set"], []).append(d)
     dominance = []
     for group, rows in groups.items():
@@ -293,6 +310,19 @@ def analyse_intervention(result, pairs: list[tuple[str, str]], layers: dict[str,
     }
 
 
+def check_finite_result(result) -> None:
+    """Refuse NaN / infinite block NLLs, naming the corpus (and the masked set)."""
+    advice = ("the model's numbers are not finite (try dtype=float32 in --model_args, or check the weights); "
+              "nothing was written")
+    for corpus, value in zip(result.corpus_names, result.base):
+        if not math.isfinite(value):
+            raise ValueError(f"the unmasked model's NLL on corpus {corpus!r} is {value}: {advice}")
+    for name, row in zip(result.set_names, result.delta):
+        for corpus, value in zip(result.corpus_names, row):
+            if not math.isfinite(value):
+                raise ValueError(f"with set {name!r} masked, the NLL on corpus {corpus!r} is {value}: {advice}")
+
+
 def set_layers(sets: dict[str, NeuronSet]) -> dict[str, list[int]]:
     return {n: s.per_layer().get("mlp_gate", []) for n, s in sets.items()}
 
@@ -305,10 +335,46 @@ def load_intervention(path: str | Path) -> dict:
         raise ValueError(f"{path}: cannot read a LAPE intervention file ({err})") from None
     if not isinstance(payload, dict) or payload.get("format") != INTERVENTION_FORMAT:
         raise ValueError(f"{path}: not a {INTERVENTION_FORMAT} file (written by culnig-lape evaluate / demo)")
-    for row in payload.get("delta", []):
-        if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in row):
-            raise ValueError(f"{path}: the delta matrix holds a non-finite number")
+    problem = _intervention_problem(payload)
+    if problem:
+        raise ValueError(f"{path}: {problem}; re-run culnig-lape evaluate to write it again")
     return payload
+
+
+def _intervention_problem(payload: dict) -> str | None:
+    """What makes an intervention payload unfit to render (None when it is fine): every number
+    finite, one delta row and one size per set name, one base NLL and one cell per corpus."""
+    def finite_list(value) -> bool:
+        return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               and math.isfinite(v) for v in value)
+
+    sets, corpora = payload.get("set_names"), payload.get("corpus_names")
+    if not (isinstance(sets, list) and isinstance(corpora, list) and all(isinstance(n, str) for n in sets + corpora)):
+        return "set_names and corpus_names must be lists of names"
+    if not finite_list(payload.get("base")) or len(payload["base"]) != len(corpora):
+        return f"base (the unmasked NLL) must hold {len(corpora)} finite numbers, one per corpus"
+    delta, sizes = payload.get("delta"), payload.get("set_sizes")
+    if not isinstance(delta, list) or len(delta) != len(sets):
+        return f"delta has {len(delta) if isinstance(delta, list) else 'no'} rows for {len(sets)} set names"
+    for name, row in zip(sets, delta):
+        if not finite_list(row) or len(row) != len(corpora):
+            return f"the delta row of {name!r} must hold {len(corpora)} finite numbers, one per corpus"
+    if not isinstance(sizes, list) or len(sizes) != len(sets) or not all(isinstance(n, int) and n >= 0 for n in sizes):
+        return f"set_sizes must hold {len(sets)} neuron counts, one per set name"
+    diagonal, dominance = payload.get("diagonal"), payload.get("dominance")
+    if not isinstance(diagonal, list) or not isinstance(dominance, list):
+        return "diagonal and dominance must be lists"
+    for d in diagonal:
+        if not isinstance(d, dict) or d.get("set") not in sets or d.get("corpus") not in corpora \
+                or not all(k in d for k in ("own", "mean_other", "row_max")):
+            return "a diagonal entry names a set or corpus that is not in the matrix, or lacks own / mean_other / row_max"
+    if not all(isinstance(g, dict) and all(k in g for k in ("group", "sets", "own_largest", "diagonal_dominant"))
+               for g in dominance):
+        return "a dominance entry lacks group / sets / own_largest / diagonal_dominant"
+    if not isinstance(payload.get("title"), str) or not isinstance(payload.get("layers"), dict) \
+            or not all(isinstance(line, str) for line in payload.get("extra", [])):
+        return "title must be text, layers a mapping and extra a list of lines"
+    return None
 
 
 def render_intervention(payload: dict, out: str | Path, what: str = "output folder") -> Path:
@@ -336,11 +402,16 @@ def render_intervention(payload: dict, out: str | Path, what: str = "output fold
                          f"{g.get('own_above_column', 'n/a')} of {g['sets']}"] for g in payload["dominance"]],
                        align="lrlr")
         lines += [""]
+        empty = {name for name, size in zip(sets, sizes) if size == 0}
         lines += table(["set", "own corpus", "Δ own", "mean Δ other corpora", "own is row max",
                         "other sets on own corpus"],
-                       [[d["set"], d["corpus"], _fmt(d["own"]), _fmt(d["mean_other"]), "yes" if d["row_max"] else "no",
+                       [[d["set"], d["corpus"], _fmt(d["own"]), _fmt(d["mean_other"]),
+                         "n/a (empty set)" if d["set"] in empty else "yes" if d["row_max"] else "no",
                          _fmt(d.get("column_others", math.nan))] for d in payload["diagonal"]],
                        align="llrrlr")
+        if empty & {d["set"] for d in payload["diagonal"]}:
+            lines += ["", f"Empty sets (0 neurons: masking them changes nothing, so they take no part in the "
+                          f"dominance counts): {', '.join(sorted(empty))}."]
     marks = [(sets.index(d["set"]), corpora.index(d["corpus"])) for d in payload["diagonal"]]
     with atomic_folder(out, what, REPORT_LEGACY) as staging:
         (staging / "intervention.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -9,7 +9,7 @@ from .analysis import PairedColumns
 from .collect import Condition
 from .sections import AccuracyRow, RandomMeanRow, StabilityRow
 from .specificity import ConditionMeasures
-from .stats import is_finite
+from .stats import MIN_INTERVAL_ITEMS, is_finite, sample_size_caveat
 
 
 def format_accuracy(x) -> str:
@@ -20,12 +20,31 @@ def format_difference(x) -> str:
     return f"{x:+.4f}" if is_finite(x) else "n/a"
 
 
-def format_ci(ci) -> str:
-    return f"[{ci.low:+.4f}, {ci.high:+.4f}]" if ci is not None and is_finite(ci.low) else "n/a"
+def format_ci(ci, n: int | None = None) -> str:
+    """An interval of a difference; with ``n`` (its paired items) marked when too few items back it."""
+    if ci is None:
+        return "n/a"
+    return format_ci_bounds(ci.low, ci.high, n)
 
 
-def format_ci_bounds(low, high) -> str:
-    return f"[{low:+.4f}, {high:+.4f}]" if is_finite(low) and is_finite(high) else "n/a"
+def format_ci_bounds(low, high, n: int | None = None) -> str:
+    """The interval; with ``n`` (its paired items) marked when too few items back it."""
+    caveat = sample_size_caveat(n)
+    if caveat.endswith("no interval"):
+        return f"n/a ({caveat})"
+    text = f"[{low:+.4f}, {high:+.4f}]" if is_finite(low) and is_finite(high) else "n/a"
+    return f"{text} ({caveat})" if caveat and text != "n/a" else text
+
+
+def small_sample_note(ns, alpha: float) -> list[str]:
+    """A line under a table whose comparisons rest on fewer than MIN_INTERVAL_ITEMS items (``ns``)."""
+    small = sorted({n for n in ns if n is not None and sample_size_caveat(n)})
+    if not small:
+        return []
+    return [f"**Small samples:** {', '.join(map(str, small))} paired item(s) in some rows: with fewer than "
+            f"{MIN_INTERVAL_ITEMS} items a paired-bootstrap {100 * (1 - alpha):g}% interval is far too narrow "
+            "(with 1 item it has zero width and is not shown) and the McNemar test can hardly reach "
+            "significance; treat those rows as anecdotes, not findings.", ""]
 
 
 def format_p(p) -> str:
@@ -43,8 +62,13 @@ def ci_label(alpha: float) -> str:
     return f"{100 * (1 - alpha):g}% CI"
 
 
-def format_ratio_ci(ci) -> str:
-    return f"[{ci.low:.4f}, {ci.high:.4f}]" if ci is not None and is_finite(ci.low) else ""
+def format_ratio_ci(ci, n: int | None = None) -> str:
+    """A perplexity ratio's interval; with ``n`` (its documents) marked when too few back it."""
+    caveat = sample_size_caveat(n)
+    if caveat.endswith("no interval"):
+        return f"(n/a: {caveat})"
+    text = f"[{ci.low:.4f}, {ci.high:.4f}]" if ci is not None and is_finite(ci.low) else ""
+    return f"{text} ({caveat})" if text and caveat else text
 
 
 def paired_cells(p: PairedColumns, n_own: int | None = None) -> list[str]:
@@ -52,7 +76,7 @@ def paired_cells(p: PairedColumns, n_own: int | None = None) -> list[str]:
         return ["n/a"] * 4
     d = format_difference(p.diff) + (f" (n={p.n_paired})" if n_own is not None and p.n_paired != n_own else "")
     bc = f"{p.b} / {p.c}" if p.binary else "n/a (not 0/1)"
-    return [d, format_ci_bounds(p.ci_low, p.ci_high), bc, format_p(p.mcnemar_p)]
+    return [d, format_ci_bounds(p.ci_low, p.ci_high, p.n_paired), bc, format_p(p.mcnemar_p)]
 
 
 def condition_cell(c: Condition) -> str:
@@ -115,12 +139,12 @@ def spread_cells(mean, low, high) -> list[str]:
 
 def cultural_cells(m: ConditionMeasures) -> list:
     p = m.cultural
-    return [m.cultural_items, p.n, format_difference(p.diff), format_ci(p.ci)]
+    return [m.cultural_items, p.n, format_difference(p.diff), format_ci(p.ci, p.n)]
 
 
 def cost_cells(m: ConditionMeasures) -> list[str]:
     """Perplexity ratio (with its interval) per perplexity task, then the change per NLU control."""
-    return ([f"{format_ratio(v.ratio)} {format_ratio_ci(v.ci)}" if v else "n/a" for v in m.ppl.values()]
+    return ([f"{format_ratio(v.ratio)} {format_ratio_ci(v.ci, v.n)}" if v else "n/a" for v in m.ppl.values()]
             + [format_difference(v.diff) if v and v.n else "n/a" for v in m.nlu.values()])
 
 

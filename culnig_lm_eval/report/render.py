@@ -25,6 +25,7 @@ from .cells import (
     cultural_cells,
     format_accuracy,
     format_ci_bounds,
+    small_sample_note,
     format_difference,
     format_p,
     format_ratio,
@@ -100,7 +101,6 @@ def build_report(run_dirs, out_dir, sets_dir=None, instance_scores=None, ppl_thr
 
     ``out_dir`` is replaced as a whole, so it must be new, empty or an earlier report (``_io``:
     a folder holding anything else is refused, naming it as ``what``, e.g. ``--out``).
-
 
     Args:
         run_dirs: folders (searched recursively for ``results_*.json``) or results files.
@@ -273,6 +273,7 @@ def _section_accuracy(rep: _Report, mr: ModelReport, h: str, s: str):
                  if isinstance(r, RandomMeanRow) or r.condition not in summarised]
         rep.add(*table(["condition", "n", "accuracy", "Δ vs unmasked", ci_label(rep.opts.alpha),
                         "b / c", "McNemar p"], rows), "")
+        rep.add(*small_sample_note([r.n_paired for r in ta.rows if not isinstance(r, RandomMeanRow)], rep.opts.alpha))
     if sec.accuracy_series:
         p = figures.grouped_bars(rep.fig_dir / f"{s}_accuracy.png", tasks, _bars(sec.accuracy_series),
                                  f"Accuracy per task - {ma.base_model}", "accuracy")
@@ -311,10 +312,11 @@ def _section_generation(rep: _Report, mr: ModelReport, h: str):
         rows = [[warned_label(r.condition, r.masked_nothing), r.n, format_accuracy(r.acc_loglik),
                  format_accuracy(r.acc_generated), format_accuracy(r.parse_failure),
                  format_difference(r.parse_failure_diff) if r.n_paired else "-",
-                 format_ci_bounds(r.ci_low, r.ci_high) if r.n_paired else "-"]
+                 format_ci_bounds(r.ci_low, r.ci_high, r.n_paired) if r.n_paired else "-"]
                 for r in sec.rows if r.task == task]
         rep.add(*table(["condition", "n", "acc (loglik)", "acc (generated)", "parse failure",
                         "Δ parse failure vs unmasked", ci_label(rep.opts.alpha)], rows), "")
+        rep.add(*small_sample_note([r.n_paired for r in sec.rows if r.task == task], rep.opts.alpha))
 
 
 # ----------------------------------------------------------------------------------------
@@ -368,6 +370,7 @@ def _culture_matrix(rep: _Report, mat: CultureMatrix, model: str, h: str, s: str
     rep.add("Cells in detail:", "")
     rep.add(*table(["masked set", "culture", "n", "acc masked", "acc unmasked", "Δ",
                     ci_label(rep.opts.alpha), "b / c", "McNemar p"], detail), "")
+    rep.add(*small_sample_note([cell.n_paired for cell in mat.cells], rep.opts.alpha))
 
 
 # ----------------------------------------------------------------------------------------
@@ -514,6 +517,8 @@ def _section_specificity(rep: _Report, mr: ModelReport, h: str, s: str):
         rows += [[condition_cell(x.condition)] + cultural_cells(x) + [format_p(x.cultural.p), "(baseline)"]
                  + cost_cells(x) + ["baseline"] for x in block.seeds if x.condition.label not in summarised]
     rep.add(*table(header, rows), "")
+    rep.add(*small_sample_note([m.cultural.n for block in sec.blocks for m in [block.set_measures, *block.seeds]
+                                if m is not None and m.cultural is not None], o.alpha))
     if not ma.ppl_tasks:
         rep.add("No general-perplexity task ran, so the cultural-drop vs general-cost figure is dropped.", "")
         return
@@ -521,7 +526,7 @@ def _section_specificity(rep: _Report, mr: ModelReport, h: str, s: str):
             "from the per-sample `" + "`/`".join(sec.ppl_metrics) + "` records; the ratio's "
             "interval is a paired bootstrap over documents.", "")
     prow = [[label, v.task, v.metric, v.n, f"{v.ppl_a:.4g}", f"{v.ppl_b:.4g}", format_ratio(v.ratio),
-             format_ratio_ci(v.ci)] for label, v in sec.ppl_rows if label not in summarised]
+             format_ratio_ci(v.ci, v.n)] for label, v in sec.ppl_rows if label not in summarised]
     for group in ma.random_groups.values():
         labels = {c.label for c in group}
         for task in ma.ppl_tasks:

@@ -47,6 +47,19 @@ __all__ = [
 # largest number of index cells drawn at once (resamples x items); 4M int64 = 32 MB
 _CHUNK_CELLS = 4_000_000
 
+# Fewer paired items than this: a percentile bootstrap interval is far too narrow (with one item it
+# has zero width: every resample is that item) and an exact McNemar test on so few items cannot
+# reach p < 0.05 (it needs 6 discordant items).  Reports show such intervals as "small n" or not at all.
+MIN_INTERVAL_ITEMS = 10
+
+
+def sample_size_caveat(n) -> str:
+    """'' when ``n`` paired items are enough for the interval and test a report shows, else a
+    short reason ("n=1: no interval" / "small n")."""
+    if n is None or n >= MIN_INTERVAL_ITEMS:
+        return ""
+    return f"n={n}: no interval" if n < 2 else "small n"
+
 
 class Interval(NamedTuple):
     """A confidence interval; unpacks as ``low, high``."""

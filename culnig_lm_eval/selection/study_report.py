@@ -67,10 +67,13 @@ def analyse(settings, evaluations: dict, info: dict) -> dict:
             "mean_ppl_ratio": mean("ppl_ratio"),
             "mean_halves_jaccard": sum(jaccards) / len(jaccards) if jaccards else None,
             "halves": _halves_used(info[name]["stability"]),
+            "masks_nothing": not filled,  # every culture's set is empty: no effect to speak of
             "per_culture": rows,
         }
-    ranked = sorted(variants, key=lambda n: (-variants[n]["passing"],
-                                             -((variants[n]["mean_own_drop"] or 0) - (variants[n]["mean_other_drop"] or 0))))
+    # a variant whose sets are all empty masks nothing: it cannot be recommended, however the others fare
+    candidates = [n for n in variants if not variants[n]["masks_nothing"]]
+    ranked = sorted(candidates, key=lambda n: (-variants[n]["passing"],
+                                               -((variants[n]["mean_own_drop"] or 0) - (variants[n]["mean_other_drop"] or 0))))
     return {
         "cultures": cultures,
         "unmasked_acc": base["acc"],
@@ -126,7 +129,14 @@ def render_markdown(results: dict, command: str = "") -> str:
         f"x{c['ppl_max']:g}. Drops are accuracy points (unmasked minus masked).",
         "",
     ]
-    rows = [[name + (" **(recommended)**" if name == results["recommended"] else ""),
+    empty = [name for name, v in results["variants"].items() if v.get("masks_nothing")]
+    if empty:
+        lines += [f"**Empty:** {', '.join(empty)} selected no neuron for any culture (every set is empty, so masking "
+                  "it changes nothing); such a variant is never recommended.", ""]
+    if results["recommended"] is None:
+        lines += ["**No variant is recommended:** none selected a neuron.", ""]
+    rows = [[name + (" **(recommended)**" if name == results["recommended"] else "")
+             + (" (empty: masks nothing)" if v.get("masks_nothing") else ""),
              f"{v['passing']}/{len(results['cultures'])}", v["empty"], _fmt(v["mean_own_drop"], "+.1f", 100),
              _fmt(v["mean_other_drop"], "+.1f", 100), _fmt(v["mean_ppl_ratio"], ".3f"),
              _fmt(v["mean_halves_jaccard"], ".2f"), f"{v['seconds']:.2f}"]

@@ -177,6 +177,48 @@ def _split_prompt(prompt: str, marker: str = " Without any explanation") -> tupl
 # ------------------------------------------------------------------------------------- CountryRC
 
 
+CRC_SLOTS = {"passage text": {"country", "dummy"}, "instruction text": {"passage", "question", "options"}}
+
+
+def _slots(text: str) -> set[str]:
+    import string
+
+    return {field.split(".")[0].split("[")[0] for _, field, _, _ in string.Formatter().parse(text)
+            if field is not None}
+
+
+def check_crc_spec(spec: dict, path) -> None:
+    """Every field of a CountryRC spec has the type the builder reads, and every ``{slot}`` of a
+    text is one the builder fills; one :class:`DataError` line naming the file and the entry."""
+    def fail(what: str):
+        raise DataError(f"{path}: {what} (see tasks/crc/passages.json)")
+
+    if isinstance(spec["seed"], bool) or not isinstance(spec["seed"], (int, str)):
+        fail(f"seed must be a number or text, not {spec['seed']!r}")
+    for key in ("countries", "targets", "passages", "instructions"):
+        if not isinstance(spec[key], list) or not spec[key]:
+            fail(f"{key} must be a non-empty list")
+    for i, country in enumerate(spec["countries"]):
+        if not isinstance(country, dict) or not isinstance(country.get("id"), str) \
+                or not isinstance(country.get("name"), str) or not isinstance(country.get("in_text", ""), str):
+            fail(f"countries[{i}] is {country!r}; each country is an object with text fields id and name "
+                 '(and optionally in_text), e.g. {"id": "uk", "name": "UK"}')
+    if not all(isinstance(t, str) for t in spec["targets"]):
+        fail("targets must list country ids as text, e.g. [\"uk\", \"usa\"]")
+    for key, fields, slots in (("passages", ("text", "topic", "question"), CRC_SLOTS["passage text"]),
+                               ("instructions", ("text", "labels"), CRC_SLOTS["instruction text"])):
+        for i, entry in enumerate(spec[key]):
+            if not isinstance(entry, dict) or not all(isinstance(entry.get(f), str) for f in fields):
+                fail(f"{key}[{i}] must be an object with text fields {', '.join(fields)}")
+            try:
+                unknown = sorted(_slots(entry["text"]) - slots)
+            except ValueError as err:  # an unmatched brace
+                fail(f"{key}[{i}] text: {err} (write {{{{ and }}}} for a literal brace)")
+            if unknown:
+                fail(f"{key}[{i}] text uses the slot {{{unknown[0]}}}; a {key[:-1]} text may use "
+                     + ", ".join(f"{{{s}}}" for s in sorted(slots)) + " (write {{ and }} for a literal brace)")
+
+
 def crc(passages: int | None = 25, dummy_share: float | str | None = 0.4, **options) -> Any:
     """CountryRC as the CULNIG paper builds it, from ``tasks/crc/passages.json``.
 
@@ -206,6 +248,7 @@ def crc(passages: int | None = 25, dummy_share: float | str | None = 0.4, **opti
                if not isinstance(spec, dict) or k not in spec]
     if missing:
         raise DataError(f"{path}: not a CountryRC spec: no {', '.join(missing)} (see tasks/crc/passages.json)")
+    check_crc_spec(spec, path)
     countries = {c["id"]: c for c in spec["countries"]}
     unknown = [t for t in spec["targets"] if t not in countries]
     if unknown or len(countries) < 4:
