@@ -342,18 +342,21 @@ def atomic_folder(target: str | Path, what: str = "output folder", legacy: Seque
             (staging / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
         with signals_deferred():
             nested = _carry_nested(target, staging, what, legacy)
+            old = None
             try:
                 if target.exists() and _exchange(staging, target):
                     old = staging  # the exchange left the previous folder at the staging path
                 else:
-                    old = None
                     if target.exists():
                         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
                         os.rmdir(old)
                         os.rename(target, old)
                     os.rename(staging, target)
             except BaseException:
-                for relative in nested:  # the swap failed: the carried outputs go back
+                # the swap failed: the previous folder goes back in place, then the outputs carried out of it
+                if old is not None and old != staging and old.exists() and not target.exists():
+                    os.rename(old, target)
+                for relative in nested:
                     with contextlib.suppress(OSError):
                         os.rename(staging / relative, target / relative)
                 raise

@@ -364,3 +364,26 @@ def test_errors_name_the_users_path_not_a_temporary_one(tmp_path, capsys, tiny_l
                                   "--out", str(tmp_path / "adir")]) == 2  # culnig-modules --out names a file
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"culnig-modules: error: {tmp_path / 'adir'}: is a folder; give a file name"
+
+
+def test_a_failed_swap_puts_the_previous_folder_and_its_nested_output_back(tmp_path, monkeypatch):
+    import os
+
+    from culnig_lm_eval import _io
+
+    out = tmp_path / "sets"
+    write(out, **{"general.pt": "1"})
+    write(out / "random", **{"a-random0.pt": "r"})
+    monkeypatch.setattr(_io, "_exchange", lambda a, b: False)  # the two-rename path
+    real_rename = os.rename
+
+    def failing(src, dst):
+        if str(src).endswith(".staging") and Path(dst) == out:
+            raise OSError(28, "No space left on device", str(dst))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(_io.os, "rename", failing)
+    with pytest.raises(OSError, match="No space"):
+        write(out, **{"general.pt": "2"})
+    assert (out / "general.pt").read_text() == "1" and (out / "random" / "a-random0.pt").read_text() == "r"
+    assert [p.name for p in tmp_path.iterdir()] == ["sets"]  # no staging or .old folder left
