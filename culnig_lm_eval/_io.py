@@ -274,13 +274,14 @@ def _top_level(entries: list[str]) -> list[str]:
     return names
 
 
-def check_output_folder(target: str | Path, what: str = "output folder", legacy: Sequence[str] = ()) -> Path:
+def check_output_folder(target: str | Path, what: str = "output folder", legacy: Sequence[str] = (),
+                        create_parent: bool = True) -> Path:
     """Fail early (before a model loads) when ``target`` cannot be replaced by this output.
 
     Allowed: a missing or empty folder, or one holding only what a culnig command wrote there
     (its marker; without one, files matching ``legacy``).  Otherwise :class:`ForeignFilesError`,
     one line naming ``what`` (the flag, e.g. ``--out``) and the folder.  The parent folder is
-    created and checked for writing."""
+    created and checked for writing (unless ``create_parent`` is False: then nothing is created)."""
     target = Path(target)
     if target.is_symlink():
         raise ValueError(f"{what} {target} is a symbolic link; give the folder it points to, or a new folder")
@@ -296,7 +297,8 @@ def check_output_folder(target: str | Path, what: str = "output folder", legacy:
                 f"{what} {target} holds files no culnig command wrote there ({shown}); this output replaces "
                 "the folder as a whole, so move them away or give a new or empty folder (nothing was changed; "
                 "--force does not override this)")
-    check_writable_folder(target.parent if str(target.parent) else Path("."), what)
+    if create_parent:
+        check_writable_folder(target.parent if str(target.parent) else Path("."), what)
     return target
 
 

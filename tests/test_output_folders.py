@@ -387,3 +387,39 @@ def test_a_failed_swap_puts_the_previous_folder_and_its_nested_output_back(tmp_p
         write(out, **{"general.pt": "2"})
     assert (out / "general.pt").read_text() == "1" and (out / "random" / "a-random0.pt").read_text() == "r"
     assert [p.name for p in tmp_path.iterdir()] == ["sets"]  # no staging or .old folder left
+
+
+@pytest.mark.parametrize("script, inner", [("experiment", "report"), ("experiment", "sets/paper"),
+                                            ("lape-demo", "sets"), ("finetune", "report")])
+def test_a_replaced_folder_inside_a_run_folder_is_checked_before_the_model_loads(tmp_path, capsys, script, inner,
+                                                                                 plugin_tasks_only):
+    """The run folder is written into, but its report/ and sets/ are replaced: a user's file there stops
+    the run at once (the bogus model would fail otherwise), and nothing is created."""
+    from culnig_lm_eval.cli import experiment, finetune, lape
+
+    run = tmp_path / "run"
+    (run / inner).mkdir(parents=True)
+    (run / inner / "notes.md").write_text("mine")
+    bogus = "pretrained=/no/such/model"
+    if script == "experiment":
+        (tmp_path / "c.yaml").write_text(f"model_args: {bogus}\nscoring: {{tasks: [blend_cloze_neur]}}\n"
+                                         "selections: {paper: {}}\nevaluate: {}\n")
+        code = experiment.main(["--config", str(tmp_path / "c.yaml"), "--out", str(run)])
+    elif script == "lape-demo":
+        code = lape.main(["demo", "--blend-annotations", str(FIXTURE), "--model_args", bogus, "--out", str(run)])
+    else:
+        (tmp_path / "t.jsonl").write_text('{"prompt": "a", "target": " b"}\n')
+        code = finetune.finetune_main(["compare", "--model_args", bogus, "--train-file", str(tmp_path / "t.jsonl"),
+                                       "--train-eval-task", "", "--eval-tasks", "qa_match_demo", "--out", str(run),
+                                       "--sets", str(_hand_set(tmp_path))])
+    assert code == 2
+    err = error_lines(capsys)
+    assert len(err) == 1 and str(run / inner) in err[0] and "notes.md" in err[0], err
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == sorted(
+        [*[str(Path(inner).parents[i]) for i in range(len(Path(inner).parts) - 1)], inner, f"{inner}/notes.md"])
+
+
+def _hand_set(tmp_path: Path) -> Path:
+    model_shape = {"model_type": "llama", "num_layers": 2, "widths": {"mlp_gate": 64}}
+    return NeuronSet({"mlp_gate": [torch.tensor([1]), torch.tensor([2])]}, new_meta(model_shape, "hand")).save(
+        tmp_path / "hand.pt")

@@ -36,9 +36,9 @@ def _check_replaced_folders(config, out: Path) -> None:
     from ..report.render import REPORT_LEGACY
     from ..selection.save import SETS_LEGACY
 
-    check_output_folder(out / "report", legacy=REPORT_LEGACY)
+    check_output_folder(out / "report", legacy=REPORT_LEGACY, create_parent=False)
     for name in config.selections:
-        check_output_folder(out / "sets" / name, legacy=SETS_LEGACY)
+        check_output_folder(out / "sets" / name, legacy=SETS_LEGACY, create_parent=False)
 
 
 def _main(args) -> int:

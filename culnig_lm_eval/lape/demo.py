@@ -93,7 +93,7 @@ def run_demo(config: DemoConfig, out: Path, force: bool = False) -> Path:
 
     # every input is read and checked before the model loads
     for name, legacy in (("corpora", CORPORA_LEGACY), ("sets", SETS_LEGACY), ("report", REPORT_LEGACY)):
-        check_output_folder(out / name, legacy=legacy)
+        check_output_folder(out / name, legacy=legacy, create_parent=False)
     mapping = parse_languages(config.culture_languages)
     built = blend_annotation_corpora(config.annotations, None, config.eval_fraction)
     cultures = [c.name for c in built["culture"]["record"]]
