@@ -125,3 +125,20 @@ def test_culnig_lape_defaults_are_the_published_budgets_and_the_readme_demo_name
     demo_lines = [line for line in readme.splitlines() if line.startswith("culnig-lape demo")]
     assert demo_lines and all(re.search(r"--row-length \d+", line) and "--eval-max-tokens" in line
                               for line in demo_lines)
+
+
+def test_the_differences_are_listed_in_one_place_and_the_readme_points_there():
+    from culnig_lm_eval.selection.rules import PAPER_GATE_ONLY
+
+    listed = (REPO / "docs" / "differences.md").read_text()
+    for name in (PAPER_GATE_ONLY, "+up-proj", "+crc-clamped", "--clamp-crc", "--no-attention"):
+        assert name in listed, name
+    # the remaining differences, each with its effect or an honest "not measured"
+    for topic in ("ignores padding", "min_samples", "missing from the control", "unique ids", "torch's generator",
+                  "int64", "BOS", "partial row", "hash of the question id", "** 0.5"):
+        assert topic in listed, topic
+    assert listed.count("*Effect:*") >= 15 and "not measured" in listed
+    readme = (REPO / "README.md").read_text()
+    assert "CRC samples are clamped at 0 per sample, as in the paper" not in readme
+    assert "docs/differences.md" in readme
+    assert "docs/differences.md" in (REPO / "docs" / "method.md").read_text()

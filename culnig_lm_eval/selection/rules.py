@@ -408,10 +408,10 @@ def selection_name(thresholds: Thresholds, tables: dict[str, ScoreTable | None])
 def departures(thresholds: Thresholds, tables: dict[str, ScoreTable | None]) -> list[str]:
     """One line per way the tables keep the paper rule from being the published code (empty
     for another rule, or when they do not)."""
-    if thresholds.rule != "paper":
+    if thresholds.rule not in PAPER_RULES:
         return []
     kinds, lines = _kinds(tables), []
-    if not kinds & set(ATTENTION_KINDS):
+    if thresholds.rule == "paper" and not kinds & set(ATTENTION_KINDS):
         lines.append("the task table has no attention q/k/v scores, which the published ranking pools beside the "
                      f"MLP gate: the sets are named {PAPER_GATE_ONLY} (culnig-score run scores attention unless "
                      "--no-attention)")
