@@ -11,7 +11,6 @@ published code, with its measured effect, in ``docs/differences.md``.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -22,8 +21,6 @@ from ..checks import number_in, true_or_false, whole_number
 from ..neuron_set import NeuronSet, new_meta
 from ..scoring.attribution import ScoreTable
 from .ranking import neuron_order, ordered_sum, pooled_top, reference_z, top_mask
-
-log = logging.getLogger("culnig-selection")
 
 PAPER = "culnig-paper"
 PAPER_GATE_ONLY = PAPER + "-gate-only"
