@@ -44,6 +44,11 @@ def restore_logging():
     """lm-eval's CLI gives its logger a handler on the (captured) stderr: take it away afterwards."""
     saved = {name: (list(lg.handlers), lg.level, lg.propagate)
              for name, lg in ((n, logging.getLogger(n)) for n in ("", "lm_eval"))}
+    # an earlier in-process run (logging.basicConfig, lm-eval's setup_logging) may have left a handler
+    # on a capture that pytest has closed since
+    for name in saved:
+        lg = logging.getLogger(name)
+        lg.handlers[:] = [h for h in lg.handlers if type(h) is not logging.StreamHandler]
     yield
     for name, (handlers, level, propagate) in saved.items():
         lg = logging.getLogger(name)
