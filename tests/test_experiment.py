@@ -193,3 +193,18 @@ def test_random_for_must_name_a_selection(tmp_path):
            "evaluate": {"random_for": ["papr"]}}
     with pytest.raises(experiment_module.ConfigError, match="random_for names no configured selection: papr"):
         ExperimentConfig.from_mapping(raw)
+
+
+def test_an_evaluation_folder_with_a_users_file_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    from culnig_lm_eval._io import ForeignFilesError
+    from culnig_lm_eval.experiment import run
+
+    folder = tmp_path / "run" / "eval" / "unmasked" / "blend_cloze_test"
+    (folder / "model").mkdir(parents=True)
+    (folder / "done.json").write_text("{}")
+    (folder / "model" / "results_2026.json").write_text("{}")
+    (folder / "notes.txt").write_text("mine")
+    monkeypatch.setattr(run, "check_required_data", lambda config: None)
+    with pytest.raises(ForeignFilesError, match="notes.txt"):
+        run.run_experiment(config_for("never-loaded"), tmp_path / "run")
+    assert (folder / "notes.txt").read_text() == "mine"

@@ -66,7 +66,8 @@ def test_export_never_replaces_a_foreign_folder(tiny_llama_dir, set_file, tmp_pa
     out.mkdir()
     (out / "chapter.tex").write_text("x")
     code = main(["export-model", "--model_args", f"pretrained={tiny_llama_dir}", "--sets", str(set_file), "--out", str(out)])
-    assert code == 2 and (out / "chapter.tex").read_text() == "x" and "--out" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and (out / "chapter.tex").read_text() == "x" and "--out" in err and "chapter.tex" in err
 
 
 def test_enhance_by_a_power_of_two_is_exported(tiny_llama_dir, set_file, tmp_path):

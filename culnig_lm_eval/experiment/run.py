@@ -29,11 +29,10 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .._io import atomic_folder, check_writable_folder, write_text
+from .._io import atomic_folder, check_output_folder, check_writable_folder, write_text
 from ..selection.random_sets import RANDOM_DRAWS, random_draw, random_set
 from .config import ConfigError, EvaluationPlan, ExperimentConfig
 
@@ -225,7 +224,7 @@ def culture_random_sets(config: ExperimentConfig, sets: dict[str, dict[str, Path
         complete = all((folder / f"{random_label}.pt").is_file() for drawn in files.values()
                        for random_label in drawn)
         if force or not complete or not _stamp_matches(stamp, expected):
-            with atomic_folder(folder) as staging:
+            with atomic_folder(folder, "culture random sets folder", legacy=("*.pt", "done.json")) as staging:
                 for label, drawn in files.items():
                     for random_label, (draw, seed) in drawn.items():
                         random_set(draw, loaded[label], seed).save(staging / f"{random_label}.pt")
@@ -252,6 +251,17 @@ def loadable_tasks(names: list[str], tasks, skipped: dict[str, str]) -> list[str
             skipped[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:240] if str(err) else ''}"
             log.warning("skipping %s: %s", name, skipped[name])
     return ok
+
+
+# what lm-eval's EvaluationTracker and the stamp put in a (condition, task) folder (before markers existed)
+EVALUATION_FILES = ("done.json", "*/results_*.json", "*/samples_*.jsonl")
+
+
+def check_evaluation_folders(out: Path) -> None:
+    """Before the model loads: every evaluation folder of an earlier run holds only its own files."""
+    for stamp in sorted(Path(out).rglob("done.json")) if Path(out).is_dir() else []:
+        if any(stamp.parent.glob("*/results_*.json")):
+            check_output_folder(stamp.parent, "evaluation folder", legacy=EVALUATION_FILES)
 
 
 def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bool, skipped: dict[str, str],
@@ -284,11 +294,10 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
         model_args = config.model_args + (f",neurons={condition.neurons_arg}" if neuron_sets else "")
         with lm.masked(neuron_sets):
             for task, expected in todo.items():
-                folder = out / condition.label / task
-                shutil.rmtree(folder, ignore_errors=True)
-                evaluate_state(lm, tasks, task, folder, model_args=model_args, limit=plan.limit,
-                               apply_chat_template=chat)
-                _write_stamp(folder / "done.json", expected)
+                with atomic_folder(out / condition.label / task, "evaluation folder", legacy=EVALUATION_FILES) as staging:
+                    evaluate_state(lm, tasks, task, staging, model_args=model_args, limit=plan.limit,
+                                   apply_chat_template=chat)
+                    _write_stamp(staging / "done.json", expected)
     write_text(out / "skipped.json", json.dumps(skipped, indent=1))
 
 
@@ -302,6 +311,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = Fals
     with data_environment(config):
         check_required_data(config)
     out = check_writable_folder(out, "--out")
+    check_evaluation_folders(out / "eval")
     skipped: dict[str, str] = {}
     with data_environment(config):
         tasks = load_role_tasks(config.role_tasks, config.scoring)  # data errors before the model loads

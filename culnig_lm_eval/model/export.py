@@ -15,13 +15,15 @@ import json
 import math
 from pathlib import Path
 
-from .._io import atomic_folder, file_sha256, now_iso, package_version, write_text
+from .._io import atomic_folder, check_output_folder, file_sha256, now_iso, package_version, write_text
 from ..neuron_set import load_sets
 from .ablation import Ablation, operation_factor
 from .lm import load_lm, parse_model_args
 
 MARKER = "culnig_export.json"
 FORMAT = "culnig-masked-model/1"
+# what an export writes (an export made before output markers existed is recognised by these)
+EXPORT_FILES = (MARKER, "*.safetensors", "*.json", "*.jinja", "*.model", "*.txt")
 
 
 def exact_factor(operation: str, factor) -> float:
@@ -34,21 +36,13 @@ def exact_factor(operation: str, factor) -> float:
     return value
 
 
-def check_output_folder(out: Path) -> Path:
-    """``out`` may be new, empty, or an earlier export (it is then replaced as a unit)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
-        raise ValueError(f"--out {out}: exists and is not an earlier culnig export (no {MARKER}); "
-                         "choose a new folder (nothing of yours is replaced)")
-    return out
-
-
 def export_masked_model(model_args: str, neurons: str, out: str | Path, operation: str = "suppress",
                         factor=None) -> Path:
     """Fold ``neurons`` (``a.pt+b.pt``) into the model of ``model_args`` and save it to ``out``."""
     parse_model_args(model_args)
     value = exact_factor(operation, factor)  # every check before the model loads
     neuron_sets = load_sets(neurons)
-    out = check_output_folder(Path(out))
+    out = check_output_folder(out, "--out", legacy=EXPORT_FILES)
     lm = load_lm(model_args, batch_size=1)
     ablation = Ablation(lm.model, neuron_sets, operation, factor, mode="fold")  # checks every set first
     record = {
@@ -62,7 +56,7 @@ def export_masked_model(model_args: str, neurons: str, out: str | Path, operatio
         "created": now_iso(),
         "package_version": package_version(),
     }
-    with atomic_folder(out) as staging:
+    with atomic_folder(out, "--out", legacy=EXPORT_FILES) as staging:
         lm.model.save_pretrained(staging, safe_serialization=True)
         lm.tokenizer.save_pretrained(staging)
         write_text(staging / MARKER, json.dumps(record, indent=1))
