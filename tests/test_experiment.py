@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import culnig_lm_eval.experiment.config as experiment_module
-from culnig_lm_eval.experiment.config import ExperimentConfig
+from culnig_lm_eval.experiment.config import ConfigError, ExperimentConfig
 from culnig_lm_eval.experiment.run import run_experiment
 from culnig_lm_eval.neuron_set import NeuronSet
 from tiny_models import save_tiny_llama
@@ -208,3 +208,33 @@ def test_an_evaluation_folder_with_a_users_file_is_refused_before_the_model_load
     with pytest.raises(ForeignFilesError, match="notes.txt"):
         run.run_experiment(config_for("never-loaded"), tmp_path / "run")
     assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_stability_from_fold_tables_of_one_pass_and_no_culture_random_sets(tiny_checkpoint, tmp_path):
+    from culnig_lm_eval.scoring.tables import load_table
+
+    config = ExperimentConfig.from_mapping({
+        "name": "tiny", "model_args": f"pretrained={tiny_checkpoint},dtype=float32", "data": "sample",
+        "scoring": {"tasks": ["blend_cloze_neur:24"], "control": ["blend_cloze_ctrl:24"], "batch_size": 8,
+                    "stability_folds": 2},
+        "thresholds": {"top_mlp": 1.0, "top_specific": 1.0, "min_samples": 1},
+        "selections": {"paper": {}}, "random_seeds": [0],
+        "evaluate": {"batch_size": 8, "limit": 4, "per_culture": ["blend_cloze_test"], "culture_random": False},
+    })
+    assert config.stability_fold is None and config.scoring.fold_tables == 2
+    out = tmp_path / "run"
+    run_experiment(config, out)
+    assert not (out / "scores" / "half0").exists()  # no second scoring pass
+    folds = [load_table(out / "scores" / "folds2" / str(i) / "task.scores.pt") for i in (0, 1)]
+    full = load_table(out / "scores" / "task.scores.pt")
+    assert sum(f.meta["num_samples"] for f in folds) == full.meta["num_samples"]
+    stability = NeuronSet.load(out / "sets" / "paper" / "general.pt").meta["stability"]
+    assert stability["pairs"] == 1 and stability["folds"] == 2
+    assert not (out / "sets" / "paper" / "random").exists()  # culture_random: false
+    assert (out / "eval" / "paper" / "random0" / "blend_cloze_test" / "done.json").is_file()  # the general set's
+
+
+def test_stability_fold_and_folds_are_exclusive():
+    with pytest.raises(ConfigError, match="give one"):
+        ExperimentConfig.from_mapping({"model_args": "pretrained=x", "scoring": {
+            "tasks": ["blend_cloze_neur"], "stability_fold": "0/2", "stability_folds": 4}, "evaluate": {}})

@@ -17,9 +17,10 @@ from .._io import safe_name
 
 DEFAULT_CONFIG = Path(__file__).parent.parent / "experiments" / "smollm2-135m.yaml"
 SCORING_KEYS = {"tasks", "control", "crc", "general", "limit", "window", "stride", "batch_size", "attention",
-                "up_proj", "apply_chat_template", "num_fewshot", "culture_field", "stability_fold", "clamp_crc"}
+                "up_proj", "apply_chat_template", "num_fewshot", "culture_field", "stability_fold", "stability_folds",
+                "clamp_crc"}
 EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu",
-                 "instance_task", "random_draws", "random_for", "random_tasks"}
+                 "instance_task", "random_draws", "random_for", "random_tasks", "culture_random"}
 # 20 random sets per evaluated set: with the observed set counted as one draw the smallest empirical
 # p is 1/21 < 0.05, so a set that beats every random set can be called specific at 0.05
 DEFAULT_RANDOM_SEEDS = list(range(20))
@@ -61,6 +62,9 @@ class EvaluationPlan:
     # evaluation per task here, and there are random_seeds of them per evaluated set, so this is
     # kept to the tasks the report's random distribution needs
     random_tasks: list[str] | None = None
+    # random sets for the culture-specific sets too (False: for the culture-general sets only, e.g.
+    # when a culture has too few items for its own random distribution to mean anything)
+    culture_random: bool = True
 
     @property
     def unmasked_tasks(self) -> list[str]:
@@ -137,7 +141,7 @@ class ExperimentConfig:
                 limit=scoring.get("limit"), window=int(scoring.get("window", 96)), stride=int(scoring.get("stride", 16)),
                 num_fewshot=scoring.get("num_fewshot"), apply_chat_template=bool(scoring.get("apply_chat_template")),
                 culture_field=str(scoring.get("culture_field", "culture")),
-                clamp_crc=scoring.get("clamp_crc", False),
+                clamp_crc=scoring.get("clamp_crc", False), fold_tables=scoring.get("stability_folds"),
             )
             plan = EvaluationPlan(**{k: evaluate[k] for k in EVALUATE_KEYS if k in evaluate})
             for key in ("cultural", "per_culture", "general", "nlu"):
@@ -167,7 +171,10 @@ class ExperimentConfig:
                 raise ValueError("random_seeds must be integers from 0 to 2**63-1")
         except (TypeError, ValueError) as err:
             raise ConfigError(f"experiment config {path}: {err}") from None
-        fold = scoring.get("stability_fold", DEFAULT_STABILITY_FOLD)
+        fold = scoring.get("stability_fold", None if "stability_folds" in scoring else DEFAULT_STABILITY_FOLD)
+        if fold is not None and scoring.get("stability_folds") is not None:
+            raise ConfigError(f"experiment config {path}: scoring.stability_folds (fold tables from the full scoring "
+                              "pass) replaces scoring.stability_fold (a second scoring of one fold): give one")
         try:
             if fold is not None:
                 parse_fold(fold if isinstance(fold, str) else repr(fold))

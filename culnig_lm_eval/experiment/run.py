@@ -126,12 +126,15 @@ def select_all(config: ExperimentConfig, score_files: dict[str, Path], out: Path
 
     ``half_files``: {role: score file} of the task and control roles scored on the stability fold
     (:func:`score_stability_half`); each set then records how stable its selection is."""
+    from ..scoring.tables import fold_folder, load_fold_tables, load_table
     from ..selection.rules import Thresholds
-    from ..scoring.tables import load_table
     from ..selection.save import select_and_save
 
     tables = {role: load_table(path) for role, path in score_files.items()}
     half_tables = {role: load_table(path) for role, path in (half_files or {}).items()}
+    if config.scoring.fold_tables:  # scoring.stability_folds: the K fold tables of the full pass
+        half_tables = load_fold_tables(fold_folder(score_files["task"].parent, config.scoring.fold_tables),
+                                       "scoring.stability_folds")
     written = {}
     for name, overrides in config.selections.items():
         thresholds = Thresholds(**{**config.thresholds, **overrides})
@@ -142,7 +145,8 @@ def select_all(config: ExperimentConfig, score_files: dict[str, Path], out: Path
         expected = {"scores": {r: t.meta["sha256"] for r, t in sorted(tables.items())},
                     "thresholds": asdict(thresholds), "seeds": config.random_seeds}
         if half_tables:  # stamps written without the stability check stay valid when it is off
-            expected["half_scores"] = {r: t.meta["sha256"] for r, t in sorted(half_tables.items())}
+            expected["half_scores"] = {r: [p.meta["sha256"] for p in t] if isinstance(t, list) else t.meta["sha256"]
+                                       for r, t in sorted(half_tables.items())}
         if not force and folder.is_dir() and _stamp_matches(stamp, expected):
             files = json.loads((folder / "selection.json").read_text())["files"]
             written[name] = {label: folder / Path(path).name for label, path in files.items()}
@@ -203,7 +207,7 @@ def culture_random_sets(config: ExperimentConfig, sets: dict[str, dict[str, Path
     from ..neuron_set import NeuronSet
 
     plan, seeds = config.evaluate, list(dict.fromkeys(config.random_seeds))
-    if not plan.tasks_for_random_sets:
+    if not plan.tasks_for_random_sets or not plan.culture_random:
         return {}
     written = {}
     for name in _culture_selections(plan, sets):
