@@ -250,7 +250,8 @@ class SharedContextScorer:
             attention_mask=torch.cat([context_mask[owner.to(self.device)], mask.to(self.device)], dim=1),
             position_ids=(context_lengths[owner, None] + torch.arange(width)).to(self.device))
         targets = [t for _, cont in rows for t in cont[1:]]
-        positions.add(hidden[mask.bool().to(self.device)], list(range(len(targets))), targets,
+        # under parallelize=True the last layer's output may sit on another device than the inputs
+        positions.add(hidden[mask.bool().to(hidden.device)], list(range(len(targets))), targets,
                       [owners[row] for row in rows for _ in row[1][1:]])
 
 
