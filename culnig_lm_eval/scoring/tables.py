@@ -2,7 +2,8 @@
 ``--fold-tables K`` run in ``<out>/folds<K>/<i>/``, and reading them back checked.
 
 :func:`load_table` records the file's ``path`` and ``sha256`` in the table's meta, so a selection
-made from it can name exactly what it read.
+made from it can name exactly what it read.  :func:`restrict_cultures` is a table as if only some
+cultures' documents had been scored (the leave-one-culture-out selection, ``selection/loco.py``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,27 @@ def load_table(path: str | Path) -> ScoreTable:
     table.meta["path"] = str(path)
     table.meta["sha256"] = file_sha256(path)  # what a selection made from it names as its input
     return table
+
+
+def restrict_cultures(table: ScoreTable, keep) -> ScoreTable:
+    """``table`` with the columns of the cultures in ``keep`` only (in the table's order; a name
+    the table lacks is ignored): every module kind's sums and the counts lose the other cultures'
+    columns.  Sums are per culture and a sample's score does not depend on its batch, so this is
+    the table a scoring run on the kept cultures' documents alone writes (exactly so with
+    batches of one; otherwise up to float rounding), and a selection dividing by the table's total
+    count divides by the kept cultures' total.  The meta is copied (``path`` and ``sha256`` still
+    name the file read) with ``cultures_dropped``: the cultures left out."""
+    wanted = set(keep)
+    kept = [i for i, c in enumerate(table.cultures) if c in wanted]
+    dropped = [c for c in table.cultures if c not in wanted]
+    if not dropped:
+        return table
+    index = torch.tensor(kept, dtype=torch.long)
+    meta = {**table.meta, "cultures_dropped": sorted({*table.meta.get("cultures_dropped", ()), *dropped})}
+    return ScoreTable([table.cultures[i] for i in kept],
+                      {kind: scores.index_select(-1, index.to(scores.device)) for kind, scores in table.scores.items()},
+                      torch.as_tensor(table.counts).index_select(0, index.to(torch.as_tensor(table.counts).device)),
+                      meta)
 
 
 def _check_table(table: ScoreTable):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .._io import atomic_folder, safe_name, write_text
 from ..scoring.attribution import ScoreTable
+from .loco import held_out_cultures, leave_one_out_sets, loco_file
 from .random_sets import RANDOM_DRAWS, random_set
 from .rules import Thresholds, departures, selection_name
 from .stability import describe, select_with_halves
@@ -24,7 +25,7 @@ SETS_LEGACY = ("*.pt", "selection.json", "random/*.pt", "random/done.json")
 
 def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: Path, *, model_name: str = "",
                     random_seeds: Sequence[int] = (), half_tables: dict | None = None,
-                    what: str = "output folder") -> dict[str, Path]:
+                    what: str = "output folder", leave_out: str | Sequence[str] | None = None) -> dict[str, Path]:
     """Select, then write ``<out>/<label>.pt`` for every set, ``random<seed>.pt`` (layer-matched)
     and ``random-uniform<seed>.pt`` (the reference's uniform draw) for every seed, and
     ``selection.json``, all as one unit (:func:`atomic_folder`).  Returns {label: final path}.
@@ -32,6 +33,10 @@ def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: 
     ``half_tables`` ({"task": fold table, "control": fold table}, or a list of the K fold
     tables per role; see :mod:`.stability`): every selected set also records the Jaccard overlap
     of the sets selected on the two halves, and the stability filters of ``thresholds`` apply.
+    ``leave_out`` ("all", or culture names; None: off): also the leave-one-culture-out sets
+    (:mod:`.loco`), for each such culture ``loco/<culture>/general.pt`` -- the culture-general
+    set selected without that culture -- and its random sets for the same seeds; they are listed
+    in ``selection.json``'s ``leave_one_out`` (:func:`loco_paths`), not in the returned mapping.
     ``out`` is replaced only when it holds nothing but an earlier sets folder (``_io``); ``what``
     names it in that error (e.g. ``--sets-out``)."""
     unknown = sorted(set(tables) - {"task", "control", "crc", "general"})
@@ -50,6 +55,10 @@ def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: 
         for draw, prefix in RANDOM_DRAWS.items():
             sets[f"{prefix}{seed}"] = random_set(draw, sets["general"], seed)
     files = {label: f"{safe_name(label, 'set label')}.pt" for label in sets}
+    loco = {}
+    if leave_out is not None:
+        loco = leave_one_out_sets(tables, thresholds, held_out_cultures(tables["task"], leave_out), seeds, model_name)
+    loco_files = {c: {label: loco_file(c, label) for label in labelled} for c, labelled in loco.items()}
     summary = {
         "selection": selection_name(thresholds, tables),
         **({"differs_from_published": differs} if differs else {}),
@@ -64,10 +73,25 @@ def select_and_save(tables: dict[str, ScoreTable], thresholds: Thresholds, out: 
                         for role, t in sorted(tables.items())
                         if t is not None and (role != "general" or thresholds.general_exclude is not None)},
         **({"half_score_files": describe(half_tables)} if half_tables else {}),
+        **({"leave_one_out": {"cultures": list(loco), "files": loco_files,
+                              "summary": {c: {label: {"neurons": len(s), "selection": s.meta.get("selection")}
+                                              for label, s in labelled.items()} for c, labelled in loco.items()}}}
+           if loco else {}),
     }
     out = Path(out)
     with atomic_folder(out, what, SETS_LEGACY) as staging:
         for label, neuron_set in sets.items():
             neuron_set.save(staging / files[label])
+        for culture, labelled in loco.items():
+            for label, neuron_set in labelled.items():
+                neuron_set.save(staging / loco_files[culture][label])
         write_text(staging / "selection.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return {label: out / name for label, name in files.items()}
+
+
+def loco_paths(folder: Path) -> dict[str, dict[str, Path]]:
+    """{held-out culture: {label: set file}} of a sets folder written with ``leave_out`` ({} without)."""
+    folder = Path(folder)
+    summary = json.loads((folder / "selection.json").read_text(encoding="utf-8"))
+    files = (summary.get("leave_one_out") or {}).get("files") or {}
+    return {culture: {label: folder / path for label, path in labelled.items()} for culture, labelled in files.items()}
