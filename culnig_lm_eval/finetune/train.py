@@ -36,6 +36,7 @@ import torch
 from .._io import atomic_write, now_iso, write_text
 from ..checks import number_in, whole_number
 from ..model.lm import parameter_device
+from ..model.states import ReusedTasks
 from .examples import Tokenised, batch_order, collate
 
 log = logging.getLogger(__name__)
@@ -120,15 +121,20 @@ def check_accuracy_tasks(tasks: dict, flags: dict[str, str]) -> None:
 
 
 # -- evaluation ----------------------------------------------------------------------------
-def evaluate(lm, tasks: list[str], limit: int | None, manager=None) -> dict[str, dict]:
-    """Accuracy per task and per item (for bootstrap bands), through lm-eval on ``lm``."""
+def evaluate(lm, tasks: list[str], limit: int | None, reused=None) -> dict[str, dict]:
+    """Accuracy per task and per item (for bootstrap bands), through lm-eval on ``lm``.  ``reused``
+    (:class:`~culnig_lm_eval.model.states.ReusedTasks`, kept across the evaluations of one run)
+    loads each task and builds its requests once."""
     from lm_eval import simple_evaluate
+
+    reused = reused if reused is not None else ReusedTasks()
 
     model = lm.model
     was_training = model.training
     model.eval()
     try:
-        results = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=True,
+        results = simple_evaluate(model=lm, tasks=[reused.get(t) for t in tasks], task_manager=reused.manager,
+                                  limit=limit, log_samples=True,
                                   bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
                                   verbosity="ERROR")
     finally:
@@ -264,7 +270,7 @@ class Run:
         else:
             trainable_only(model, parameter_names_of(model, self.modules))
         try:
-            curve = self._train(model, state, TaskManager(), Accelerator(), tqdm)
+            curve = self._train(model, state, ReusedTasks(TaskManager()), Accelerator(), tqdm)
         finally:
             if peft_model is not None:
                 peft_model.unload()  # the model is as loaded again (LoRA layers removed, not merged)
