@@ -7,7 +7,11 @@
   ``tag: <prefix>_cultures``, ``task: <prefix>_<id>``, ``task_alias: <display name>`` and
   ``dataset_kwargs: {culture: <id>}``;
 * the group file ``<folder>/<prefix>.yaml``, which lists the tag (lm-eval expands it to every
-  leaf carrying it) and aggregates the family's metrics weighted by size.
+  leaf carrying it) and aggregates the family's metrics weighted by size;
+* one test-topic leaf per culture, ``<folder>/<prefix>_test_<id>.yaml``: the culture's items of
+  ``<prefix>_test`` (``dataset_kwargs: {culture: <id>, topics: <the test topics>}``, the topics
+  read from ``blend/_test_yaml``), without the tag, so the group does not count them.  The
+  leave-one-culture-out evaluation runs a culture's held-out set on these (docs/method.md).
 
 Everything else in the folders (``_template_yaml``, ``_neur_yaml``, ``_test_yaml``, the
 ``_neur``/``_test``/``_ctrl`` tasks over all cultures) is written by hand.  A leaf file whose
@@ -59,6 +63,7 @@ class Family:
     prefix: str  # tasks <prefix>_<culture id>, group <prefix>, tag <prefix>_cultures
     description: str  # the group file's comment
     metrics: tuple[str, ...]  # aggregated over the leaves, weighted by size
+    test_leaves: bool = False  # also <prefix>_test_<culture>: the culture's test-topic items
 
     @property
     def tag(self) -> str:
@@ -67,11 +72,14 @@ class Family:
 
 FAMILIES: tuple[Family, ...] = (
     Family("blend", "blend", "BLEnD: one subtask per culture (culture ids as in culnig_lm_eval.cultures.culture_id).",
-           ("acc",)),
-    Family("blend_cloze", "blend_cloze", "BLEnD as cloze: one subtask per culture.", ("acc", "acc_norm")),
+           ("acc",), test_leaves=True),
+    Family("blend_cloze", "blend_cloze", "BLEnD as cloze: one subtask per culture.", ("acc", "acc_norm"),
+           test_leaves=True),
     Family("blend_gen", "blend_gen", "BLEnD answered by generation (greedy; culnig_lm_eval.taskdata.generation): "
-           "one subtask per culture.", ("acc", "parse_failure")),
+           "one subtask per culture.", ("acc", "parse_failure"), test_leaves=True),
 )
+# the held-out topics of the <prefix>_test tasks (hand-written, shared by the families)
+TEST_TOPICS_FILE = Path(__file__).resolve().parent / "blend" / "_test_yaml"
 
 # Families whose benchmark covers its own countries: (family, its cultures); CULTURES does not
 # touch them.  WorldValuesBench: the paper's eight target cultures minus Spain (not in WVS Wave
@@ -121,6 +129,21 @@ def leaf_file(family: Family, culture: str, name: str) -> str:
     })
 
 
+def test_topics() -> list[str]:
+    """The test topics, as ``blend/_test_yaml`` lists them."""
+    return list(yaml.safe_load(TEST_TOPICS_FILE.read_text(encoding="utf-8"))["dataset_kwargs"]["topics"])
+
+
+def test_leaf_file(family: Family, culture: str, name: str, topics: list[str]) -> str:
+    """The text of one culture's test-topic leaf file (no tag: the group does not count it)."""
+    return HEADER + _yaml({
+        "include": "_template_yaml",
+        "task": f"{family.prefix}_test_{culture}",
+        "task_alias": f"{name} (test topics)",
+        "dataset_kwargs": {"culture": culture, "topics": topics},
+    })
+
+
 def group_file(family: Family) -> str:
     """The text of the family's group file: the tag of its leaves and the size-weighted aggregates."""
     return HEADER + f"# {family.description}\n" + _yaml({
@@ -135,11 +158,15 @@ def render(cultures=CULTURES, families=FAMILIES) -> dict[str, str]:
     """Relative path (under tasks/) -> text of every generated file."""
     validate(cultures)
     files = {}
+    topics = test_topics() if any(f.test_leaves for f in families) else []
     for family, family_cultures in [(f, cultures) for f in families] + list(OWN_LIST_FAMILIES):
         validate(family_cultures)
         files[f"{family.folder}/{family.prefix}.yaml"] = group_file(family)
         for culture, name in family_cultures:
             files[f"{family.folder}/{family.prefix}_{culture}.yaml"] = leaf_file(family, culture, name)
+            if family.test_leaves:
+                files[f"{family.folder}/{family.prefix}_test_{culture}.yaml"] = test_leaf_file(family, culture, name,
+                                                                                              topics)
     return files
 
 

@@ -19,6 +19,7 @@ from culnig_lm_eval._startup import task_dir
 
 TASKS = task_dir()
 SCRIPT = TASKS / "_generate_configs.py"
+TEST_TOPICS = yaml.safe_load((TASKS / "blend" / "_test_yaml").read_text())["dataset_kwargs"]["topics"]
 
 
 def load_script():
@@ -91,6 +92,11 @@ def test_leaf_and_group_files_follow_lm_evals_pattern():
             assert yaml.safe_load(path.read_text()) == {
                 "include": "_template_yaml", "tag": family.tag, "task": f"{family.prefix}_{cid}",
                 "task_alias": name, "dataset_kwargs": {"culture": cid}}
+            # the culture's test-topic items (leave-one-culture-out evaluation), outside the group
+            test_leaf = yaml.safe_load((TASKS / family.folder / f"{family.prefix}_test_{cid}.yaml").read_text())
+            assert test_leaf == {"include": "_template_yaml", "task": f"{family.prefix}_test_{cid}",
+                                 "task_alias": f"{name} (test topics)",
+                                 "dataset_kwargs": {"culture": cid, "topics": TEST_TOPICS}}
 
 
 def test_one_more_culture_is_one_more_leaf_per_family(tasks_copy):
@@ -98,7 +104,9 @@ def test_one_more_culture_is_one_more_leaf_per_family(tasks_copy):
     cultures = gen.CULTURES + (("japan", "Japan"),)
     changed = gen.write(tasks_copy, cultures)
 
-    assert changed == ["blend/blend_japan.yaml", "blend_cloze/blend_cloze_japan.yaml", "blend_gen/blend_gen_japan.yaml"]
+    assert changed == ["blend/blend_japan.yaml", "blend/blend_test_japan.yaml", "blend_cloze/blend_cloze_japan.yaml",
+                       "blend_cloze/blend_cloze_test_japan.yaml", "blend_gen/blend_gen_japan.yaml",
+                       "blend_gen/blend_gen_test_japan.yaml"]
     after = {p.relative_to(tasks_copy).as_posix(): p.read_text() for p in tasks_copy.rglob("*.yaml")}
     assert set(after) - set(before) == set(changed)
     assert all(after[rel] == text for rel, text in before.items())  # groups list the tag: unchanged
@@ -120,7 +128,8 @@ def test_a_removed_culture_leaves_no_stale_generated_file(tasks_copy):
 
     shorter = tuple(c for c in gen.CULTURES if c[0] != "assam")
     changed = gen.write(tasks_copy, shorter)
-    assert changed == sorted(f"{f.folder}/{f.prefix}_{c}.yaml" for f in gen.FAMILIES for c in ("assam", "japan"))
+    assert changed == sorted(f"{f.folder}/{f.prefix}_{infix}{c}.yaml" for f in gen.FAMILIES for c in ("assam", "japan")
+                             for infix in ("", "test_"))
     for rel in changed:
         assert not (tasks_copy / rel).exists()
     assert hand.is_file() and (tasks_copy / "blend" / "_template_yaml").is_file()
@@ -141,3 +150,17 @@ def test_every_generated_leaf_loads_with_its_culture(monkeypatch):
             assert task.config.dataset_kwargs == {"culture": cid}
             assert task.config.task_alias == name
             assert {doc["culture"] for doc in task.test_docs()} == {cid}  # the sample has every culture
+
+
+def test_a_test_topic_leaf_holds_its_cultures_items_of_the_test_task(monkeypatch):
+    """blend_cloze_test_<c> is blend_cloze_test's documents of culture c, in the same order."""
+    sample_data_only(monkeypatch)
+    try:
+        result = manager(TASKS).load(["blend_cloze_test", "blend_cloze_test_korea", "blend_test_uk"])
+    finally:
+        sources._read.cache_clear()
+    everything = list(result["tasks"]["blend_cloze_test"].test_docs())
+    korea = list(result["tasks"]["blend_cloze_test_korea"].test_docs())
+    assert korea and korea == [doc for doc in everything if doc["culture"] == "korea"]
+    assert {doc["topic"] for doc in korea} <= set(TEST_TOPICS)
+    assert {doc["culture"] for doc in result["tasks"]["blend_test_uk"].test_docs()} == {"uk"}
