@@ -2,8 +2,9 @@
 
 A config names the model (``model_args``), the scoring roles and their settings (``scoring``),
 the selections (``thresholds`` shared by all, ``selections`` name -> overrides), the random
-baselines (``random_seeds``) and what is evaluated on which condition (``evaluate``, an
-:class:`EvaluationPlan`); ``culnig_lm_eval/experiments/`` holds the shipped ones.
+baselines (``random_seeds``), what is evaluated on which condition (``evaluate``, an
+:class:`EvaluationPlan`) and, optionally, the leave-one-culture-out transfer test
+(``leave_one_out``, a :class:`LeaveOneOut`); ``culnig_lm_eval/experiments/`` holds the shipped ones.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ SCORING_KEYS = {"tasks", "control", "crc", "general", "limit", "window", "stride
                 "clamp_crc"}
 EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu",
                  "instance_task", "random_draws", "random_for", "random_tasks", "culture_random"}
+LEAVE_ONE_OUT_KEYS = {"selections", "cultures", "tasks", "random_draws", "limit"}
 # 20 random sets per evaluated set: with the observed set counted as one draw the smallest empirical
 # p is 1/21 < 0.05, so a set that beats every random set can be called specific at 0.05
 DEFAULT_RANDOM_SEEDS = list(range(20))
@@ -79,6 +81,64 @@ class EvaluationPlan:
 
 
 @dataclass
+class LeaveOneOut:
+    """The leave-one-culture-out transfer test (docs/method.md).  For each held-out culture c and
+    each selection in ``selections``, the culture-general set is selected again on the score
+    tables without c's columns (``sets/<selection>/loco/<c>/general.pt``, with ``random_seeds``
+    random sets of its size) and evaluated on c's items only: the task ``<task>_<c>`` for every
+    task in ``tasks`` (e.g. ``blend_cloze_test`` -> ``blend_cloze_test_korea``, c's test-topic
+    items).  The unmasked model and the selection's full culture-general set run on the same
+    items, so the report sets the held-out drop beside the in-sample one.  The evaluations go to
+    ``<out>/transfer/``, the report's transfer section reads them."""
+
+    selections: list[str]  # selections tested (default: every configured selection)
+    tasks: list[str]  # each evaluated per held-out culture as <task>_<culture> (default: evaluate.per_culture)
+    random_draws: list[str]  # random sets evaluated per held-out set (default: evaluate.random_draws)
+    cultures: list[str] | None = None  # cultures held out (None: every culture with task samples)
+    limit: int | None = None  # documents per <task>_<culture> (None: all of the culture's items)
+
+    @property
+    def leave_out(self):
+        """What ``select_and_save(leave_out=...)`` takes: "all" or the culture names."""
+        return "all" if self.cultures is None else list(self.cultures)
+
+    def tasks_for(self, culture: str) -> list[str]:
+        return [f"{task}_{culture}" for task in self.tasks]
+
+    @classmethod
+    def from_mapping(cls, raw, selections: list[str], plan: EvaluationPlan) -> "LeaveOneOut":
+        from ..selection.random_sets import RANDOM_DRAWS
+
+        raw = {} if raw is True else raw
+        if not isinstance(raw, dict):
+            raise ValueError("leave_one_out must be a mapping (selections, cultures, tasks, random_draws, limit) "
+                             "or true")
+        unknown = sorted(set(raw) - LEAVE_ONE_OUT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown leave_one_out key(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(LEAVE_ONE_OUT_KEYS))})")
+        chosen = _str_list(raw.get("selections", selections), "leave_one_out.selections")
+        missing = [name for name in chosen if name not in selections]
+        if missing or not chosen:
+            raise ValueError(f"leave_one_out.selections names no configured selection: {', '.join(missing) or '(none)'}")
+        tasks = _str_list(raw.get("tasks", plan.per_culture), "leave_one_out.tasks")
+        if not tasks:
+            raise ValueError("leave_one_out.tasks names no task (each runs as <task>_<culture>, e.g. blend_cloze_test)")
+        draws = _str_list(raw.get("random_draws", plan.random_draws), "leave_one_out.random_draws")
+        if not set(draws) <= set(RANDOM_DRAWS):
+            raise ValueError(f"leave_one_out.random_draws must list {' and/or '.join(RANDOM_DRAWS)}, not {draws}")
+        cultures = raw.get("cultures")
+        if cultures is not None:
+            cultures = [safe_name(c, "leave_one_out culture") for c in _str_list(cultures, "leave_one_out.cultures")]
+            if not cultures:
+                raise ValueError("leave_one_out.cultures is empty (null: every culture)")
+        limit = raw.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"leave_one_out.limit must be a positive number of documents or null, not {limit!r}")
+        return cls(selections=chosen, tasks=tasks, random_draws=draws, cultures=cultures, limit=limit)
+
+
+@dataclass
 class ExperimentConfig:
     name: str
     model_args: str
@@ -95,6 +155,7 @@ class ExperimentConfig:
     # the run stops before the model loads rather than fall back to a shipped sample
     require_data: list[str] = field(default_factory=list)
     source: str = ""
+    leave_one_out: LeaveOneOut | None = None  # the transfer test; None: off
 
     @classmethod
     def from_yaml(cls, path: str | Path | None) -> "ExperimentConfig":
@@ -169,6 +230,8 @@ class ExperimentConfig:
             seeds = [int(s) for s in raw.get("random_seeds", DEFAULT_RANDOM_SEEDS)]
             if any(s < 0 or s > 2**63 - 1 for s in seeds):
                 raise ValueError("random_seeds must be integers from 0 to 2**63-1")
+            loo = raw.get("leave_one_out")
+            loo = LeaveOneOut.from_mapping(loo, list(selections), plan) if loo not in (None, False) else None
         except (TypeError, ValueError) as err:
             raise ConfigError(f"experiment config {path}: {err}") from None
         fold = scoring.get("stability_fold", None if "stability_folds" in scoring else DEFAULT_STABILITY_FOLD)
@@ -198,7 +261,8 @@ class ExperimentConfig:
         return cls(name=name, model_args=str(raw["model_args"]),
                    role_tasks=role_tasks, scoring=settings, thresholds=thresholds, selections=selections,
                    random_seeds=seeds, evaluate=plan, stability_fold=fold, data=data,
-                   offline=bool(raw.get("offline", True)), require_data=require, source=str(path))
+                   offline=bool(raw.get("offline", True)), require_data=require, source=str(path),
+                   leave_one_out=loo)
 
 
 def load_config(path: str | Path | None) -> ExperimentConfig:

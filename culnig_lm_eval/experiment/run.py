@@ -20,6 +20,11 @@ can place each set's drop within the drops of its own random sets (an empirical 
 selection's stability is measured on ``scoring.stability_fold``: the task and control roles are
 scored again on that fold of the items (``scores/half0/``) and ``select_and_save`` compares the
 sets selected on the two halves (``set.meta["stability"]``).
+
+With ``leave_one_out`` (:class:`~.config.LeaveOneOut`) each listed selection also writes the
+culture-general sets selected without one culture (``sets/<selection>/loco/<culture>/``), and
+:func:`transfer_conditions` evaluates each on its culture's items only, beside the unmasked model
+and the full set on the same items, into ``transfer/`` (the report's transfer section).
 """
 
 from __future__ import annotations
@@ -136,7 +141,9 @@ def select_all(config: ExperimentConfig, score_files: dict[str, Path], out: Path
         half_tables = load_fold_tables(fold_folder(score_files["task"].parent, config.scoring.fold_tables),
                                        "scoring.stability_folds")
     written = {}
+    loo = config.leave_one_out
     for name, overrides in config.selections.items():
+        leave_out = loo.leave_out if loo is not None and name in loo.selections else None
         thresholds = Thresholds(**{**config.thresholds, **overrides})
         if thresholds.general_exclude is not None and "general" not in tables:
             skipped[f"selection {name}"] = "needs a general-prose score table (scoring.general)"
@@ -147,12 +154,15 @@ def select_all(config: ExperimentConfig, score_files: dict[str, Path], out: Path
         if half_tables:  # stamps written without the stability check stay valid when it is off
             expected["half_scores"] = {r: [p.meta["sha256"] for p in t] if isinstance(t, list) else t.meta["sha256"]
                                        for r, t in sorted(half_tables.items())}
+        if leave_out is not None:  # likewise without leave_one_out
+            expected["leave_out"] = leave_out
         if not force and folder.is_dir() and _stamp_matches(stamp, expected):
             files = json.loads((folder / "selection.json").read_text())["files"]
             written[name] = {label: folder / Path(path).name for label, path in files.items()}
             continue
         written[name] = select_and_save(tables, thresholds, folder, model_name=config.name,
-                                        random_seeds=config.random_seeds, half_tables=half_tables or None)
+                                        random_seeds=config.random_seeds, half_tables=half_tables or None,
+                                        leave_out=leave_out)
         _write_stamp(stamp, expected)
     return written
 
@@ -194,6 +204,35 @@ def conditions(plan: EvaluationPlan, sets: dict[str, dict[str, Path]],
 
 
 CULTURE_RANDOM_FOLDER = "random"  # sets/<selection>/random/: the culture sets' random sets
+TRANSFER_FOLDER = "transfer"  # <out>/transfer/: the leave-one-culture-out evaluations
+
+
+def transfer_conditions(config: ExperimentConfig, sets: dict[str, dict[str, Path]],
+                        loco: dict[str, dict[str, dict[str, Path]]]) -> list[ConditionPlan]:
+    """The leave-one-culture-out evaluations (``loco``: {selection: {held-out culture: {label:
+    file}}}, ``selection.save.loco_paths``): every held-out set on its culture's tasks
+    (``<task>_<culture>``) only, its random sets (``leave_one_out.random_draws``) likewise, and the
+    unmasked model and each selection's full culture-general set on every held-out culture's
+    tasks -- the same items, for the in-sample drop.  A culture's tasks are about 1/8 of the
+    test items, so each held-out state costs about 1/8 of a full evaluation."""
+    loo = config.leave_one_out
+    if loo is None:
+        return []
+    every = list(dict.fromkeys(t for by_culture in loco.values() for c in by_culture for t in loo.tasks_for(c)))
+    out, randoms = [ConditionPlan("unmasked", [], every)], []
+    for name, by_culture in loco.items():
+        if "general" in sets.get(name, {}):
+            in_sample = [t for c in by_culture for t in loo.tasks_for(c)]
+            out.append(ConditionPlan(f"{name}/general", [Path(sets[name]["general"])], in_sample))
+        for culture, labelled in by_culture.items():
+            for label, path in labelled.items():
+                plan = ConditionPlan(f"{name}/loco/{culture}/{label}", [Path(path)], loo.tasks_for(culture))
+                draw = random_draw(label)
+                if draw is None:
+                    out.append(plan)
+                elif draw in loo.random_draws:
+                    randoms.append(plan)
+    return out + randoms
 
 
 def culture_random_sets(config: ExperimentConfig, sets: dict[str, dict[str, Path]], out: Path, force: bool,
@@ -269,9 +308,11 @@ def check_evaluation_folders(out: Path) -> None:
 
 
 def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bool, skipped: dict[str, str],
-                        culture_randoms: dict[str, dict[str, dict[str, Path]]] | None = None):
+                        culture_randoms: dict[str, dict[str, dict[str, Path]]] | None = None,
+                        planned: list[ConditionPlan] | None = None):
     """Every condition's tasks, saved as lm-eval saves them.  Each task is loaded and its requests
-    built once for all conditions; a condition's sets are folded in once for all its tasks."""
+    built once for all conditions; a condition's sets are folded in once for all its tasks.
+    ``planned``: these conditions instead of :func:`conditions` (the transfer evaluations)."""
     from tqdm import tqdm
 
     from ..model.states import ReusedTasks, evaluate_state
@@ -279,7 +320,7 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
 
     tasks = ReusedTasks()
     plan = config.evaluate
-    planned = conditions(plan, sets, culture_randoms)
+    planned = conditions(plan, sets, culture_randoms) if planned is None else planned
     loadable = set(loadable_tasks(list(dict.fromkeys(t for c in planned for t in c.tasks)), tasks, skipped))
     chat = bool(config.scoring.apply_chat_template)  # evaluation renders prompts as scoring did
     for condition in tqdm(planned, desc="masked states", unit="state"):
@@ -316,6 +357,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = Fals
         check_required_data(config)
     out = check_writable_folder(out, "--out")
     check_evaluation_folders(out / "eval")
+    check_evaluation_folders(out / TRANSFER_FOLDER)
     skipped: dict[str, str] = {}
     with data_environment(config):
         tasks = load_role_tasks(config.role_tasks, config.scoring)  # data errors before the model loads
@@ -325,6 +367,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = Fals
         sets = select_all(config, score_files, out / "sets", force, skipped, half_files=half_files)
         culture_randoms = culture_random_sets(config, sets, out / "sets", force, skipped)
         evaluate_conditions(lm, config, sets, out / "eval", force, skipped, culture_randoms=culture_randoms)
+        transfer = evaluate_transfer(lm, config, sets, out, force)
         instances = None
         if config.evaluate.instance_task and config.evaluate.instance_task not in skipped:
             # the sets' own instance view: random sets (20 or more per set) would only repeat it as noise
@@ -333,4 +376,20 @@ def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = Fals
             instances = write_instance_scores(lm, config.evaluate.instance_task, selected, config.scoring,
                                               out / "instance_scores.jsonl", limit=config.evaluate.limit,
                                               batch_size=config.evaluate.batch_size)
-        return build_report([out / "eval"], out / "report", instance_scores=instances)
+        return build_report([out / "eval"], out / "report", instance_scores=instances,
+                            transfer_dirs=[transfer] if transfer else ())
+
+
+def evaluate_transfer(lm, config: ExperimentConfig, sets, out: Path, force: bool) -> Path | None:
+    """The leave-one-culture-out evaluations (:func:`transfer_conditions`) into ``<out>/transfer``,
+    with ``leave_one_out.limit`` documents per task; None when the config has none."""
+    from ..selection.save import loco_paths
+
+    loo = config.leave_one_out
+    if loo is None:
+        return None
+    loco = {name: found for name in loo.selections if name in sets and (found := loco_paths(out / "sets" / name))}
+    planned = transfer_conditions(config, sets, loco)
+    limited = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, limit=loo.limit))
+    evaluate_conditions(lm, limited, sets, out / TRANSFER_FOLDER, force, {}, planned=planned)
+    return out / TRANSFER_FOLDER

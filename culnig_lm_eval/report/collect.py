@@ -456,7 +456,8 @@ def describe_meta(meta: dict) -> str | None:
     if method == "set-algebra" and not selection:
         return None
     tag = selection or method
-    return f"general [{tag}]" if tag else None
+    held_out = f" without {meta['held_out']}" if meta.get("held_out") else ""  # leave-one-culture-out
+    return f"general [{tag}]{held_out}" if tag else None
 
 
 def _set_label(s: SetInfo) -> str:
@@ -527,7 +528,8 @@ def label_conditions(conditions: list[Condition]) -> None:
                 hit = next((t for t in set_conds if len(t.sets) == 1 and _same_file(m, t.sets[0])), None)
                 if hit is None:  # same metadata, different path
                     hit = next((t for t in set_conds if len(t.sets) == 1 and t.sets[0].neuron_set is not None
-                                and all(t.sets[0].meta.get(k) == m.get(k) for k in ("method", "selection", "culture"))
+                                and all(t.sets[0].meta.get(k) == m.get(k)
+                                        for k in ("method", "selection", "culture", "held_out"))
                                 and m), None)
                 if hit is not None:
                     matched_keys.append(hit.key)

@@ -261,3 +261,34 @@ def random_drop_histograms(path: Path, panels: list[dict], title: str) -> Path:
         ax.set_visible(False)
     fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def transfer_drops(path: Path, panels: list[dict], title: str) -> Path:
+    """One panel per selection: per held-out culture the in-sample drop (the set selected on every
+    culture), the held-out drop (the set selected without that culture) and its random sets' 5th-95th
+    percentile range (bar) and mean (tick); drops in accuracy points.  ``panels``: dicts with
+    ``label``, ``cultures``, ``in_sample``, ``held_out``, ``random_low``, ``random_high``,
+    ``random_mean`` (lists, None or NaN where missing) and ``pooled`` (a text line)."""
+    def points(values):
+        return np.asarray([100 * v if v is not None and math.isfinite(v) else np.nan for v in values], dtype=float)
+
+    width = max(5.0, min(16.0, 1.0 + 0.75 * max(len(p["cultures"]) for p in panels)))
+    fig = new_figure(width, 3.4 * len(panels) + 0.6)
+    axes = fig.subplots(len(panels), 1, squeeze=False).ravel()
+    for ax, panel in zip(axes, panels):
+        x = np.arange(len(panel["cultures"]))
+        low, high, mean = points(panel["random_low"]), points(panel["random_high"]), points(panel["random_mean"])
+        ax.vlines(x, low, high, color="#9e9e9e", linewidth=7, alpha=0.55, label="random sets (5th-95th pct)")
+        ax.scatter(x, mean, marker="_", s=160, color="#616161", label="random sets' mean", zorder=3)
+        ax.scatter(x - 0.12, points(panel["in_sample"]), marker="o", s=36, facecolors="none",
+                   edgecolors="#1f77b4", linewidths=1.5, label="in-sample (selected on every culture)", zorder=4)
+        ax.scatter(x + 0.12, points(panel["held_out"]), marker="D", s=36, color="#d62728",
+                   label="held out (selected without the culture)", zorder=4)
+        ax.axhline(0.0, color="black", linewidth=0.6, alpha=0.5)
+        ax.set_xticks(x, [_wrap(c, 12) for c in panel["cultures"]], fontsize=8)
+        ax.set_xlim(-0.6, len(x) - 0.4)
+        ax.set_ylabel("accuracy drop (points)", fontsize=8)
+        ax.set_title(_wrap(f"{panel['label']}: {panel['pooled']}", 110), fontsize=9)
+        ax.legend(fontsize=7, frameon=False, ncol=2)
+    fig.suptitle(title)
+    return save_figure(fig, path)

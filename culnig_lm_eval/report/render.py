@@ -49,6 +49,8 @@ from .markdown import code, esc, table
 from .sections import (SIGNIFICANT_P, CultureMatrix, ModelReport, RandomMeanRow, TaskSeries, loglik_counterpart,
                        model_report)
 from .stats import is_finite
+from .transfer import TransferSection, transfer_sections
+from .transfer_render import render_transfer
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ class _Report:
 def build_report(run_dirs, out_dir, sets_dir=None, instance_scores=None, ppl_threshold: float = 1.10,
                  n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05,
                  nlu_tasks=DEFAULT_NLU_TASKS, cultures=(), title: str | None = None,
-                 what: str = "output folder") -> Path:
+                 what: str = "output folder", transfer_dirs=()) -> Path:
     """Read every lm-eval output under ``run_dirs`` and write ``out_dir/report.md``.
 
     ``out_dir`` is replaced as a whole, so it must be new, empty or an earlier report (``_io``:
@@ -111,6 +113,7 @@ def build_report(run_dirs, out_dir, sets_dir=None, instance_scores=None, ppl_thr
         n_resamples, seed, alpha: paired bootstrap settings (percentile ``1 - alpha`` interval).
         nlu_tasks: task names reported as general NLU controls.
         cultures: extra culture names for recognising ``<task>_<culture>`` tasks.
+        transfer_dirs: folders of leave-one-culture-out evaluations (the transfer section, :mod:`.transfer`).
 
     Returns the path of ``report.md``.
     """
@@ -133,10 +136,11 @@ def build_report(run_dirs, out_dir, sets_dir=None, instance_scores=None, ppl_thr
         groups.setdefault(c.base_key, []).append(c)
     # everything is computed here, before the first line is formatted
     models = [model_report(analyse(conds, opts)) for _, conds in sorted(groups.items())]
+    transfers = transfer_sections(transfer_dirs, models, opts, sets_dir)
     scores = aggregate_instance_scores(instance_scores) if instance_scores and Path(instance_scores).is_file() else None
     with atomic_folder(out_dir, what, REPORT_LEGACY) as staging:
         rep = _Report(staging, opts)
-        _write_report(rep, col, models, run_dirs, instance_scores, scores, title)
+        _write_report(rep, col, models, run_dirs, instance_scores, scores, title, transfers)
     return out_dir / "report.md"
 
 
@@ -145,7 +149,7 @@ REPORT_LEGACY = ("report.md", "report.json", "figures/", "figures/*")
 
 
 def _write_report(rep: _Report, col: Collection, models: list[ModelReport], run_dirs, instance_path,
-                  scores: InstanceScores | None, title):
+                  scores: InstanceScores | None, title, transfers: list[TransferSection] = ()):
     """Fill ``rep.out_dir`` (a staging folder) with report.md, report.json and figures/."""
     notes = list(col.notes)
     _header(rep, col, models, run_dirs, title)
@@ -166,6 +170,9 @@ def _write_report(rep: _Report, col: Collection, models: list[ModelReport], run_
         _section_neurons(rep, mr, h, s)
         _section_stability(rep, mr, h)
         _section_specificity(rep, mr, h, s)
+    for t in transfers:
+        render_transfer(rep.add, t, rep.fig_dir / f"{slug(t.model)}_transfer.png", rep.opts.alpha,
+                        rep.opts.ppl_threshold, heading="##", figure=rep.figure)
     mismatches = [m for mr in models for m in mr.aggregate_mismatches]
     if mismatches:
         notes.append("Per-sample records disagree with lm-eval's own aggregate for: " + "; ".join(mismatches)
@@ -177,7 +184,7 @@ def _write_report(rep: _Report, col: Collection, models: list[ModelReport], run_
     if notes:
         rep.add("## Notes", "", *[f"- {n}" for n in notes], "")
     write_text(rep.out_dir / "report.md", "\n".join(rep.lines).rstrip() + "\n")
-    rows = [asdict(r) for mr in models for r in mr.json_rows()]
+    rows = [asdict(r) for mr in models for r in mr.json_rows()] + [asdict(r) for t in transfers for r in t.json_rows()]
     write_text(rep.out_dir / "report.json", json.dumps({"rows": rows}, indent=1, default=str))
 
 

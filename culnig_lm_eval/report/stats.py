@@ -13,6 +13,8 @@ reported difference is ``mean(a) - mean(b)``.
 * :func:`weighted_perplexity`, :func:`perplexity_ratio`, :func:`paired_bootstrap_ratio_ci` -
   lm-eval's corpus perplexity ``exp(-sum(loglik) / sum(units))`` and the masked/unmasked
   ratio with a paired bootstrap interval.
+* :func:`stratified_bootstrap_ci` - the mean over groups (e.g. held-out cultures) of each
+  group's ``mean(a - b)``, with a paired bootstrap over items within each group.
 * :func:`empirical_p` - where a set's accuracy drop falls among its random sets' drops
   (``(1 + #{random >= set}) / (1 + n)``), with :func:`distribution_summary` for their spread.
 
@@ -38,6 +40,7 @@ __all__ = [
     "weighted_perplexity",
     "perplexity_ratio",
     "paired_bootstrap_ratio_ci",
+    "stratified_bootstrap_ci",
     "bootstrap_indices",
     "empirical_p",
     "rank_p_value",
@@ -126,6 +129,25 @@ def paired_bootstrap_ci(a, b, n_resamples: int = 2000, seed: int = 0, alpha: flo
     d = a - b
     means = np.concatenate([d[idx].mean(axis=1) for idx in bootstrap_indices(d.size, n_resamples, seed)])
     return _percentile_interval(means, alpha)
+
+
+def stratified_bootstrap_ci(groups, n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> Interval:
+    """Percentile ``1 - alpha`` interval of ``mean over groups of mean(a_g - b_g)``.
+
+    ``groups``: ``(a, b)`` pairs of aligned item vectors, one pair per group (e.g. per held-out
+    culture).  Each resample draws every group's items with replacement within the group (the
+    pairing kept, group ``k`` from seed ``seed + k``), so every group weighs the same whatever its
+    size, as in the point estimate.  ``(nan, nan)`` without groups or with an empty one."""
+    pairs = [_pair(a, b) for a, b in groups]
+    if not 0 < alpha < 1:
+        raise ValueError("alpha must be in (0, 1)")
+    if not pairs or any(a.size == 0 for a, _ in pairs):
+        return Interval(float("nan"), float("nan"))
+    total = np.zeros(n_resamples)
+    for k, (a, b) in enumerate(pairs):
+        d = a - b
+        total += np.concatenate([d[idx].mean(axis=1) for idx in bootstrap_indices(d.size, n_resamples, seed + k)])
+    return _percentile_interval(total / len(pairs), alpha)
 
 
 def discordant_counts(a, b) -> tuple[int, int]:
