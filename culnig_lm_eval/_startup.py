@@ -1,17 +1,21 @@
 """Teach the stock ``lm_eval`` about this plugin, at interpreter start-up, for free.
 
-lm-eval has no plugin entry point: its model registry and task index only know what ships
-inside ``lm_eval``.  The wheel therefore installs ``culnig_lm_eval.pth`` into site-packages,
-whose single line imports this module.  Importing lm-eval (and torch) here would slow down
-every Python process, so this module only installs an import hook: when a Python process
-later imports lm-eval, the hook
+lm-eval 0.4.13 has no plugin entry point: its model registry and task index only know what
+ships inside ``lm_eval``.  The wheel therefore installs ``culnig_lm_eval.pth`` into
+site-packages, whose single line imports this module.  Importing lm-eval (and torch) here would
+slow down every Python process, so this module only installs an import hook: when a Python
+process later imports lm-eval, the hook
 
 * registers ``masked-hf`` in lm-eval's model registry as a lazy ``module:Class`` target
   (right after ``lm_eval.models`` has registered the stock models),
 * adds this package's task folder to every ``TaskManager`` that includes the defaults
-  (``--include_path`` keeps working; the same folder is never indexed twice).
+  (``--include_path`` keeps working; the same folder is never indexed twice),
+* stops the stock ``hf`` model given an embedded alias (``pretrained=smollm2-135m``), which it
+  would look up on the hub, with one line pointing to ``masked-hf`` or ``culnig-models path``.
 
-The stock ``hf`` model is left untouched: embedded aliases and the CPU default belong to
+Later lm-eval releases find ``masked-hf`` through the ``lm_eval.models`` entry point declared in
+``pyproject.toml`` (both name the same class; lm-eval skips a name already registered).  The
+stock ``hf`` model is otherwise untouched: embedded aliases and the CPU default belong to
 ``masked-hf``.  A failing hook warns once and switches the plugin off, so stock lm_eval keeps
 working.  Set ``CULNIG_LM_EVAL_DISABLE=1`` to switch all of it off.
 """
@@ -77,6 +81,19 @@ def _patch_task_manager(manager_module):
     _wrap_init(manager_module.TaskManager, make_init)
 
 
+def _guard_hf_aliases(huggingface_module):
+    def make_init(original):
+        def __init__(self, *args, **kwargs):
+            from .model.masked_hf import refuse_alias_for_hf  # lm-eval and torch are loaded by now
+
+            refuse_alias_for_hf(kwargs["pretrained"] if "pretrained" in kwargs else (args[0] if args else None))
+            original(self, *args, **kwargs)
+
+        return __init__
+
+    _wrap_init(huggingface_module.HFLM, make_init)
+
+
 _disabled_reason: str | None = None
 
 
@@ -95,6 +112,7 @@ def _run_callback(name, module):
 AFTER_IMPORT = {
     "lm_eval.models": _register_model,
     "lm_eval.tasks.manager": _patch_task_manager,
+    "lm_eval.models.huggingface": _guard_hf_aliases,
 }
 
 

@@ -89,6 +89,35 @@ def test_stock_lm_eval_prints_the_plugins_line_not_a_traceback(tiny_llama_dir, t
     assert len(ours) == 1, err
 
 
+def test_stock_hf_given_an_embedded_alias_is_one_line(monkeypatch, capsys, plugin_tasks_only, restore_logging):
+    """``lm_eval --model hf --model_args pretrained=smollm2-135m`` would ask the hub for the alias."""
+    from lm_eval.__main__ import cli_evaluate
+
+    monkeypatch.setattr(sys, "argv", ["lm_eval", "--model", "hf", "--model_args", "pretrained=smollm2-135m",
+                                      "--tasks", "blend_cloze_test", "--device", "cpu"])
+    with pytest.raises(SystemExit) as stop:
+        cli_evaluate()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.strip() and not LOG_LINE.search(line)]
+    assert ours == ["hf: error: pretrained=smollm2-135m is an embedded model of culnig-lm-eval, not a Hugging Face "
+                    "hub id: use --model masked-hf (hf plus the aliases), or pretrained=$(culnig-models path "
+                    "smollm2-135m) with --model hf"], err
+
+
+def test_hf_refuses_an_alias_only_where_no_folder_has_its_name(tmp_path, monkeypatch):
+    from lm_eval.models.huggingface import HFLM
+
+    from culnig_lm_eval.model.masked_hf import refuse_alias_for_hf
+
+    with pytest.raises(ValueError, match="gemma-3-270m is an embedded model.*--model masked-hf"):
+        HFLM(pretrained="gemma-3-270m")  # a library caller gets the exception
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2-135m").mkdir()
+    refuse_alias_for_hf("smollm2-135m")  # a local folder of that name: hf loads it as usual
+    refuse_alias_for_hf("HuggingFaceTB/SmolLM2-135M")
+
+
 def test_a_library_caller_still_gets_the_exception(tiny_llama_dir, tmp_path):
     from culnig_lm_eval.model.masked_hf import MaskedHFLM
 

@@ -67,12 +67,29 @@ def test_a_broken_hook_warns_once_and_leaves_stock_lm_eval_working():
     assert "boom" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_positional_include_path_and_stock_hf_untouched():
+def test_positional_include_path_and_stock_hf_only_guarded():
     code = (
         "import json; from lm_eval.tasks import TaskManager; from lm_eval.models.huggingface import HFLM\n"
         f"tm = TaskManager('INFO', {str(TASKS / 'crc')!r})\n"
         "print(json.dumps({'paths': [str(p) for p in tm.include_path], 'crc': 'crc' in tm.all_tasks, "
-        "'hf_patched': getattr(HFLM.__init__, '_culnig', False)}))"
+        "'hf_guarded': getattr(HFLM.__init__, '_culnig', False), 'torch': 'torch' in __import__('sys').modules}))"
     )
     result = run_python(code)
-    assert result == {"paths": [str(TASKS), str(TASKS / "crc")], "crc": True, "hf_patched": False}
+    # hf's __init__ only refuses an embedded alias (test_bad_input_commands), which is all it changes
+    assert result == {"paths": [str(TASKS), str(TASKS / "crc")], "crc": True, "hf_guarded": True, "torch": True}
+
+
+def test_masked_hf_is_an_lm_eval_models_entry_point():
+    """lm-eval after 0.4.13 discovers models through the ``lm_eval.models`` entry-point group."""
+    import tomllib
+    from importlib.metadata import entry_points
+
+    from culnig_lm_eval.model.masked_hf import MaskedHFLM
+
+    pyproject = tomllib.loads((TASKS.parent / "pyproject.toml").read_text())
+    declared = pyproject["project"]["entry-points"]["lm_eval.models"]
+    assert declared == {"masked-hf": "culnig_lm_eval.model.masked_hf:MaskedHFLM"}
+    installed = {e.name: e for e in entry_points(group="lm_eval.models")}
+    assert "masked-hf" in installed, "reinstall (pip install -e .) so that the installed metadata has the entry point"
+    assert installed["masked-hf"].value == declared["masked-hf"]
+    assert installed["masked-hf"].load() is MaskedHFLM

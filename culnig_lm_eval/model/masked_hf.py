@@ -19,7 +19,7 @@ from lm_eval.models.huggingface import HFLM
 
 from .._io import file_sha256
 from .ablation import MODES, Ablation, operation_factor
-from .embedded import hf_kwargs
+from .embedded import hf_kwargs, is_alias
 from .fast_loglikelihood import shared_context_loglikelihood
 from ..neuron_set import NeuronSet, load_sets
 
@@ -41,9 +41,9 @@ def under_lm_eval_cli() -> bool:
 
 
 @contextlib.contextmanager
-def plugin_errors():
+def plugin_errors(model: str = "masked-hf"):
     """A user's mistake in the plugin's arguments: the exception for library callers, one line
-    ``masked-hf: error: ...`` and exit status 2 under the ``lm_eval`` command."""
+    ``masked-hf: error: ...`` (``MODEL: error: ...``) and exit status 2 under the ``lm_eval`` command."""
     try:
         yield
     except (ValueError, LookupError, OSError) as err:
@@ -52,8 +52,19 @@ def plugin_errors():
         message = " ".join(str(err).split()) or type(err).__name__
         if isinstance(err, OSError) and err.strerror:
             message = f"{err.filename + ': ' if err.filename else ''}{err.strerror}"
-        print(f"masked-hf: error: {message}", file=sys.stderr, flush=True)
+        print(f"{model}: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def refuse_alias_for_hf(pretrained) -> None:
+    """The stock ``hf`` model given an embedded alias (``pretrained=smollm2-135m``), which it would
+    look up on the hub: one line naming what works instead (called from ``HFLM.__init__`` by the
+    start-up hook, ``culnig_lm_eval._startup``)."""
+    if is_alias(pretrained):
+        with plugin_errors("hf"):
+            raise ValueError(f"pretrained={pretrained} is an embedded model of culnig-lm-eval, not a Hugging Face "
+                             f"hub id: use --model masked-hf (hf plus the aliases), or "
+                             f"pretrained=$(culnig-models path {pretrained}) with --model hf")
 
 
 def _warn_if_empty(neuron_sets: list[NeuronSet]):
