@@ -157,3 +157,76 @@ def _plain(scored, tmp_path):
     out = tmp_path / "plain"
     select_and_save(scored["full"], RULES[0], out)
     return out
+
+
+# -- the selection study's transfer rows (culnig-score study --leave-out) ---------------------------
+def test_study_transfer_analysis_by_hand():
+    from types import SimpleNamespace
+
+    from culnig_lm_eval.selection.study_transfer import analyse_transfer
+
+    def state(acc, nll=None):
+        return {"acc": acc, "n": {c: 10 for c in acc}, **({"nll_per_token": nll} if nll is not None else {})}
+
+    class Fake:  # a neuron set as the analysis uses it: len(), union and intersect
+        def __init__(self, neurons):
+            self.neurons = set(neurons)
+
+        def __len__(self):
+            return len(self.neurons)
+
+        def union(self, other):
+            return Fake(self.neurons | other.neurons)
+
+        def intersect(self, other):
+            return Fake(self.neurons & other.neurons)
+
+    transfer = {"v": {"full": Fake({1, 2, 3, 4}), "held_out": {"a": Fake({1, 2, 3}), "b": Fake({1, 2, 5, 6})}}}
+    evaluations = {
+        "unmasked": state({"a": 0.8, "b": 0.6}, nll=2.0),
+        "transfer": {"v": {"full": state({"a": 0.6, "b": 0.5}, nll=2.05),
+                           "held_out": {"a": state({"a": 0.7, "b": 0.6}), "b": state({"a": 0.8, "b": 0.4})}}},
+        # random drops on a: 0, 0.1, -0.1; on b: 0, 0.1, 0 -> means 0, 0.1, -0.05
+        "transfer_random": [state({"a": 0.8, "b": 0.6}), state({"a": 0.7, "b": 0.5}), state({"a": 0.9, "b": 0.6})],
+    }
+    settings = SimpleNamespace(alpha=0.5, ppl_max=1.1)
+    result = analyse_transfer(settings, evaluations, transfer)
+    v = result["variants"]["v"]
+    # held-out drops 0.1 (a) and 0.2 (b): mean 0.15 > every random mean -> p = 1/4; in-sample 0.2, 0.1
+    assert v["per_culture"]["a"]["held_out_drop"] == pytest.approx(0.1)
+    assert v["per_culture"]["a"]["p_random"] == pytest.approx(2 / 4)  # a tie with the random 0.1
+    assert v["per_culture"]["b"]["jaccard_full"] == pytest.approx(2 / 6)
+    assert v["mean_held_out_drop"] == pytest.approx(0.15) and v["mean_in_sample_drop"] == pytest.approx(0.15)
+    assert v["p_pooled"] == pytest.approx(1 / 4) and v["ppl_ratio"] == pytest.approx(2.718281828 ** 0.05)
+    assert v["transfers"] and result["recommended"] == "v" and result["random_draws"] == 3
+    strict = SimpleNamespace(alpha=0.05, ppl_max=1.1)  # 3 random sets allow no p below 0.25
+    assert not analyse_transfer(strict, evaluations, transfer)["variants"]["v"]["transfers"]
+
+
+def test_study_with_leave_out_on_a_tiny_model(scored, tmp_path, monkeypatch):
+    from conftest import sample_data_only
+
+    from culnig_lm_eval.selection.study import StudySettings, run_study
+    from culnig_lm_eval.taskdata import sources
+    from tiny_models import save_tiny_llama
+
+    sample_data_only(monkeypatch)
+    checkpoint = save_tiny_llama(tmp_path / "tiny", seed=3, intermediate_size=96)  # the model the tables scored
+    settings = StudySettings(model_args=f"pretrained={checkpoint},dtype=float32", variants={"paper": {}},
+                             thresholds={"top_mlp": 10, "top_attention": 10, "crc_exclude": 5, "min_samples": 1},
+                             per_culture=2, general_task=None, random_draws=3, batch_size=8, leave_out=True)
+    try:
+        text = run_study(settings, scored["full"], tmp_path / "study", progress=lambda line: None).read_text()
+    finally:
+        sources._read.cache_clear()
+    results = json.loads((tmp_path / "study" / "study.json").read_text())
+    transfer = results["transfer"]
+    assert transfer["random_draws"] == 3
+    rows = transfer["variants"]["paper"]["per_culture"]
+    assert sorted(rows) == list(CULTURES)
+    for culture, row in rows.items():
+        held = results["evaluations"]["transfer"]["paper"]["held_out"][culture]["acc"][culture]
+        assert row["held_out_drop"] == pytest.approx(results["unmasked_acc"][culture] - held)
+        assert row["neurons"] == len(select_without(scored["full"], RULES[0], culture))
+    assert (tmp_path / "study" / "sets" / "paper" / "loco" / "korea.pt").is_file()
+    assert "## Transfer: culture-general sets on held-out cultures" in text and "### paper: held out" in text

@@ -21,6 +21,9 @@ One pool serves every variant: the contrast rules give every culture exactly tha
 the paper's sets are never larger (its z filter only removes neurons), so for them the test is
 conservative (random sets with more neurons hurt more on average).
 
+With ``leave_out`` (``--leave-out``) every variant's culture-general set is also selected once
+per culture without that culture and evaluated on it (:mod:`.study_transfer`): the transfer rows.
+
 Results are computed first (``study.json``, :mod:`.study_report`), then formatted as
 ``study.md`` and ``pareto.png``; the study folder (with the sets of every variant) is written as
 a unit.
@@ -41,6 +44,7 @@ from .random_sets import random_uniform
 from .rules import ThresholdError, Thresholds, selection_name
 from .stability import HalfSelections, describe, select_with_halves
 from .study_report import analyse, pareto_figure, render_markdown, selection_only_summary
+from .study_transfer import analyse_transfer, select_transfer, transfer_markdown, transfer_pool
 
 DEFAULT_VARIANTS = {
     "paper": {},
@@ -88,6 +92,7 @@ class StudySettings:
     ppl_max: float = 1.1
     culture_field: str = "culture"
     select_only: bool = False  # selection, sizes and stability only; no model
+    leave_out: bool = False  # also the culture-general sets selected without each culture (study_transfer)
 
     def __post_init__(self):
         if not self.variants:
@@ -217,9 +222,11 @@ def _set_key(neuron_set: NeuronSet) -> tuple:
     return tuple((kind, tuple(tuple(row.tolist()) for row in rows)) for kind, rows in sorted(neuron_set.indices.items()))
 
 
-def evaluate_all(lm, requests: EvalRequests, sets, randoms, progress=print) -> dict:
+def evaluate_all(lm, requests: EvalRequests, sets, randoms, progress=print, transfer=None, transfer_randoms=()) -> dict:
     """{"unmasked": result, "sets": {variant: {label: result}}, "random": [result, ...]}; a set
-    shared by two variants is evaluated once."""
+    shared by two variants is evaluated once.  With ``transfer`` (:func:`.study_transfer.select_transfer`)
+    also "transfer": {variant: {"full": result, "held_out": {culture: result}}} (cultures with
+    evaluation items only) and "transfer_random": [result, ...] of ``transfer_randoms``."""
     cache: dict = {}
 
     def run(neuron_set: NeuronSet | None) -> dict:
@@ -233,7 +240,10 @@ def evaluate_all(lm, requests: EvalRequests, sets, randoms, progress=print) -> d
 
     from tqdm import tqdm
 
-    total = 1 + sum(label != "general" for labelled in sets.values() for label in labelled) + len(randoms)
+    transfer = {name: {"full": v["full"], "held_out": {c: s for c, s in v["held_out"].items() if c in requests.cultures}}
+                for name, v in (transfer or {}).items()}
+    total = (1 + sum(label != "general" for labelled in sets.values() for label in labelled) + len(randoms)
+             + sum(1 + len(v["held_out"]) for v in transfer.values()) + len(transfer_randoms))
     with tqdm(total=total, desc="study: masked states", unit="state") as bar:
         out = {"unmasked": run(None), "sets": {}, "random": []}
         bar.update()
@@ -247,6 +257,19 @@ def evaluate_all(lm, requests: EvalRequests, sets, randoms, progress=print) -> d
         for i, neuron_set in enumerate(randoms):
             bar.set_postfix_str(f"random {i + 1}/{len(randoms)}")
             out["random"].append(run(neuron_set))
+            bar.update()
+        if transfer:
+            out["transfer"], out["transfer_random"] = {}, []
+        for name, v in transfer.items():
+            bar.set_postfix_str(f"{name}: held out one at a time")
+            out["transfer"][name] = {"full": run(v["full"]), "held_out": {}}
+            bar.update()
+            for culture, neuron_set in v["held_out"].items():
+                out["transfer"][name]["held_out"][culture] = run(neuron_set)
+                bar.update()
+        for i, neuron_set in enumerate(transfer_randoms):
+            bar.set_postfix_str(f"transfer random {i + 1}/{len(transfer_randoms)}")
+            out["transfer_random"].append(run(neuron_set))
             bar.update()
     progress(f"{len(cache)} distinct masked states evaluated")
     return out
@@ -267,16 +290,23 @@ def run_study(settings: StudySettings, tables: dict[str, ScoreTable], out: Path,
     sets, info = select_variants(settings, tables, half_tables, model_name)
     for name, v in info.items():
         progress(f"{name}: selected in {v['seconds']:.2f} s: " + ", ".join(f"{k} {n}" for k, n in v["sizes"].items()))
+    transfer = select_transfer(settings, tables, model_name) if settings.leave_out else None
     if settings.select_only:
         results = selection_only_summary(info)
+        if transfer:
+            results["transfer_sizes"] = {name: {"full": len(v["full"]), **{c: len(s) for c, s in v["held_out"].items()}}
+                                         for name, v in transfer.items()}
     else:
         from ..model.lm import load_lm
 
         lm = load_lm(settings.model_args, batch_size=settings.batch_size)
         requests = build_requests(lm, settings, tasks)
         randoms = random_pool(sets, settings.random_draws)
-        evaluations = evaluate_all(lm, requests, sets, randoms, progress)
+        transfer_randoms = transfer_pool(transfer, settings.random_draws) if transfer else []
+        evaluations = evaluate_all(lm, requests, sets, randoms, progress, transfer, transfer_randoms)
         results = analyse(settings, evaluations, info)
+        if transfer:
+            results["transfer"] = analyse_transfer(settings, evaluations, transfer)
         results["evaluations"] = evaluations
     results["settings"] = asdict(settings)
     results["score_files"] = {role: t.meta.get("path") for role, t in tables.items()}
@@ -286,8 +316,14 @@ def run_study(settings: StudySettings, tables: dict[str, ScoreTable], out: Path,
         for name, labelled in sets.items():
             for label, neuron_set in labelled.items():
                 neuron_set.save(staging / "sets" / name / f"{safe_name(label, 'set label')}.pt")
+        for name, v in (transfer or {}).items():  # the culture names passed safe_name in the selection
+            for culture, neuron_set in v["held_out"].items():
+                neuron_set.save(staging / "sets" / name / "loco" / f"{culture}.pt")
         write_text(staging / "study.json", json.dumps(results, indent=1, sort_keys=True, allow_nan=False) + "\n")
-        write_text(staging / "study.md", render_markdown(results, command))
+        text = render_markdown(results, command)
+        if "transfer" in results:
+            text += "\n".join(transfer_markdown(results)) + "\n"
+        write_text(staging / "study.md", text)
         if "cultures" in results:
             pareto_figure(results, staging / "pareto.png")
     return out / "study.md"
