@@ -230,3 +230,19 @@ def test_study_with_leave_out_on_a_tiny_model(scored, tmp_path, monkeypatch):
         assert row["neurons"] == len(select_without(scored["full"], RULES[0], culture))
     assert (tmp_path / "study" / "sets" / "paper" / "loco" / "korea.pt").is_file()
     assert "## Transfer: culture-general sets on held-out cultures" in text and "### paper: held out" in text
+
+
+def test_study_holds_out_the_cultures_it_is_given(scored):
+    from types import SimpleNamespace
+
+    from culnig_lm_eval.selection.study_transfer import select_transfer
+
+    settings = SimpleNamespace(variants={"paper": {}}, thresholds={"top_mlp": 10, "top_attention": 10,
+                                                                   "crc_exclude": 5, "min_samples": 1},
+                               leave_out=["uk", "china"])
+    transfer = select_transfer(settings, scored["full"])
+    assert list(transfer["paper"]["held_out"]) == ["china", "uk"]
+    assert transfer["paper"]["held_out"]["uk"].neurons_sha256() == select_without(
+        scored["full"], RULES[0], "uk").neurons_sha256()
+    with pytest.raises(LeaveOutError, match="narnia"):
+        select_transfer(SimpleNamespace(**{**vars(settings), "leave_out": ["narnia"]}), scored["full"])

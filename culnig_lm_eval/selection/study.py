@@ -92,7 +92,9 @@ class StudySettings:
     ppl_max: float = 1.1
     culture_field: str = "culture"
     select_only: bool = False  # selection, sizes and stability only; no model
-    leave_out: bool = False  # also the culture-general sets selected without each culture (study_transfer)
+    # also the culture-general sets selected without each culture (study_transfer): "all" (or True)
+    # for every culture with task samples, or culture names; None/False: off
+    leave_out: str | list[str] | bool | None = None
 
     def __post_init__(self):
         if not self.variants:

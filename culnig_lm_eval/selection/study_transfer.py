@@ -27,7 +27,7 @@ from .rules import Thresholds, select_tables
 
 def select_transfer(settings, tables: dict[str, ScoreTable], model_name: str = "") -> dict[str, dict]:
     """{variant: {"full": its culture-general set, "held_out": {culture: the set selected without it}}}."""
-    cultures = held_out_cultures(tables["task"])
+    cultures = held_out_cultures(tables["task"], "all" if settings.leave_out is True else settings.leave_out)
     out = {}
     for name, overrides in settings.variants.items():
         thresholds = Thresholds(**{**settings.thresholds, **overrides})
