@@ -246,3 +246,26 @@ def test_study_holds_out_the_cultures_it_is_given(scored):
         scored["full"], RULES[0], "uk").neurons_sha256()
     with pytest.raises(LeaveOutError, match="narnia"):
         select_transfer(SimpleNamespace(**{**vars(settings), "leave_out": ["narnia"]}), scored["full"])
+
+
+def test_score_select_and_study_take_leave_out(scored, tmp_path, capsys):
+    from culnig_lm_eval.cli.score import main
+    from culnig_lm_eval.scoring.tables import save_table, score_file
+
+    folder = tmp_path / "scores"
+    for role, table in scored["full"].items():
+        save_table(table, score_file(folder, role))
+    flags = ["--top-mlp", "10", "--top-attention", "10", "--crc-exclude", "5", "--min-samples", "1"]
+    out = tmp_path / "sets"
+    assert main(["select", "--scores-dir", str(folder), "--sets-out", str(out), "--leave-out", "uk,korea"] + flags) == 0
+    assert sorted(loco_paths(out)) == ["korea", "uk"]
+    assert "without uk" in capsys.readouterr().out
+    assert main(["select", "--scores-dir", str(folder), "--sets-out", str(out), "--leave-out"] + flags) == 0
+    assert sorted(loco_paths(out)) == sorted(CULTURES)
+    assert main(["select", "--scores-dir", str(folder), "--sets-out", str(out), "--leave-out", "narnia"] + flags) == 2
+    assert "cannot hold out narnia" in capsys.readouterr().err
+    study = tmp_path / "study"
+    assert main(["study", "--scores-dir", str(folder), "--out", str(study), "--select-only", "--variants", "paper",
+                 "--leave-out", "uk"] + flags) == 0
+    sizes = json.loads((study / "study.json").read_text())["transfer_sizes"]["paper"]
+    assert set(sizes) == {"full", "uk"} and (study / "sets" / "paper" / "loco" / "uk.pt").is_file()

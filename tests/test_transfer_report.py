@@ -134,3 +134,13 @@ def test_stratified_interval_of_one_group_is_the_paired_interval():
     base = stats.paired_bootstrap_ci(a, b, 500, 3)
     assert low == pytest.approx((base.low + 1) / 2) and high == pytest.approx((base.high + 1) / 2)
     assert all(np.isnan(stats.stratified_bootstrap_ci([(a, b), ([], [])])))
+
+
+def test_culnig_report_takes_the_transfer_folder(report, tmp_path):
+    from culnig_lm_eval.cli.report import main
+
+    root = report[0].parent.parent
+    out = tmp_path / "cli-report"
+    assert main([str(root / "eval"), "--out", str(out), "--transfer", str(root / "transfer")]) == 0
+    assert "## Transfer: culture-general sets" in (out / "report.md").read_text()
+    assert main([str(root / "eval"), "--out", str(tmp_path / "r2"), "--transfer", str(root / "nope")]) == 2

@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra culture names for recognising <task>_<culture> tasks (cultures of the neuron "
                         "sets and doc['culture'] values are always known)")
     p.add_argument("--title", help="report title")
+    p.add_argument("--transfer", action="append", default=[], metavar="DIR",
+                   help="lm-eval output folder(s) of leave-one-culture-out evaluations (the transfer/ "
+                        "folder of a culnig-experiment run with leave_one_out; repeat for several): adds "
+                        "the transfer section -- per held-out culture the drop of the set selected without "
+                        "it, its empirical p among its random sets, the pooled transfer effect and a figure")
     return p
 
 
@@ -123,7 +128,7 @@ def make_report(args: argparse.Namespace) -> int:
         ppl_threshold=args.ppl_threshold, n_resamples=args.n_resamples, seed=args.seed, alpha=args.alpha,
         nlu_tasks=tuple(t.strip() for t in args.nlu_tasks.split(",") if t.strip()),
         cultures=tuple(c.strip() for c in args.cultures.split(",") if c.strip()), title=args.title,
-        what="--out",
+        what="--out", transfer_dirs=args.transfer,
     )
     print(path)
     return 0

@@ -19,6 +19,9 @@ from ._common import OUTPUT_FOLDERS, run
 
 PROG = "culnig-score"
 ROLE_FLAGS = {"task": "tasks", "control": "control", "crc": "crc", "general": "general"}
+LEAVE_OUT_HELP = ("leave one culture out: for each of these cultures (comma-separated; the flag alone: every "
+                  "culture with task samples) the culture-general set is selected again without it -- its "
+                  "task, control and CountryRC columns dropped (docs/method.md)")
 
 
 def _comma(value: str) -> list[str]:
@@ -86,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="task/control score files of one fold (`culnig-score run --fold 0/2`): every set "
                           "records its stability (Jaccard of the sets selected on the two halves)")
     _selection_args(sel)
+    sel.add_argument("--leave-out", nargs="?", const="all", default=None, metavar="CULTURES",
+                     help=LEAVE_OUT_HELP + "; written to <sets folder>/loco/<culture>/general.pt with "
+                          "its random sets for the same seeds")
 
     from ..selection.study import VARIANTS, StudySettings
 
@@ -109,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--random-draws", type=int, default=d.random_draws, help="random sets in the null distribution")
     st.add_argument("--batch_size", type=int, default=d.batch_size)
     st.add_argument("--select-only", action="store_true", help="selection, sizes and stability only (no model)")
+    st.add_argument("--leave-out", nargs="?", const="all", default=None, metavar="CULTURES",
+                   help=LEAVE_OUT_HELP + ", and evaluated on its culture's items beside the "
+                        "variant's full set (the transfer rows of study.md)")
     from ..selection.rules import Thresholds
 
     t = Thresholds()
@@ -191,6 +200,12 @@ def _seeds(values: list[str]) -> list[int]:
     return seeds
 
 
+def _leave_out(args) -> str | list[str] | None:
+    """--leave-out: None (not given), "all" (alone) or the culture names."""
+    value = getattr(args, "leave_out", None)
+    return value if value in (None, "all") else _comma(value)
+
+
 def settings_from_args(args):
     from ..scoring.run import ScoringSettings
 
@@ -261,7 +276,8 @@ def _select(paths: dict[str, Path], args, half_tables: dict | None = None) -> di
     tables = {role: load_table(path) for role, path in paths.items()}
     name = tables["task"].meta.get("model", {}).get("name") or "model"
     out = args.sets_out or Path("neuron_sets") / Path(name).name
-    written = select_and_save(tables, thresholds, out, model_name=name, random_seeds=seeds,
+    leave_out = _leave_out(args)
+    written = select_and_save(tables, thresholds, out, model_name=name, random_seeds=seeds, leave_out=leave_out,
                               half_tables=half_tables or None, what="--sets-out")
     from ..neuron_set import NeuronSet
 
@@ -269,6 +285,12 @@ def _select(paths: dict[str, Path], args, half_tables: dict | None = None) -> di
         s = NeuronSet.load(path)
         frac = ", ".join(f"{k} {100 * v:.3f}%" for k, v in s.fraction().items())
         print(f"{label:>16}: {len(s):6d} neurons ({frac}) -> {path}")
+    if leave_out is not None:
+        from ..selection.save import loco_paths
+
+        for culture, labelled in loco_paths(out).items():
+            s = NeuronSet.load(labelled["general"])
+            print(f"{'without ' + culture:>16}: {len(s):6d} neurons -> {labelled['general']}")
     return written
 
 
@@ -289,6 +311,7 @@ def _study(args) -> int:
         model_args=args.model_args, variants={v: VARIANTS[v] for v in names},
         eval_task=args.eval_task, per_culture=args.per_culture, general_task=args.general_task or None, general_limit=args.general_limit,
         random_draws=args.random_draws, batch_size=args.batch_size, select_only=args.select_only,
+        leave_out=_leave_out(args),
         thresholds={"top_mlp": args.top_mlp, "top_attention": args.top_attention, "top_specific": args.top_specific,
                     "crc_exclude": args.crc_exclude, "z_min": args.z_min, "min_samples": args.min_samples,
                     "stable_pairs": args.stable_pairs},
