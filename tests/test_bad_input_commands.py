@@ -220,7 +220,7 @@ def test_lape_evaluate_refuses_nan_nll(tmp_path, lape_corpora, capsys):
     sets = tmp_path / "sets"
     tiny_set(model, {0: [1, 2]}, culture="uk").save(sets / "uk.pt")
     out = tmp_path / "report"
-    assert lape.main(["evaluate", "--model_args", f"pretrained={tmp_path / 'nan-model'},device=cpu", "--sets", str(sets),
+    assert lape.main(["evaluate", "--model_args", f"pretrained={tmp_path / 'nan-model'},device=cpu", "--sets-dir", str(sets),
                       "--corpora", str(lape_corpora / "culture" / "eval"), "--out", str(out), "--row-length", "16",
                       "--max-tokens", "32"]) == 2
     line = [x for x in capsys.readouterr().err.strip().splitlines() if x.startswith("culnig-lape")][-1]

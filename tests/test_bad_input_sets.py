@@ -74,7 +74,7 @@ def test_lape_int64_masks_are_read_as_masks(tmp_path, capsys):
     chosen = [[[3, 40], [], [0, 63]], [[7], [8, 9], [10]]]
     torch.save([int_masks(c) for c in chosen], tmp_path / "mask.pt")
     assert main(["convert", str(tmp_path / "mask.pt"), *SHAPE_ARGS, "--cultures", "de,jp",
-                 "-o", str(tmp_path / "s_{culture}.pt")]) == 0
+                 "--out", str(tmp_path / "s_{culture}.pt")]) == 0
     for c, culture in enumerate(("de", "jp")):
         s = NeuronSet.load(tmp_path / f"s_{culture}.pt")
         assert pairs(s) == {("mlp_gate", layer, i) for layer, idx in enumerate(chosen[c]) for i in idx}
@@ -103,7 +103,7 @@ def test_lape_index_lists_are_still_index_lists(tmp_path):
 def test_lape_ambiguous_layout_is_refused_unless_forced(tmp_path, capsys):
     mixed = [[int_masks([[3]])[0], torch.tensor([4, 5]), torch.tensor([6])]]  # one mask row, two index lists
     torch.save(mixed, tmp_path / "mixed.pt")
-    out = ["-o", str(tmp_path / "o.pt")]
+    out = ["--out", str(tmp_path / "o.pt")]
     fails(["convert", str(tmp_path / "mixed.pt"), *SHAPE_ARGS, "--cultures", "x", *out], capsys,
           "mixed.pt", "cannot tell whether it holds 0/1 masks or neuron indices", "layer 0", "--lape-layout")
     fails(["convert", str(tmp_path / "mixed.pt"), *SHAPE_ARGS, "--cultures", "x", "--lape-layout", "mask", *out],
@@ -117,16 +117,16 @@ def test_lape_ambiguous_layout_is_refused_unless_forced(tmp_path, capsys):
     # a width of 2: a 0/1 row of length 2 is a mask and an index list alike
     torch.save([[torch.tensor([0, 1])] * 3], tmp_path / "narrow.pt")
     fails(["convert", str(tmp_path / "narrow.pt"), "--num-layers", "3", "--widths", "mlp_gate=2", "--cultures", "x",
-           "-o", str(tmp_path / "n.pt")], capsys, "width of 2 or less", "--lape-layout")
+           "--out", str(tmp_path / "n.pt")], capsys, "width of 2 or less", "--lape-layout")
     assert not (tmp_path / "n.pt").exists()
 
 
 def test_lape_booleans_are_never_indices(tmp_path, capsys):
     torch.save([[torch.tensor([True, False]), torch.tensor([1]), torch.tensor([2])]], tmp_path / "b.pt")
-    fails(["convert", str(tmp_path / "b.pt"), *SHAPE_ARGS, "--cultures", "x", "-o", str(tmp_path / "o.pt")], capsys,
+    fails(["convert", str(tmp_path / "b.pt"), *SHAPE_ARGS, "--cultures", "x", "--out", str(tmp_path / "o.pt")], capsys,
           "b.pt", "holds booleans")
     fails(["convert", str(tmp_path / "b.pt"), *SHAPE_ARGS, "--cultures", "x", "--lape-layout", "indices",
-           "-o", str(tmp_path / "o.pt")], capsys, "boolean tensors", "not neuron indices")
+           "--out", str(tmp_path / "o.pt")], capsys, "boolean tensors", "not neuron indices")
     assert not (tmp_path / "o.pt").exists()
 
 
@@ -138,7 +138,7 @@ def test_lape_booleans_are_never_indices(tmp_path, capsys):
 def test_culnig_json_non_integer_indices(tmp_path, capsys, field, value):
     record = {"module_name": "mlp.gate_proj", "layer_idx": 0, "neuron_idx": 3, field: value}
     (tmp_path / "c.json").write_text(json.dumps({"top_neurons": [record]}))  # json writes NaN/Infinity
-    fails(["convert", str(tmp_path / "c.json"), *SHAPE_ARGS, "-o", str(tmp_path / "o.pt")], capsys,
+    fails(["convert", str(tmp_path / "c.json"), *SHAPE_ARGS, "--out", str(tmp_path / "o.pt")], capsys,
           "c.json", "must be integers", field)
     with pytest.raises(NeuronSetError, match="must be integers"):
         importers.import_culnig_json(tmp_path / "c.json", SHAPE)
@@ -166,23 +166,23 @@ def test_importers_raise_neuron_set_errors_only(tmp_path):
 
 # -- seeds ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("option,value,phrase", [
-    ("--seed", "-1", "out of range"),
-    ("--seed", str(2**63), "out of range"),
-    ("--seed", "1.5", "integers"),
-    ("--seed", "seven", "integers"),
+    ("--seeds", "-1", "out of range"),
+    ("--seeds", str(2**63), "out of range"),
+    ("--seeds", "1.5", "integers"),
+    ("--seeds", "seven", "integers"),
     ("--seeds", "0,-3", "out of range"),
     ("--seeds", f"0,{2**64}", "out of range"),
     ("--seeds", "0,2.0", "integers"),
 ])
 def test_bad_seeds_are_one_line(tmp_path, capsys, option, value, phrase):
     base = write_set(tmp_path / "base.pt")
-    fails(["random", str(base), f"{option}={value}", "-o", str(tmp_path / "r.pt")], capsys, option, phrase)
+    fails(["random", str(base), f"{option}={value}", "--out", str(tmp_path / "r.pt")], capsys, option, phrase)
     assert visible_and_hidden(tmp_path) == ["base.pt"]
 
 
 def test_largest_seed_works_and_random_like_checks_its_seed(tmp_path):
     base = write_set(tmp_path / "base.pt")
-    assert main(["random", str(base), "--seed", str(2**63 - 1), "-o", str(tmp_path / "r.pt")]) == 0
+    assert main(["random", str(base), "--seeds", str(2**63 - 1), "--out", str(tmp_path / "r.pt")]) == 0
     assert NeuronSet.load(tmp_path / "r.pt").meta["hyperparameters"] == {"seed": 2**63 - 1}
     s = NeuronSet.load(base)
     for seed in (-1, 2**63, 1.0, True, "3"):
@@ -195,7 +195,7 @@ def test_unwritable_output_folder(tmp_path, capsys, monkeypatch):
     base = write_set(tmp_path / "base.pt")
     (tmp_path / "a-file").write_text("x")
     # a parent that is a file (works as root, unlike chmod)
-    fails(["random", str(base), "-o", str(tmp_path / "a-file" / "r.pt")], capsys, "a-file")
+    fails(["random", str(base), "--out", str(tmp_path / "a-file" / "r.pt")], capsys, "a-file")
     # a folder we may not write to: mkstemp is refused by the OS
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -206,7 +206,7 @@ def test_unwritable_output_folder(tmp_path, capsys, monkeypatch):
         raise PermissionError(13, "Permission denied", str(Path(dir) / ".r.pt.XYZ.tmp"))
 
     monkeypatch.setattr(ns.tempfile, "mkstemp", refuse)
-    err = fails(["random", str(base), "-o", str(locked / "r.pt")], capsys, "Permission denied")
+    err = fails(["random", str(base), "--out", str(locked / "r.pt")], capsys, "Permission denied")
     assert f"{locked / 'r.pt'}: Permission denied" in err  # the file the user named, not a temp name
     assert old.read_bytes() == before and visible_and_hidden(locked) == ["r.pt"]
 
@@ -225,10 +225,10 @@ def test_disk_full_while_saving(tmp_path, capsys, monkeypatch, suffix):
 
     monkeypatch.setattr(torch, "save", full)
     monkeypatch.setattr(Path, "write_text", lambda self, text, *a, **k: full(self))
-    err = fails(["random", str(base), "--seeds", "1,2", "-o", str(tmp_path / "r{seed}" ) + suffix], capsys,
+    err = fails(["random", str(base), "--seeds", "1,2", "--out", str(tmp_path / "r{seed}" ) + suffix], capsys,
                 "No space left on device", "free some space")
     assert "r1" + suffix in err
-    err = fails(["random", str(base), "-o", str(out)], capsys, f"{out}: No space left on device")
+    err = fails(["random", str(base), "--out", str(out)], capsys, f"{out}: No space left on device")
     assert out.read_bytes() == before
     assert visible_and_hidden(tmp_path) == sorted(["base.pt", out.name])
     with pytest.raises(OSError) as raised:
@@ -239,8 +239,8 @@ def test_disk_full_while_saving(tmp_path, capsys, monkeypatch, suffix):
 # -- '+' joins set files ----------------------------------------------------------------------------------
 def test_plus_in_a_set_file_name(tmp_path, capsys):
     base = write_set(tmp_path / "base.pt")
-    fails(["random", str(base), "-o", str(tmp_path / "a+b.pt")], capsys, "a+b.pt", "'+' joins several set files")
-    fails(["union", str(base), str(base), "-o", str(tmp_path / "u+.json")], capsys, "'+' joins")
+    fails(["random", str(base), "--out", str(tmp_path / "a+b.pt")], capsys, "a+b.pt", "'+' joins several set files")
+    fails(["union", str(base), str(base), "--out", str(tmp_path / "u+.json")], capsys, "'+' joins")
     with pytest.raises(NeuronSetError, match=r"'\+' joins several set files"):
         NeuronSet.load(base).save(tmp_path / "x+y.pt")
     with pytest.raises(NeuronSetError, match=r"'\+' joins"):
@@ -292,8 +292,8 @@ def test_pickled_set_every_route(pickled, tmp_path, capsys):
         load_sets(str(path))
     check_pickle_message(str(err.value), path)
     check_pickle_message(fails(["info", str(path)], capsys), path)
-    check_pickle_message(fails(["random", str(path), "-o", str(tmp_path / "r.pt")], capsys), path)
-    check_pickle_message(fails(["convert", str(path), *SHAPE_ARGS, "--cultures", "a", "-o", str(tmp_path / "o.pt")],
+    check_pickle_message(fails(["random", str(path), "--out", str(tmp_path / "r.pt")], capsys), path)
+    check_pickle_message(fails(["convert", str(path), *SHAPE_ARGS, "--cultures", "a", "--out", str(tmp_path / "o.pt")],
                                capsys), path)
     assert not marker.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt"]
@@ -330,7 +330,7 @@ def test_non_finite_numbers_in_torch_sets_and_lape_files(tmp_path, capsys):
     with pytest.raises(NeuronSetError, match="must be integers"):
         NeuronSet.load(tmp_path / "nan.pt")
     torch.save([[torch.tensor([math.nan]), torch.tensor([1]), torch.tensor([2])]], tmp_path / "lape.pt")
-    fails(["convert", str(tmp_path / "lape.pt"), *SHAPE_ARGS, "--cultures", "a", "-o", str(tmp_path / "o.pt")],
+    fails(["convert", str(tmp_path / "lape.pt"), *SHAPE_ARGS, "--cultures", "a", "--out", str(tmp_path / "o.pt")],
           capsys, "must be integers")
 
 
@@ -381,7 +381,7 @@ def test_kill_during_many_seeds_leaves_old_files_or_all_new(tmp_path, signum, st
     old = {t: NeuronSet.load(base).random_like(10_000 + i).save(t).read_bytes() for i, t in enumerate(targets[:3])}
     proc = subprocess.Popen(
         [sys.executable, "-c", SLOW_WRITER, "random", str(base), "--seeds", ",".join(map(str, seeds)),
-         "-o", str(out / "r.pt")],
+         "--out", str(out / "r.pt")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:

@@ -215,12 +215,12 @@ def test_score_run_bad_arguments(tmp_path, argv, needle):
 
 def test_score_select_bad_seeds_and_missing_folder(tmp_path):
     proc = run_cli("culnig_lm_eval.cli.score", "select", "--scores-dir", str(tmp_path / "nope"),
-                   "--sets-out", str(tmp_path / "sets"))
+                   "--out", str(tmp_path / "sets"))
     assert_one_line_error(proc, "no such folder")
     save_table(table(["a", "b"], torch.rand(2, 8, 2), [3, 3]), tmp_path / "task.scores.pt")
-    proc = run_cli("culnig_lm_eval.cli.score", "select", "--scores-dir", str(tmp_path), "--sets-out",
-                   str(tmp_path / "sets"), "--random-seeds", "1,-2")
-    assert_one_line_error(proc, "--random-seeds")
+    proc = run_cli("culnig_lm_eval.cli.score", "select", "--scores-dir", str(tmp_path), "--out",
+                   str(tmp_path / "sets"), "--seeds", "1,-2")
+    assert_one_line_error(proc, "--seeds")
     assert not (tmp_path / "sets").exists()
 
 

@@ -263,7 +263,7 @@ def test_compare_cli_trains_every_choice_and_reports(tiny_llama_dir, tmp_path):
     args = ("culnig-finetune", "compare", "--model_args", f"pretrained={tiny_llama_dir},dtype=float32", "--device",
             "cpu", "--sets", str(set_path), "--train-file", str(train), "--train-eval-task", "qa_match_demo",
             "--eval-tasks", "blend_cloze_test", "--eval-limit", "4", "--steps", "2", "--eval-every", "1",
-            "--batch-size", "4", "--grad-accum", "1", "--learning-rate", "1e-3", "--budget", "0.1", "--out", str(out))
+            "--batch_size", "4", "--grad-accum", "1", "--learning-rate", "1e-3", "--budget", "0.1", "--out", str(out))
     proc = _cli(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     body = json.loads((out / "report" / "comparison.json").read_text())

@@ -208,7 +208,7 @@ def test_culnig_lape_steps_and_demo_on_a_tiny_model(tmp_path, capsys):
     uk = NeuronSet.load(sets / "uk.pt")
     assert uk.meta["method"] == "lape" and uk.meta["culture"] == "uk"
     report = tmp_path / "report"
-    assert cli.main(["evaluate", "--model_args", args, "--sets", str(sets), "--corpora", str(corpora / "culture" / "eval"),
+    assert cli.main(["evaluate", "--model_args", args, "--sets-dir", str(sets), "--corpora", str(corpora / "culture" / "eval"),
                      "--out", str(report), "--row-length", "16"]) == 0
     result = json.loads((report / "intervention.json").read_text())
     assert result["corpus_names"] == ["mexico", "spain", "uk", "usa"] and len(result["delta"]) == 4
@@ -250,9 +250,9 @@ def test_culnig_lape_steps_and_demo_on_a_tiny_model(tmp_path, capsys):
       "--top-rate", "0"], "top_rate"),
     (["demo", "--blend-annotations", str(FIXTURE), "--model_args", "pretrained=/no/such/model", "--out", "x",
       "--eval-max-tokens", "0"], "--eval-max-tokens 0"),
-    (["evaluate", "--model_args", "pretrained=/no/such/model", "--sets", str(FIXTURE), "--corpora", str(FIXTURE),
-      "--out", "x", "--batch-size", "0"], "--batch-size 0"),
-    (["evaluate", "--model_args", "pretrained=/no/such/model", "--sets", str(FIXTURE), str(FIXTURE) + "/",
+    (["evaluate", "--model_args", "pretrained=/no/such/model", "--sets-dir", str(FIXTURE), "--corpora", str(FIXTURE),
+      "--out", "x", "--batch_size", "0"], "--batch_size 0"),
+    (["evaluate", "--model_args", "pretrained=/no/such/model", "--sets-dir", str(FIXTURE), str(FIXTURE) + "/",
       "--corpora", str(FIXTURE), "--out", "x"], "two folders are named 'blend_annotations'"),
 ])
 def test_culnig_lape_bad_input_is_one_line_with_status_2(tmp_path, monkeypatch, capsys, argv, match):
@@ -295,13 +295,14 @@ def test_published_lape_files_and_our_sets_mask_and_evaluate_through_the_same_co
     published = tmp_path / "model.cultural"
     torch.save([list(s.indices["mlp_gate"]) for s in our_sets], published)  # the reference's torch.save layout
     imported = tmp_path / "imported"
-    assert sets_cli.main(["convert", str(published), "--model", str(model_dir), "--cultures", ",".join(names),
-                          "--lape-layout", "indices", "-o", str(imported / "{culture}.pt")]) == 0
+    assert sets_cli.main(["convert", str(published), "--model_args", f"pretrained={model_dir}",
+                          "--cultures", ",".join(names), "--lape-layout", "indices",
+                          "--out", str(imported / "{culture}.pt")]) == 0
     for ours_set, name in zip(our_sets, names):
         theirs = NeuronSet.load(imported / f"{name}.pt")
         assert [t.tolist() for t in theirs.indices["mlp_gate"]] == [t.tolist() for t in ours_set.indices["mlp_gate"]]
     report = tmp_path / "report"
-    assert cli.main(["evaluate", "--model_args", args, "--sets", str(ours), str(imported),
+    assert cli.main(["evaluate", "--model_args", args, "--sets-dir", str(ours), str(imported),
                      "--corpora", str(corpora / "culture" / "eval"), "--out", str(report), "--row-length", "16"]) == 0
     result = json.loads((report / "intervention.json").read_text())
     rows = dict(zip(result["set_names"], result["delta"]))

@@ -7,7 +7,7 @@ and left as it was -- ``--force`` does not change that.  A *run* folder is writt
 command did not write survive.
 
 :func:`test_every_output_folder_flag_is_listed` reads ``[project.scripts]`` and every parser, so a
-new option naming an output (``--out``, ``--sets-out``, ``-o``) fails until it is listed here;
+new option naming an output (``--out``, ``--sets-out``) fails until it is listed here;
 :func:`test_a_foreign_file_survives_every_command` runs each listed folder flag in-process on tiny
 inputs with a user's file in the folder (and beside it), plain and with ``--force``.
 """
@@ -51,7 +51,7 @@ FOLDER_FLAGS = {
 # options that name an output *file* (atomic, never a folder)
 FILE_FLAGS = {
     ("culnig-modules", None): {"out"},
-    **{("culnig-sets", c): {"output"} for c in ("union", "intersect", "subtract", "random", "convert")},
+    **{("culnig-sets", c): {"out"} for c in ("union", "intersect", "subtract", "random", "convert")},
 }
 
 
@@ -86,7 +86,7 @@ def script_parsers() -> dict[tuple[str, str | None], argparse.ArgumentParser]:
 
 
 def output_options(parser: argparse.ArgumentParser) -> set[str]:
-    """dests of the options that say "out" (--out, --sets-out, --out-sets, -o/--output ...)."""
+    """dests of the options that say "out" (--out, --sets-out ...)."""
     def says_out(text: str) -> bool:
         return any(word in ("out", "output", "o") for word in text.strip("-").replace("-", "_").split("_"))
 
@@ -174,7 +174,7 @@ def work(tmp_path_factory):
 
 
 FINETUNE = ["--device", "cpu", "--train-eval-task", "", "--eval-tasks", "qa_match_demo", "--eval-limit", "2",
-            "--steps", "1", "--eval-every", "1", "--batch-size", "2", "--grad-accum", "1", "--max-length", "32",
+            "--steps", "1", "--eval-every", "1", "--batch_size", "2", "--grad-accum", "1", "--max-length", "32",
             "--budget", "0.05"]
 
 
@@ -189,7 +189,7 @@ def invocation(key, dest: str, folder: Path, w: dict) -> tuple[str, list[str]]:
                                                        "--no-attention", "--out", str(root / "run_scores"),
                                                        "--sets-out", out, "--top-mlp", "1", "--min-samples", "1"]),
         ("culnig-score", "select", "sets_out"): ("score", ["select", "--scores-dir", str(w["scores"]),
-                                                          "--sets-out", out, "--top-mlp", "1"]),
+                                                          "--out", out, "--top-mlp", "1"]),
         ("culnig-score", "study", "out"): ("score", ["study", "--scores-dir", str(w["scores"]), "--out", out,
                                                     "--select-only", "--variants", "paper", "--min-samples", "1"]),
         ("culnig-lape", "corpora", "out"): ("lape", ["corpora", "--blend-annotations", str(FIXTURE), "--out", out]),
@@ -197,9 +197,10 @@ def invocation(key, dest: str, folder: Path, w: dict) -> tuple[str, list[str]]:
                                                    str(root / "corpora/culture/record"), "--out", out,
                                                    "--row-length", "16", "--max-tokens", "64"]),
         ("culnig-lape", "identify", "out"): ("lape", ["identify", str(root / "counts/culture"), "--out", out]),
-        ("culnig-lape", "combine", "out"): ("lape", ["combine", "--cultures", str(root / "lape_sets/culture"),
-                                                    "--languages", str(root / "lape_sets/language"), "--out", out]),
-        ("culnig-lape", "evaluate", "out"): ("lape", ["evaluate", "--model_args", args, "--sets",
+        ("culnig-lape", "combine", "out"): ("lape", ["combine", "--culture-sets-dir", str(root / "lape_sets/culture"),
+                                                    "--language-sets-dir", str(root / "lape_sets/language"),
+                                                    "--out", out]),
+        ("culnig-lape", "evaluate", "out"): ("lape", ["evaluate", "--model_args", args, "--sets-dir",
                                                      str(root / "lape_sets/culture"), "--corpora",
                                                      str(root / "corpora/culture/eval"), "--out", out,
                                                      "--row-length", "16", "--max-tokens", "64"]),
@@ -294,7 +295,7 @@ def write(folder: Path, **files: str) -> None:
 
 
 def test_the_issue_cases_copied_sets_folder_and_a_thesis(tmp_path):
-    """``cp -r neuron_sets ns && culnig-score select --sets-out ns`` and ``identify --out d`` with d/thesis.tex."""
+    """``cp -r neuron_sets ns && culnig-score select --out ns`` and ``identify --out d`` with d/thesis.tex."""
     import shutil
 
     from culnig_lm_eval.cli.score import main
@@ -303,14 +304,14 @@ def test_the_issue_cases_copied_sets_folder_and_a_thesis(tmp_path):
     shutil.copytree(REPO / "neuron_sets", ns)
     before = snapshot(ns)
     scores = _score_tables(tmp_path / "scores")
-    assert main(["select", "--scores-dir", str(scores), "--sets-out", str(ns), "--top-mlp", "1"]) == 2
+    assert main(["select", "--scores-dir", str(scores), "--out", str(ns), "--top-mlp", "1"]) == 2
     assert snapshot(ns) == before and (ns / "README.md").is_file()
     # a shipped selection (written before markers: set files and selection.json) is ours to replace
     paper = ns / "smollm2-135m" / "paper"
-    assert main(["select", "--scores-dir", str(scores), "--sets-out", str(paper), "--top-mlp", "1"]) == 0
+    assert main(["select", "--scores-dir", str(scores), "--out", str(paper), "--top-mlp", "1"]) == 0
     assert (paper / MARKER).is_file() and json.loads((paper / "selection.json").read_text())
     # its parent holds other selections: replacing it would delete them
-    assert main(["select", "--scores-dir", str(scores), "--sets-out", str(ns / "smollm2-135m"), "--top-mlp", "1"]) == 2
+    assert main(["select", "--scores-dir", str(scores), "--out", str(ns / "smollm2-135m"), "--top-mlp", "1"]) == 2
 
 
 def test_a_nested_output_is_carried_over_and_a_clash_refused(tmp_path):

@@ -117,7 +117,7 @@ def test_culnig_lape_defaults_are_the_published_budgets_and_the_readme_demo_name
     parser = build_parser()
     record = parser.parse_args(["record", "--model_args", "m", "--corpora", "c", "--out", "o"])
     assert record.row_length is None and record.max_tokens == 10_000_000
-    evaluate = parser.parse_args(["evaluate", "--model_args", "m", "--sets", "s", "--corpora", "c", "--out", "o"])
+    evaluate = parser.parse_args(["evaluate", "--model_args", "m", "--sets-dir", "s", "--corpora", "c", "--out", "o"])
     assert evaluate.max_tokens == 100_000
     demo = parser.parse_args(["demo", "--blend-annotations", "a", "--model_args", "m", "--out", "o"])
     assert (demo.row_length, demo.max_tokens, demo.eval_max_tokens) == (None, 10_000_000, 100_000)

@@ -26,7 +26,7 @@ def test_select_writes_sets_from_score_files(tmp_path):
     task[0, 3] = torch.tensor([2.0, 2.0])
     write_table(tmp_path / "task.scores.pt", task, "task")
     out = tmp_path / "sets"
-    assert main(["select", "--scores-dir", str(tmp_path), "--sets-out", str(out), "--top-mlp", "1"]) == 0
+    assert main(["select", "--scores-dir", str(tmp_path), "--out", str(out), "--top-mlp", "1"]) == 0
     general = NeuronSet.load(out / "general.pt")
     assert general.indices["mlp_gate"][0].tolist() == [3] and general.indices["mlp_gate"][1].tolist() == [7]
     assert {p.name for p in out.iterdir()} == {"general.pt", "korea.pt", "spain.pt", "selection.json",
@@ -39,16 +39,16 @@ def test_select_writes_sets_from_score_files(tmp_path):
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "sets"
     (tmp_path / "task.scores.pt").write_bytes(b"not a score file")
-    assert main(["select", "--task-scores", str(tmp_path / "task.scores.pt"), "--sets-out", str(out)]) == 2
+    assert main(["select", "--task-scores", str(tmp_path / "task.scores.pt"), "--out", str(out)]) == 2
     assert "cannot be read" in capsys.readouterr().err
     assert not out.exists()
 
     write_table(tmp_path / "task.scores.pt", torch.zeros(2, 100, 2), "task")
-    assert main(["select", "--scores-dir", str(tmp_path), "--sets-out", str(out), "--exclude-general"]) == 2
+    assert main(["select", "--scores-dir", str(tmp_path), "--out", str(out), "--exclude-general"]) == 2
     assert "general" in capsys.readouterr().err
     assert not out.exists()
 
-    assert main(["select", "--scores-dir", str(tmp_path / "empty"), "--sets-out", str(out)]) == 2
+    assert main(["select", "--scores-dir", str(tmp_path / "empty"), "--out", str(out)]) == 2
     assert not out.exists()
 
     assert main(["run", "--tasks", "no_such_task", "--out", str(tmp_path / "scores")]) == 2

@@ -443,7 +443,7 @@ def scored(tmp_path_factory, tiny_llama_dir):
 
     folder = tmp_path_factory.mktemp("study")
     common = ["run", "--model_args", f"pretrained={tiny_llama_dir}", "--tasks", "blend_cloze_neur",
-              "--control", "blend_cloze_ctrl", "--attention", "--no-select", "--batch_size", "8", "--limit", "48"]
+              "--control", "blend_cloze_ctrl", "--no-select", "--batch_size", "8", "--limit", "48"]
     with pytest.MonkeyPatch.context() as mp:
         sample_data_only(mp)
         assert main(common + ["--out", str(folder / "scores")]) == 0
@@ -512,8 +512,8 @@ def test_select_and_study_take_the_fold_tables_folder(scored, capsys, fresh_data
     k4 = scored / "k4"
     common = ["select", "--scores-dir", str(k4), "--specific-rule", "contrast", "--exclude-general-set",
               "--top-specific", "5", "--min-samples", "2"]
-    assert main(common + ["--half-scores-dir", str(k4 / "folds4"), "--sets-out", str(scored / "rule")]) == 0
-    assert main(common + ["--half-scores-dir", str(k4 / "folds4"), "--sets-out", str(scored / "stable"),
+    assert main(common + ["--half-scores-dir", str(k4 / "folds4"), "--out", str(scored / "rule")]) == 0
+    assert main(common + ["--half-scores-dir", str(k4 / "folds4"), "--out", str(scored / "stable"),
                           "--stable-fraction", "0.5"]) == 0
     summary = json.loads((scored / "stable" / "selection.json").read_text())
     assert summary["selection"].endswith("+general-set-excluded+stable50")
@@ -538,18 +538,18 @@ def test_select_and_study_take_the_fold_tables_folder(scored, capsys, fresh_data
     assert set(results["variants"]) == {"rank-contrast", "rank-contrast-stable"}
     # refusals: one line, exit 2
     capsys.readouterr()
-    assert main(common + ["--sets-out", str(scored / "x"), "--stable-fraction", "0.8"]) == 2
+    assert main(common + ["--out", str(scored / "x"), "--stable-fraction", "0.8"]) == 2
     assert "--stable-fraction" in capsys.readouterr().err
-    assert main(common + ["--half-scores-dir", str(k4 / "folds4"), "--sets-out", str(scored / "x"),
+    assert main(common + ["--half-scores-dir", str(k4 / "folds4"), "--out", str(scored / "x"),
                           "--stable-fraction", "2"]) == 2
     assert "stable_fraction" in capsys.readouterr().err
     broken = scored / "broken-folds"
     shutil.copytree(k4 / "folds4", broken)
     (broken / "2" / "control.scores.pt").unlink()
-    assert main(common + ["--half-scores-dir", str(broken), "--sets-out", str(scored / "x")]) == 2
+    assert main(common + ["--half-scores-dir", str(broken), "--out", str(scored / "x")]) == 2
     assert "lacks its task or control" in capsys.readouterr().err
     shutil.rmtree(broken / "3")
-    assert main(common + ["--half-scores-dir", str(scored), "--sets-out", str(scored / "x")]) == 2
+    assert main(common + ["--half-scores-dir", str(scored), "--out", str(scored / "x")]) == 2
     assert "neither task.scores.pt nor fold folders" in capsys.readouterr().err
     assert main(["study", "--scores-dir", str(k4), "--out", str(out), "--variants", "rank-contrast-stable"]) == 2
     assert "--half-scores-dir" in capsys.readouterr().err
@@ -594,7 +594,7 @@ def test_select_command_takes_the_new_rules_and_the_fold_tables(scored, capsys, 
 
     out = scored / "sets"
     assert main(["select", "--scores-dir", str(scored / "scores"), "--half-scores-dir", str(scored / "fold0"),
-                 "--sets-out", str(out), "--specific-rule", "rank-contrast", "--exclude-general-set",
+                 "--out", str(out), "--specific-rule", "rank-contrast", "--exclude-general-set",
                  "--top-specific", "5", "--min-samples", "1"]) == 0
     summary = json.loads((out / "selection.json").read_text())
     assert summary["selection"] == "culnig-paper+rank-contrast+general-set-excluded"
@@ -608,7 +608,7 @@ def test_select_command_takes_the_new_rules_and_the_fold_tables(scored, capsys, 
     # --halves-agree: a subset of the rule's own sets, and refused without the fold tables
     agree = scored / "sets-agree"
     assert main(["select", "--scores-dir", str(scored / "scores"), "--half-scores-dir", str(scored / "fold0"),
-                 "--sets-out", str(agree), "--specific-rule", "rank-contrast", "--exclude-general-set",
+                 "--out", str(agree), "--specific-rule", "rank-contrast", "--exclude-general-set",
                  "--top-specific", "5", "--min-samples", "1", "--halves-agree"]) == 0
     summary_agree = json.loads((agree / "selection.json").read_text())
     assert summary_agree["selection"].endswith("+halves-agree")
@@ -616,9 +616,9 @@ def test_select_command_takes_the_new_rules_and_the_fold_tables(scored, capsys, 
         filtered = NeuronSet.load(agree / summary_agree["files"][label])
         assert len(filtered.subtract(NeuronSet.load(out / summary["files"][label]))) == 0
     capsys.readouterr()
-    assert main(["select", "--scores-dir", str(scored / "scores"), "--sets-out", str(scored / "nope-out"),
+    assert main(["select", "--scores-dir", str(scored / "scores"), "--out", str(scored / "nope-out"),
                  "--halves-agree"]) == 2
     assert "--halves-agree" in capsys.readouterr().err and not (scored / "nope-out").exists()
     assert main(["select", "--scores-dir", str(scored / "scores"), "--half-scores-dir", str(scored / "nope"),
-                 "--sets-out", str(out)]) == 2
+                 "--out", str(out)]) == 2
     assert "--half-scores-dir" in capsys.readouterr().err

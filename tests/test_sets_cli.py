@@ -96,11 +96,11 @@ def test_info_json(sets, capsys):
 def test_union_intersect_subtract(sets, tmp_path, capsys):
     a, b, c = sets
     pa, pb, pc = pairs(a), pairs(b), pairs(c)
-    assert main(["union", str(a), str(b), str(c), "-o", str(tmp_path / "u.pt")]) == 0
+    assert main(["union", str(a), str(b), str(c), "--out", str(tmp_path / "u.pt")]) == 0
     assert pairs(tmp_path / "u.pt") == pa | pb | pc
-    main(["intersect", str(a), str(b), "-o", str(tmp_path / "i.json")])
+    main(["intersect", str(a), str(b), "--out", str(tmp_path / "i.json")])
     assert pairs(tmp_path / "i.json") == pa & pb == {("mlp_gate", 0, 3), ("mlp_gate", 1, 10)}
-    main(["subtract", str(a), str(b), str(c), "-o", str(tmp_path / "s.pt")])
+    main(["subtract", str(a), str(b), str(c), "--out", str(tmp_path / "s.pt")])
     assert pairs(tmp_path / "s.pt") == pa - pb - pc == {("mlp_gate", 0, 2), ("attn_q", 2, 5)}
     u = NeuronSet.load(tmp_path / "u.pt")
     assert u.meta["method"] == "set-algebra" and u.meta["culture"] is None  # cultures differ
@@ -114,12 +114,12 @@ def test_algebra_errors_write_nothing(sets, tmp_path, capsys):
     a, b, _ = sets
     other = NeuronSet({"mlp_gate": [[1], [2]]}, new_meta(dict(SHAPE, num_layers=2), "t")).save(tmp_path / "two.pt")
     before = names(tmp_path)
-    fails(["union", str(a), str(other), "-o", str(tmp_path / "x.pt")], capsys, "different models", "two.pt")
-    fails(["union", str(a), str(tmp_path / "nope.pt"), "-o", str(tmp_path / "x.pt")], capsys, "nope.pt: no such file")
+    fails(["union", str(a), str(other), "--out", str(tmp_path / "x.pt")], capsys, "different models", "two.pt")
+    fails(["union", str(a), str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x.pt")], capsys, "nope.pt: no such file")
     (tmp_path / "junk.pt").write_bytes(b"\x00junk")
-    fails(["intersect", str(a), str(tmp_path / "junk.pt"), "-o", str(tmp_path / "x.pt")], capsys, "junk.pt", "cannot be read")
-    fails(["union", str(a), str(b), "-o", str(tmp_path / "x.txt")], capsys, ".pt or .json")
-    fails(["union", str(a), "-o", str(tmp_path / "x.pt")], capsys, "at least two sets")
+    fails(["intersect", str(a), str(tmp_path / "junk.pt"), "--out", str(tmp_path / "x.pt")], capsys, "junk.pt", "cannot be read")
+    fails(["union", str(a), str(b), "--out", str(tmp_path / "x.txt")], capsys, ".pt or .json")
+    fails(["union", str(a), "--out", str(tmp_path / "x.pt")], capsys, "at least two sets")
     fails(["info", str(a), str(tmp_path / "gone.json")], capsys, "gone.json: no such file")
     assert names(tmp_path) == sorted(before + ["junk.pt"])
 
@@ -127,10 +127,10 @@ def test_algebra_errors_write_nothing(sets, tmp_path, capsys):
 # -- random ------------------------------------------------------------------------------------------
 def test_random_keeps_counts_and_is_seeded(sets, tmp_path):
     a = sets[0]
-    main(["random", str(a), "--seed", "7", "-o", str(tmp_path / "r7.pt")])
-    main(["random", str(a), "--seed", "7", "-o", str(tmp_path / "r7b.json")])
-    main(["random", str(a), "--seeds", "0,1,2", "-o", str(tmp_path / "r.pt")])
-    main(["random", str(a), "--seeds", "3,4", "-o", str(tmp_path / "t_{seed}.pt")])
+    main(["random", str(a), "--seeds", "7", "--out", str(tmp_path / "r7.pt")])
+    main(["random", str(a), "--seeds", "7", "--out", str(tmp_path / "r7b.json")])
+    main(["random", str(a), "--seeds", "0,1,2", "--out", str(tmp_path / "r.pt")])
+    main(["random", str(a), "--seeds", "3,4", "--out", str(tmp_path / "t_{seed}.pt")])
     assert {"r-seed0.pt", "r-seed1.pt", "r-seed2.pt", "t_3.pt", "t_4.pt"} <= set(names(tmp_path))
     original = NeuronSet.load(a)
     draws = {}
@@ -145,8 +145,8 @@ def test_random_keeps_counts_and_is_seeded(sets, tmp_path):
 
 
 def test_random_bad_seeds(sets, tmp_path, capsys):
-    fails(["random", str(sets[0]), "--seeds", "1,x", "-o", str(tmp_path / "r.pt")], capsys, "comma-separated integers")
-    fails(["random", str(sets[0]), "--seeds", "1,1", "-o", str(tmp_path / "r.pt")], capsys, "each seed once")
+    fails(["random", str(sets[0]), "--seeds", "1,x", "--out", str(tmp_path / "r.pt")], capsys, "comma-separated integers")
+    fails(["random", str(sets[0]), "--seeds", "1,1", "--out", str(tmp_path / "r.pt")], capsys, "each seed once")
     assert not list(tmp_path.glob("r*"))
 
 
@@ -170,7 +170,7 @@ RECORDS = [
 
 def test_convert_culnig_json(tmp_path, capsys):
     src = culnig_json(tmp_path / "culnig.json", RECORDS, top_k=8)
-    assert main(["convert", str(src), *SHAPE_ARGS, "--culture", "de", "-o", str(tmp_path / "de.pt")]) == 0
+    assert main(["convert", str(src), *SHAPE_ARGS, "--cultures", "de", "--out", str(tmp_path / "de.pt")]) == 0
     s = NeuronSet.load(tmp_path / "de.pt")
     assert pairs(tmp_path / "de.pt") == {
         ("mlp_gate", 0, 2), ("mlp_gate", 0, 5), ("mlp_gate", 2, 63), ("mlp_up", 1, 0),
@@ -191,7 +191,7 @@ def test_convert_culnig_json_with_model_folder(tmp_path):
     folder = tmp_path / "model"
     tiny_config("llama", num_hidden_layers=3).save_pretrained(folder)  # a config is all convert reads
     src = culnig_json(tmp_path / "c.json", RECORDS)
-    main(["convert", str(src), "--model", str(folder), "-o", str(tmp_path / "out.json")])
+    main(["convert", str(src), "--model_args", f"pretrained={folder}", "--out", str(tmp_path / "out.json")])
     s = NeuronSet.load(tmp_path / "out.json")
     assert s.meta["model"]["model_type"] == "llama" and s.meta["model"]["num_layers"] == 3
     assert s.meta["model"]["widths"] == {"mlp_gate": 64, "mlp_up": 64, "attn_q": 32, "attn_k": 16, "attn_v": 16}
@@ -207,7 +207,7 @@ def test_convert_with_embedded_alias_reads_the_cached_config(tmp_path, monkeypat
     tiny_config("llama", num_hidden_layers=3).save_pretrained(tmp_path / "cache" / "models" / "smollm2-135m")
     monkeypatch.setattr(embedded, "checkpoint_dir", lambda alias: pytest.fail("must not convert"))
     src = culnig_json(tmp_path / "c.json", RECORDS)
-    main(["convert", str(src), "--model", "smollm2-135m", "-o", str(tmp_path / "out.pt")])
+    main(["convert", str(src), "--model_args", "pretrained=smollm2-135m", "--out", str(tmp_path / "out.pt")])
     s = NeuronSet.load(tmp_path / "out.pt")
     assert s.meta["model"]["name"] == "smollm2-135m" and s.meta["model"]["num_layers"] == 3
 
@@ -225,24 +225,24 @@ def test_convert_with_embedded_alias_reads_the_cached_config(tmp_path, monkeypat
 def test_convert_culnig_json_errors(tmp_path, capsys, records, phrases):
     src = tmp_path / "bad.json"
     src.write_text(json.dumps({"top_neurons": records} if isinstance(records, list) else records))
-    fails(["convert", str(src), *SHAPE_ARGS, "-o", str(tmp_path / "out.pt")], capsys, "bad.json", *phrases)
+    fails(["convert", str(src), *SHAPE_ARGS, "--out", str(tmp_path / "out.pt")], capsys, "bad.json", *phrases)
     assert names(tmp_path) == ["bad.json"]
 
 
 def test_convert_argument_errors(tmp_path, capsys):
     src = culnig_json(tmp_path / "c.json", RECORDS)
-    out = ["-o", str(tmp_path / "o.pt")]
-    fails(["convert", str(src), *out], capsys, "needs the model shape", "--model")
+    out = ["--out", str(tmp_path / "o.pt")]
+    fails(["convert", str(src), *out], capsys, "needs the model shape", "--model_args pretrained=")
     fails(["convert", str(src), "--num-layers", "3", "--widths", "mlp_gate=64", *out], capsys,
           "no mlp_up width", "add mlp_up=WIDTH")
     fails(["convert", str(src), "--num-layers", "3", "--widths", "gate=64", *out], capsys, "KIND=WIDTH")
     fails(["convert", str(src), "--num-layers", "3", "--widths", "mlp_gate=x", *out], capsys, "must be an integer")
-    fails(["convert", str(src), "--model", str(tmp_path / "no-model"), *out], capsys, "cannot read its config")
-    fails(["convert", str(src), "--model", "m", *SHAPE_ARGS, *out], capsys, "not both")
+    fails(["convert", str(src), "--model_args", f"pretrained={tmp_path / 'no-model'}", *out], capsys, "cannot read its config")
+    fails(["convert", str(src), "--model_args", "pretrained=m", *SHAPE_ARGS, *out], capsys, "not both")
     fails(["convert", str(tmp_path / "missing.json"), *SHAPE_ARGS, *out], capsys, "missing.json: no such file")
     (tmp_path / "broken.json").write_text("{\"top_neurons\": [")
     fails(["convert", str(tmp_path / "broken.json"), *SHAPE_ARGS, *out], capsys, "broken.json", "not readable")
-    fails(["convert", str(src), *SHAPE_ARGS, "--cultures", "a,b", *out], capsys, "--cultures is for LAPE")
+    fails(["convert", str(src), *SHAPE_ARGS, "--cultures", "a,b", *out], capsys, "--cultures a,b", "holds one set")
     assert names(tmp_path) == ["broken.json", "c.json"]
 
 
@@ -258,7 +258,7 @@ def lape_file(path, cultures=3, layers=3) -> tuple[Path, list]:
 
 def test_convert_lape(tmp_path, capsys):
     src, data = lape_file(tmp_path / "activation_mask.pt")
-    main(["convert", str(src), *SHAPE_ARGS, "--cultures", "china,india,usa", "-o", str(tmp_path / "lape_{culture}.pt")])
+    main(["convert", str(src), *SHAPE_ARGS, "--cultures", "china,india,usa", "--out", str(tmp_path / "lape_{culture}.pt")])
     for c, culture in enumerate(("china", "india", "usa")):
         path = tmp_path / f"lape_{culture}.pt"
         s = NeuronSet.load(path)
@@ -270,16 +270,16 @@ def test_convert_lape(tmp_path, capsys):
     assert out.count("convert:") == 3
     # without {culture}, the name gets -CULTURE; a lists-of-ints file works too
     torch.save([[[1, 2], [3], []]], tmp_path / "lists.pt")
-    main(["convert", str(tmp_path / "lists.pt"), *SHAPE_ARGS, "--cultures", "jp", "-o", str(tmp_path / "one.json")])
+    main(["convert", str(tmp_path / "lists.pt"), *SHAPE_ARGS, "--cultures", "jp", "--out", str(tmp_path / "one.json")])
     assert pairs(tmp_path / "one.json") == {("mlp_gate", 0, 1), ("mlp_gate", 0, 2), ("mlp_gate", 1, 3)}
     torch.save([[[1], [], []], [[2], [], []]], tmp_path / "two.pt")
-    main(["convert", str(tmp_path / "two.pt"), *SHAPE_ARGS, "--cultures", "a,b", "-o", str(tmp_path / "two_out.pt")])
+    main(["convert", str(tmp_path / "two.pt"), *SHAPE_ARGS, "--cultures", "a,b", "--out", str(tmp_path / "two_out.pt")])
     assert {"two_out-a.pt", "two_out-b.pt"} <= set(names(tmp_path))
 
 
 def test_convert_lape_errors_write_nothing(tmp_path, capsys):
     src, _ = lape_file(tmp_path / "mask.pt")
-    out = ["-o", str(tmp_path / "o_{culture}.pt")]
+    out = ["--out", str(tmp_path / "o_{culture}.pt")]
     fails(["convert", str(src), *SHAPE_ARGS, *out], capsys, "--cultures")
     fails(["convert", str(src), *SHAPE_ARGS, "--cultures", "a,b", *out], capsys, "holds 3 cultures", "names 2")
     fails(["convert", str(src), "--num-layers", "2", "--widths", "mlp_gate=64", "--cultures", "a,b,c", *out], capsys,
@@ -313,7 +313,7 @@ class Evil:
 def test_convert_lape_refuses_pickled_objects(tmp_path, capsys):
     marker = tmp_path / "pwned"
     torch.save([[Evil(marker), torch.tensor([1]), torch.tensor([2])]], tmp_path / "evil.pt")
-    err = fails(["convert", str(tmp_path / "evil.pt"), *SHAPE_ARGS, "--cultures", "a", "-o", str(tmp_path / "o.pt")],
+    err = fails(["convert", str(tmp_path / "evil.pt"), *SHAPE_ARGS, "--cultures", "a", "--out", str(tmp_path / "o.pt")],
                 capsys, "evil.pt", "refused: the file holds pickled Python objects", "culnig-sets convert")
     assert "weights_only" not in err
     assert not marker.exists() and not (tmp_path / "o.pt").exists()

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import OUTPUT_FOLDERS, run
+from ._common import HelpFormatter, epilog, run
 
 PROG = "culnig-experiment"
 
@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score neurons, select culture-general/-specific sets (and size-matched random sets), "
         "evaluate masked vs unmasked through lm-eval with per-sample logs, and write report.md with figures. "
         "Finished steps are skipped on re-runs.",
-        epilog=OUTPUT_FOLDERS, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=epilog("culnig-experiment --config culnig_lm_eval/experiments/smollm2-135m.yaml --out runs/smollm2"),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--config", type=Path, default=None, help=f"experiment YAML (default: {DEFAULT_CONFIG})")
     parser.add_argument("--out", type=Path, default=None,

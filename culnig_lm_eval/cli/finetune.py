@@ -17,17 +17,18 @@ import json
 import sys
 from pathlib import Path
 
-from ._common import OUTPUT_FOLDERS, run
+from ._common import HelpFormatter, epilog, old_spellings, run
 
 MODULES_PROG = "culnig-modules"
 FINETUNE_PROG = "culnig-finetune"
 
 
-def _load_sets(paths: list[str]):
+def _load_sets(specs: list[str]):
+    """``--sets`` files, joined with '+' (as in neurons=) or given as several arguments."""
     from ..finetune.modules import check_sets_hold_neurons
-    from ..neuron_set import NeuronSet
+    from ..neuron_set import load_sets
 
-    neuron_sets = [NeuronSet.load(p) for p in paths]
+    neuron_sets = [s for spec in specs for s in load_sets(spec)]
     check_sets_hold_neurons(neuron_sets)
     return neuron_sets
 
@@ -66,14 +67,20 @@ def cmd_modules(args) -> int:
     return 0
 
 
+SETS_HELP = "neuron-set files joined with '+' (or given as several arguments)"
+
+
 def modules_parser() -> argparse.ArgumentParser:
     from ..finetune.modules import CHOICES
 
-    p = argparse.ArgumentParser(prog=MODULES_PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = argparse.ArgumentParser(prog=MODULES_PROG, formatter_class=HelpFormatter,
                                 description="Rank a model's modules by how many selected neurons they hold and "
-                                "choose modules for a parameter budget (PEFT target_modules / trainable parameters).")
+                                "choose modules for a parameter budget (PEFT target_modules / trainable parameters).",
+                                epilog=epilog("culnig-modules --model_args pretrained=smollm2-135m --sets "
+                                              "neuron_sets/smollm2-135m/general.pt --budget 0.05 --out top.json",
+                                              folders=False))
     p.add_argument("--model_args", required=True, help="as for lm_eval, e.g. pretrained=smollm2-135m (weights not loaded)")
-    p.add_argument("--sets", nargs="+", required=True, help="neuron-set files (their union is counted)")
+    p.add_argument("--sets", nargs="+", required=True, metavar="A.pt+B.pt", help=SETS_HELP + "; their union is counted")
     p.add_argument("--choice", default="top", choices=CHOICES,
                    help="top: most neurons first; bottom: fewest first; random: seeded order")
     p.add_argument("--budget", type=float, default=0.1, help="fraction of all parameters to choose")
@@ -196,60 +203,78 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _common(p, compare: bool):
+def _common(parser, compare: bool):
     from ..finetune.modules import CHOICES
 
+    p = parser.add_argument_group("model")
     p.add_argument("--model_args", required=True, help="as for lm_eval, e.g. pretrained=smollm2-135m")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
-    p.add_argument("--sets", nargs="+", default=None, help="neuron-set files ranking the modules (their union)")
+    p = parser.add_argument_group("modules", "which modules are trained")
+    p.add_argument("--sets", nargs="+", default=None, metavar="A.pt+B.pt",
+                   help=SETS_HELP + "; their union ranks the modules")
     if compare:
         p.add_argument("--choices", default=",".join(CHOICES), help="module choices to train and compare")
     else:
         p.add_argument("--modules", default=None, help="a culnig-modules file (instead of --sets/--choice)")
-        p.add_argument("--choice", default="top", choices=CHOICES)
-        p.add_argument("--label", default="run", help="name of the run in its curve file")
+        p.add_argument("--choice", default="top", choices=CHOICES, help="which modules --sets ranks first")
     p.add_argument("--budget", type=float, default=0.1, help="fraction of all parameters to train")
     p.add_argument("--module-seed", type=int, default=0, help="order of ties (bottom) and of random modules")
+    p = parser.add_argument_group("training data")
     data = p.add_mutually_exclusive_group()
     data.add_argument("--train-task", default="qnli", help="lm-eval task whose training split is used")
     data.add_argument("--train-file", default=None, help="JSONL with prompt/target per line (instead of a task)")
     p.add_argument("--max-train-examples", type=int, default=10000,
                    help="seeded subset of the training split (first N lines of --train-file); 0: all examples")
+    p.add_argument("--seed", type=int, default=42, help="training subset and data order")
+    p = parser.add_argument_group("training")
+    p.add_argument("--steps", type=int, default=625, help="optimizer updates")
+    old_spellings(p, p.add_argument("--batch_size", type=int, default=4, help="training examples per forward pass"),
+                  "--batch-size")
+    p.add_argument("--grad-accum", type=int, default=4, help="forward passes per optimizer update")
+    p.add_argument("--learning-rate", type=float, default=3e-5, help="AdamW learning rate")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per training example (prompt cut on the left)")
+    p.add_argument("--lora", action="store_true", help="LoRA adapters on the chosen modules instead of a full update")
+    p.add_argument("--lora-r", type=int, default=32, help="LoRA rank")
+    p.add_argument("--lora-alpha", type=int, default=64, help="LoRA alpha")
+    p = parser.add_argument_group("evaluation", "with lm-eval, on the model being trained")
     p.add_argument("--train-eval-task", default="qnli", help="the training task's own evaluation ('' for none)")
     p.add_argument("--eval-tasks", default="blend_test,culturalbench,cultural_norm",
                    help="comma-separated lm-eval tasks evaluated every --eval-every updates")
+    p.add_argument("--eval-every", type=int, default=200, help="updates between evaluations")
     p.add_argument("--eval-limit", type=int, default=None, help="items per evaluation task (default: all)")
-    p.add_argument("--eval-batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=625, help="optimizer updates")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--grad-accum", type=int, default=4)
-    p.add_argument("--learning-rate", type=float, default=3e-5)
-    p.add_argument("--max-length", type=int, default=512, help="tokens per training example (prompt cut on the left)")
-    p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--seed", type=int, default=42, help="training subset and data order")
-    p.add_argument("--lora", action="store_true", help="LoRA adapters on the chosen modules instead of a full update")
-    p.add_argument("--lora-r", type=int, default=32)
-    p.add_argument("--lora-alpha", type=int, default=64)
+    p.add_argument("--eval-batch-size", type=int, default=8, help="lm-eval's batch size for the evaluations")
+    p = parser.add_argument_group("output")
     p.add_argument("--out", required=True, type=Path,
                    help="run folder (written into: checkpoint, curve" + (", report/ replaced" if compare else "")
                         + "; other files are kept)")
+    if not compare:
+        p.add_argument("--label", default="run", help="name of the run in its curve file")
     p.add_argument("--force", action="store_true", help="start again instead of resuming a checkpoint")
 
 
+SET = "neuron_sets/smollm2-135m/general.pt"
+
+
 def finetune_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=FINETUNE_PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = argparse.ArgumentParser(prog=FINETUNE_PROG, formatter_class=HelpFormatter,
                                      description="Fine-tune only the modules that hold (or do not hold) selected "
                                      "neurons, evaluating with lm-eval on the same model every N updates.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train one module choice", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("train", help="train one module choice", formatter_class=HelpFormatter,
+                       description="Train the modules of one choice (from --sets, or a culnig-modules file) and "
+                       "record the evaluation curve.",
+                       epilog=epilog(f"culnig-finetune train --model_args pretrained=smollm2-135m --sets {SET} "
+                                     "--choice top --out runs/finetune-top"))
     _common(p, compare=False)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("compare", help="train top, bottom and random module choices; curves and table",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter,
+                       description="Train the top, bottom and random module choices of the same budget from the "
+                       "same start, then write curves and a table (report/).",
+                       epilog=epilog(f"culnig-finetune compare --model_args pretrained=smollm2-135m --sets {SET} "
+                                     "--out runs/finetune"))
     _common(p, compare=True)
     p.set_defaults(func=cmd_compare)
-    for command in sub.choices.values():
-        command.epilog = OUTPUT_FOLDERS
     return parser
 
 

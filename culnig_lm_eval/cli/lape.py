@@ -6,8 +6,8 @@ Subcommands::
     culnig-lape record   --model_args ARGS --corpora DIR --out COUNTS [--row-length 4096] [--max-tokens 10000000]
     culnig-lape identify COUNTS [COUNTS ...] --out SETS [--top-rate 0.01] [--filter-rate 0.95]
                          [--activation-bar-ratio 0.95]
-    culnig-lape combine  --cultures SETS --languages SETS [--culture-languages uk=en,...] --out SETS
-    culnig-lape evaluate --model_args ARGS --sets SETS [SETS ...] --corpora DIR --out REPORT
+    culnig-lape combine  --culture-sets-dir SETS --language-sets-dir SETS [--culture-languages uk=en,...] --out SETS
+    culnig-lape evaluate --model_args ARGS --sets-dir SETS [SETS ...] --corpora DIR --out REPORT
     culnig-lape demo     --blend-annotations DIR --model_args ARGS --out RUN
 
 ``--corpora`` folders use the reference's layout, ``<name>/*.txt`` (one corpus per sub-folder);
@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import OUTPUT_FOLDERS, run
+from ._common import HelpFormatter, epilog, old_spellings, run
 
 PROG = "culnig-lape"
 
@@ -109,7 +109,8 @@ def cmd_combine(args) -> int:
     from ..lape.pipeline import SETS_LEGACY, combine, sets_in, write_sets
 
     _output_folder(args, SETS_LEGACY)
-    combined = combine(sets_in(args.cultures), sets_in(args.languages), parse_languages(args.culture_languages))
+    combined = combine(sets_in(args.culture_sets_dir), sets_in(args.language_sets_dir),
+                       parse_languages(args.culture_languages))
     write_sets(list(combined.values()), args.out, list(combined), what="--out")
     for name, s in combined.items():
         print(f"{name}: {len(s)} neurons")
@@ -134,14 +135,14 @@ def cmd_evaluate(args) -> int:
         sets_in,
     )
 
-    settings = _settings(args)  # --batch-size, --row-length, --max-tokens checked before anything loads
+    settings = _settings(args)  # --batch_size, --row-length, --max-tokens checked before anything loads
     _output_folder(args, REPORT_LEGACY)
-    labels = [Path(folder).resolve().name for folder in args.sets]
+    labels = [Path(folder).resolve().name for folder in args.sets_dir]
     clash = sorted({label for label in labels if labels.count(label) > 1})
     if clash:
-        raise ValueError(f"--sets: two folders are named {clash[0]!r}, so their sets would share labels; "
+        raise ValueError(f"--sets-dir: two folders are named {clash[0]!r}, so their sets would share labels; "
                          "give folders with different names")
-    sets = {f"{label}/{name}": s for folder, label in zip(args.sets, labels) for name, s in sets_in(folder).items()}
+    sets = {f"{label}/{name}": s for folder, label in zip(args.sets_dir, labels) for name, s in sets_in(folder).items()}
     corpora = read_corpus_folder(args.corpora)
     model, tokenizer = _load_model(args.model_args, args.device)
     rows = _eval_rows(tokenizer, corpora, row_length_for(settings, model), settings.max_tokens)
@@ -166,16 +167,18 @@ def cmd_demo(args) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------
-def _model_options(p):
+def _model_options(parser):
+    p = parser.add_argument_group("model")
     p.add_argument("--model_args", required=True, help="as for lm_eval, e.g. pretrained=smollm2-135m")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass")
+    old_spellings(p, p.add_argument("--batch_size", type=int, default=8, help="rows per forward pass"), "--batch-size")
     p.add_argument("--row-length", type=int, default=None,
                    help="tokens per row, BOS included (default: 4096 as the published recorders, or the model's "
                         "maximum length if shorter)")
 
 
-def _hp_options(p):
+def _hp_options(parser):
+    p = parser.add_argument_group("LAPE hyperparameters", "the published values by default")
     p.add_argument("--top-rate", type=float, default=0.01, help="share of all neurons kept (lowest entropy)")
     p.add_argument("--filter-rate", type=float, default=0.95,
                    help="quantile of all activation probabilities a neuron must exceed on some corpus")
@@ -188,15 +191,25 @@ def _languages_option(p):
                    help="culture=language pairs, e.g. uk=en,usa=en,spain=es (default: the BLEnD countries' languages)")
 
 
+ANNOTATIONS = "../shared/data/blend/annotations"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..lape.pipeline import PUBLISHED_EVAL_TOKENS, PUBLISHED_RECORD_TOKENS
 
     parser = argparse.ArgumentParser(prog=PROG, description="Culture neurons by activation-probability entropy "
                                      "(LAPE): build corpora, record, identify, combine, evaluate, or all of it (demo).",
-                                     epilog=OUTPUT_FOLDERS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     epilog=epilog(f"culnig-lape demo --blend-annotations {ANNOTATIONS} "
+                                                   "--model_args pretrained=smollm2-135m --out runs/lape"),
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("corpora", help="English culture and native-language corpora from BLEnD annotations")
+    def command(name, help_text, example):
+        return sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                              formatter_class=HelpFormatter, epilog=epilog(f"culnig-lape {name} {example}"))
+
+    p = command("corpora", "English culture and native-language corpora from BLEnD annotations",
+                f"--blend-annotations {ANNOTATIONS} --out runs/lape/corpora")
     p.add_argument("--blend-annotations", required=True, help="folder holding BLEnD's <Country>_data.json files")
     p.add_argument("--out", required=True, type=Path, help="corpora folder (replaced)")
     p.add_argument("--cultures", default=None, help="comma-separated countries (default: every file)")
@@ -204,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     _languages_option(p)
     p.set_defaults(func=cmd_corpora)
 
-    p = sub.add_parser("record", help="count positive gate activations per neuron on each corpus")
+    p = command("record", "count positive gate activations per neuron on each corpus",
+                "--model_args pretrained=smollm2-135m --corpora runs/lape/corpora/culture/record "
+                "--out runs/lape/counts/culture")
     _model_options(p)
     p.add_argument("--corpora", required=True, help="folder with one sub-folder of .txt files per corpus")
     p.add_argument("--out", required=True, type=Path,
@@ -214,45 +229,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="record again even where a matching count file exists")
     p.set_defaults(func=cmd_record)
 
-    p = sub.add_parser("identify", help="LAPE sets from count files (one set per corpus)")
+    p = command("identify", "LAPE sets from count files (one set per corpus)",
+                "runs/lape/counts/culture --out runs/lape/sets/culture")
     p.add_argument("counts", nargs="+", help="count files or folders of them")
     p.add_argument("--out", required=True, type=Path, help="sets folder (replaced)")
     _hp_options(p)
     p.set_defaults(func=cmd_identify)
 
-    p = sub.add_parser("combine", help="pure / compound / generic sets from culture and language sets")
-    p.add_argument("--cultures", required=True, help="folder of culture sets (<culture>.pt)")
-    p.add_argument("--languages", required=True, help="folder of language sets (<language>.pt)")
+    p = command("combine", "pure / compound / generic sets from culture and language sets",
+                "--culture-sets-dir runs/lape/sets/culture --language-sets-dir runs/lape/sets/language "
+                "--out runs/lape/sets/combined")
+    old_spellings(p, p.add_argument("--culture-sets-dir", required=True, metavar="DIR",
+                                    help="folder of culture sets (<culture>.pt)"), "--cultures")
+    old_spellings(p, p.add_argument("--language-sets-dir", required=True, metavar="DIR",
+                                    help="folder of language sets (<language>.pt)"), "--languages")
     p.add_argument("--out", required=True, type=Path, help="sets folder (replaced)")
     _languages_option(p)
     p.set_defaults(func=cmd_combine)
 
-    p = sub.add_parser("evaluate", help="delta block-NLL matrix: each set masked, every corpus's text")
+    p = command("evaluate", "delta block-NLL matrix: each set masked, every corpus's text",
+                "--model_args pretrained=smollm2-135m --sets-dir runs/lape/sets/culture "
+                "--corpora runs/lape/corpora/culture/eval --out runs/lape/report")
     _model_options(p)
-    p.add_argument("--sets", nargs="+", required=True, help="folders of sets")
+    old_spellings(p, p.add_argument("--sets-dir", nargs="+", required=True, metavar="DIR",
+                                    help="folders of sets (each folder's name labels its sets)"), "--sets")
     p.add_argument("--corpora", required=True, help="evaluation corpora, one sub-folder of .txt files each")
     p.add_argument("--out", required=True, type=Path, help="report folder (replaced)")
     p.add_argument("--max-tokens", type=int, default=PUBLISHED_EVAL_TOKENS,
                    help="tokens per evaluation corpus (the published 100k by default)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="the whole LAPE study on BLEnD annotations: corpora, record, identify, combine, evaluate")
+    p = command("demo", "the whole LAPE study on BLEnD annotations: corpora, record, identify, combine, evaluate",
+                f"--blend-annotations {ANNOTATIONS} --model_args pretrained=smollm2-135m --out runs/lape")
     p.add_argument("--blend-annotations", required=True, help="folder holding BLEnD's <Country>_data.json files")
     _model_options(p)
-    p.add_argument("--out", required=True, type=Path,
+    g = p.add_argument_group("corpora and tokens")
+    g.add_argument("--eval-fraction", type=float, default=0.2, help="share of questions held out for evaluation")
+    g.add_argument("--max-tokens", type=int, default=PUBLISHED_RECORD_TOKENS,
+                   help="recorded tokens per corpus (the published 10M by default)")
+    g.add_argument("--eval-max-tokens", type=int, default=PUBLISHED_EVAL_TOKENS,
+                   help="evaluated tokens per corpus (the published 100k by default)")
+    _languages_option(g)
+    _hp_options(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", required=True, type=Path,
                    help="run folder (written into: its corpora/, sets/ and report/ are replaced, counts/ "
                         "reused, other files kept)")
-    p.add_argument("--eval-fraction", type=float, default=0.2)
-    p.add_argument("--max-tokens", type=int, default=PUBLISHED_RECORD_TOKENS,
-                   help="recorded tokens per corpus (the published 10M by default)")
-    p.add_argument("--eval-max-tokens", type=int, default=PUBLISHED_EVAL_TOKENS,
-                   help="evaluated tokens per corpus (the published 100k by default)")
-    p.add_argument("--force", action="store_true", help="redo every step")
-    _hp_options(p)
-    _languages_option(p)
+    g.add_argument("--force", action="store_true", help="redo every step")
     p.set_defaults(func=cmd_demo)
-    for command in sub.choices.values():
-        command.epilog = OUTPUT_FOLDERS
     return parser
 
 

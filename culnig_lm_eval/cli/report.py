@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 
-from ._common import OUTPUT_FOLDERS, run
+from ._common import HelpFormatter, epilog, old_spellings, run
 
 PROG = "culnig-report"
 MAX_SEED = 2**32 - 1  # numpy's seed range
@@ -43,42 +43,40 @@ skipped.json ({task: reason}) under a RUN_DIR. Sections whose inputs are missing
 replaced by a one-line note.
 """
 
-EPILOG = """\
-examples:
-  culnig-report runs/ --out report/
-  culnig-report runs/unmasked runs/masked --out report/ --sets-dir neuron_sets/ \\
-      --instance-scores scores/instances.jsonl --ppl-threshold 1.05
-"""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG + "\n" + OUTPUT_FOLDERS,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, formatter_class=HelpFormatter,
+                                epilog=epilog("culnig-report runs/ --out report/",
+                                              "culnig-report runs/unmasked runs/masked --out report/ --sets-dir "
+                                              "neuron_sets/ --instance-scores scores/instances.jsonl "
+                                              "--ppl-threshold 1.05"))
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="lm-eval --output_path folder(s) (searched recursively) or results_*.json files")
-    p.add_argument("--out", "-o", required=True, metavar="REPORT_DIR",
-                   help="folder for report.md, report.json and figures/ (replaced; created if needed)")
-    p.add_argument("--sets-dir", metavar="DIR",
+    g = p.add_argument_group("output")
+    old_spellings(g, g.add_argument("--out", required=True, metavar="REPORT_DIR",
+                                    help="folder for report.md, report.json and figures/ (replaced; created if "
+                                         "needed)"), "-o")
+    g.add_argument("--title", help="report title")
+    g = p.add_argument_group("inputs")
+    g.add_argument("--sets-dir", metavar="DIR",
                    help="also look here for the neuron-set files named in neurons= (by relative path and by "
                         "file name); by default they are looked up as written, from the current folder and "
                         "from the run folders")
-    p.add_argument("--instance-scores", metavar="FILE",
+    g.add_argument("--instance-scores", metavar="FILE",
                    help='JSONL rows {"set", "culture", "topic", "doc_id", "score"}: report the fraction of items '
                         "whose summed score is positive, per culture and topic")
-    p.add_argument("--ppl-threshold", type=float, default=1.10, metavar="RATIO",
-                   help="largest general perplexity ratio (masked / unmasked) a set may cost and still be "
-                        "called specific (default: %(default)s)")
-    p.add_argument("--n-resamples", type=int, default=2000, metavar="N",
-                   help="paired bootstrap resamples (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=0.05,
-                   help="1 - confidence level of the intervals (default: %(default)s, i.e. 95%%)")
-    p.add_argument("--nlu-tasks", default="qnli,mrpc,commonsense_qa", metavar="T1,T2",
-                   help="comma-separated task names treated as general NLU controls (default: %(default)s)")
-    p.add_argument("--cultures", default="", metavar="C1,C2",
+    g.add_argument("--nlu-tasks", default="qnli,mrpc,commonsense_qa", metavar="T1,T2",
+                   help="comma-separated task names treated as general NLU controls")
+    g.add_argument("--cultures", default="", metavar="C1,C2",
                    help="extra culture names for recognising <task>_<culture> tasks (cultures of the neuron "
                         "sets and doc['culture'] values are always known)")
-    p.add_argument("--title", help="report title")
+    g = p.add_argument_group("statistics")
+    g.add_argument("--ppl-threshold", type=float, default=1.10, metavar="RATIO",
+                   help="largest general perplexity ratio (masked / unmasked) a set may cost and still be "
+                        "called specific")
+    g.add_argument("--n-resamples", type=int, default=2000, metavar="N", help="paired bootstrap resamples")
+    g.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    g.add_argument("--alpha", type=float, default=0.05,
+                   help="1 - confidence level of the intervals (0.05: 95%%)")
     p.add_argument("--transfer", action="append", default=[], metavar="DIR",
                    help="lm-eval output folder(s) of leave-one-culture-out evaluations (the transfer/ "
                         "folder of a culnig-experiment run with leave_one_out; repeat for several): adds "

@@ -2,7 +2,7 @@
 
     culnig-score run --model_args pretrained=smollm2-135m \\
         --tasks blend_cloze_neur --control blend_cloze_ctrl --crc crc --out runs/scores
-    culnig-score select --scores-dir runs/scores --sets-out my_sets --top-mlp 0.5
+    culnig-score select --scores-dir runs/scores --out my_sets --top-mlp 0.5
 
 Parse -> settings -> call: the work is done by ``scoring.run.score_roles`` and
 ``selection.save.select_and_save``.
@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ._common import OUTPUT_FOLDERS, run
+from ._common import HelpFormatter, epilog, old_spellings, run
 
 PROG = "culnig-score"
 ROLE_FLAGS = {"task": "tasks", "control": "control", "crc": "crc", "general": "general"}
@@ -30,64 +30,77 @@ def _comma(value: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=PROG, formatter_class=HelpFormatter,
         description="Score neurons with the CULNIG attribution (activation x gradient of P(gold), max over "
         "tokens, weighted by P) on harness tasks, then select culture-general and culture-specific sets.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run_p = sub.add_parser("run", help="score tasks (and select sets unless --no-select)",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    run_p.add_argument("--model", default="masked-hf", choices=["masked-hf", "hf"],
-                       help="harness model class used to load the model")
-    run_p.add_argument("--model_args", default="pretrained=smollm2-135m",
-                       help="as lm_eval's --model_args; embedded aliases smollm2-135m and gemma-3-270m work")
-    run_p.add_argument("--tasks", type=_comma, required=True,
-                       help="comma-separated harness tasks to find neurons on; TASK:N limits one task to N documents")
-    run_p.add_argument("--control", type=_comma, default=[], help="control tasks (question removed), e.g. blend_cloze_ctrl")
-    run_p.add_argument("--crc", type=_comma, default=[], help="country reading-comprehension tasks to exclude, e.g. crc")
-    run_p.add_argument("--general", type=_comma, default=[],
-                       help="general-prose tasks (loglikelihood_rolling) for the opt-in general exclusion, e.g. general_ppl_selection")
-    run_p.add_argument("--out", type=Path, required=True,
-                       help="folder for the score files (<role>.scores.pt; written into: other files are kept)")
+    run_p = sub.add_parser("run", help="score tasks (and select sets unless --no-select)", formatter_class=HelpFormatter,
+                           description="Score neurons on harness tasks (one score file per role), then select "
+                           "neuron sets from the scores unless --no-select.",
+                           epilog=epilog("culnig-score run --model_args pretrained=smollm2-135m --tasks blend_cloze_neur "
+                                         "--control blend_cloze_ctrl --crc crc --out runs/scores --sets-out my_sets"))
+    g = run_p.add_argument_group("model")
+    g.add_argument("--model", default="masked-hf", choices=["masked-hf", "hf"],
+                   help="harness model class used to load the model")
+    g.add_argument("--model_args", default="pretrained=smollm2-135m",
+                   help="as lm_eval's --model_args; embedded aliases smollm2-135m and gemma-3-270m work")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available, else cpu)")
+    g.add_argument("--batch_size", type=int, default=8, help="documents per forward and backward pass")
+    g = run_p.add_argument_group("tasks", "harness tasks, comma-separated; TASK:N limits one task to N documents")
+    g.add_argument("--tasks", type=_comma, required=True, help="tasks to find neurons on, e.g. blend_cloze_neur")
+    g.add_argument("--control", type=_comma, default=[], help="control tasks (question removed), e.g. blend_cloze_ctrl")
+    g.add_argument("--crc", type=_comma, default=[], help="country reading-comprehension tasks to exclude, e.g. crc")
+    g.add_argument("--general", type=_comma, default=[],
+                   help="general-prose tasks (loglikelihood_rolling) for the opt-in general exclusion, e.g. general_ppl_selection")
+    g.add_argument("--limit", type=int, default=None, help="documents per task (for quick runs)")
+    g.add_argument("--num_fewshot", type=int, default=None, help="as lm_eval's: few-shot examples per prompt")
+    old_spellings(g, g.add_argument("--fewshot-seed", type=int, default=1234, help="seed of the few-shot sampler"),
+                  "--fewshot_seed")
+    g.add_argument("--apply_chat_template", action="store_true", help="as lm_eval's: prompts in the chat template")
+    g.add_argument("--fewshot_as_multiturn", action="store_true",
+                   help="as lm_eval's: few-shot examples as chat turns (with --apply_chat_template)")
+    g.add_argument("--culture-field", default="culture", help="document field naming the culture")
+    g = run_p.add_argument_group("scoring")
     run_p.add_argument("--attention", dest="attention", action="store_true", default=True,
-                       help="score attention q/k/v outputs beside the MLP gate (the default: the published "
-                            "ranking pools them; the flag is kept for old command lines)")
-    run_p.add_argument("--no-attention", dest="attention", action="store_false",
-                       help="score the MLP gate only; the paper rule's sets are then named culnig-paper-gate-only")
-    run_p.add_argument("--clamp-crc", action="store_true",
-                       help="clamp CountryRC samples at 0 like the control's (ours; the published scorer leaves "
-                            "them unclamped); selections from that table are named +crc-clamped")
-    run_p.add_argument("--up-proj", action="store_true", help="also score MLP up_proj outputs")
-    run_p.add_argument("--batch_size", type=int, default=8)
-    run_p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available, else cpu)")
-    run_p.add_argument("--limit", type=int, default=None, help="documents per task (for quick runs)")
-    run_p.add_argument("--num_fewshot", type=int, default=None)
-    run_p.add_argument("--fewshot_seed", type=int, default=1234)
-    run_p.add_argument("--apply_chat_template", action="store_true")
-    run_p.add_argument("--fewshot_as_multiturn", action="store_true")
-    run_p.add_argument("--culture-field", default="culture", help="document field naming the culture")
-    run_p.add_argument("--window", type=int, default=96, help="general prose: tokens of preceding text per sample")
-    run_p.add_argument("--stride", type=int, default=16, help="general prose: score every STRIDE-th token")
-    run_p.add_argument("--force", action="store_true", help="recompute score files that already exist")
-    run_p.add_argument("--fold", default=None, metavar="I/K",
-                       help="score only the documents of fold I of K (e.g. 0/2: one half of the items, for the "
-                            "stability check of `culnig-score study --half-scores-dir`)")
-    run_p.add_argument("--fold-tables", type=int, default=None, metavar="K",
-                       help="score every document and, from the same pass, also write the task and control "
-                            "tables of K folds to OUT/foldsK/<i>/ (for --half-scores-dir OUT/foldsK: stability "
-                            "over many splits and --stable-fraction; no extra scoring run)")
-    run_p.add_argument("--no-select", action="store_true", help="only write score files")
+                       help=argparse.SUPPRESS)  # the default: kept for old command lines
+    g.add_argument("--no-attention", dest="attention", action="store_false",
+                   help="score the MLP gate only (attention q/k/v outputs are scored beside it by default, as the "
+                        "published ranking pools them); the paper rule's sets are then named culnig-paper-gate-only")
+    g.add_argument("--up-proj", action="store_true", help="also score MLP up_proj outputs")
+    g.add_argument("--clamp-crc", action="store_true",
+                   help="clamp CountryRC samples at 0 like the control's (ours; the published scorer leaves "
+                        "them unclamped); selections from that table are named +crc-clamped")
+    g.add_argument("--window", type=int, default=96, help="general prose: tokens of preceding text per sample")
+    g.add_argument("--stride", type=int, default=16, help="general prose: score every STRIDE-th token")
+    g.add_argument("--fold", default=None, metavar="I/K",
+                   help="score only the documents of fold I of K (e.g. 0/2: one half of the items, for the "
+                        "stability check of `culnig-score study --half-scores-dir`)")
+    g.add_argument("--fold-tables", type=int, default=None, metavar="K",
+                   help="score every document and, from the same pass, also write the task and control "
+                        "tables of K folds to OUT/foldsK/<i>/ (for --half-scores-dir OUT/foldsK: stability "
+                        "over many splits and --stable-fraction; no extra scoring run)")
+    g = run_p.add_argument_group("output")
+    g.add_argument("--out", type=Path, required=True,
+                   help="folder for the score files (<role>.scores.pt; written into: other files are kept)")
+    g.add_argument("--force", action="store_true", help="recompute score files that already exist")
+    g.add_argument("--no-select", action="store_true", help="only write score files")
+    _sets_out_arg(g, "--sets-out", "--out-sets")
     _selection_args(run_p)
 
-    sel = sub.add_parser("select", help="write neuron sets from existing score files",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sel.add_argument("--scores-dir", type=Path, help="folder written by `culnig-score run`")
+    sel = sub.add_parser("select", help="write neuron sets from existing score files", formatter_class=HelpFormatter,
+                         description="Select culture-general and culture-specific neuron sets (and size-matched "
+                         "random sets) from the score files of `culnig-score run`.",
+                         epilog=epilog("culnig-score select --scores-dir runs/scores --out my_sets --top-mlp 0.5"))
+    g = sel.add_argument_group("score files")
+    g.add_argument("--scores-dir", type=Path, help="folder written by `culnig-score run`")
     for role in ROLE_FLAGS:
-        sel.add_argument(f"--{role}-scores", type=Path, default=None, help=f"{role} score file (overrides --scores-dir)")
-    sel.add_argument("--half-scores-dir", type=Path, default=None,
-                     help="task/control score files of one fold (`culnig-score run --fold 0/2`): every set "
-                          "records its stability (Jaccard of the sets selected on the two halves)")
+        g.add_argument(f"--{role}-scores", type=Path, default=None, help=f"{role} score file (overrides --scores-dir)")
+    g.add_argument("--half-scores-dir", type=Path, default=None,
+                   help="task/control score files of one fold (`culnig-score run --fold 0/2`): every set "
+                        "records its stability (Jaccard of the sets selected on the two halves)")
+    _sets_out_arg(sel.add_argument_group("output"), "--out", "--sets-out", "--out-sets")
     _selection_args(sel)
     sel.add_argument("--leave-out", nargs="?", const="all", default=None, metavar="CULTURES",
                      help=LEAVE_OUT_HELP + "; written to <sets folder>/loco/<culture>/general.pt with "
@@ -97,50 +110,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = StudySettings()
     st = sub.add_parser("study", help="compare culture-specific selections on one score folder (table + Pareto figure)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    st.add_argument("--scores-dir", type=Path, required=True, help="folder written by `culnig-score run`")
-    st.add_argument("--half-scores-dir", type=Path, default=None,
-                    help="task/control fold tables: the folder of `culnig-score run --fold 0/2`, or the foldsK "
-                         "folder of `culnig-score run --fold-tables K` (many pairs of halves); adds the stability "
-                         "of every set (Jaccard of the sets selected on two halves)")
-    st.add_argument("--out", type=Path, required=True, help="study folder (replaced)")
-    st.add_argument("--model_args", default=d.model_args)
-    st.add_argument("--variants", type=_comma, default=None,
-                    help=f"variants to compare, from: {', '.join(VARIANTS)} (default: all; the -agree and "
-                         "-stable ones, which select from the halves, only with --half-scores-dir)")
-    st.add_argument("--eval-task", default=d.eval_task, help="per-culture evaluation task (multiple choice)")
-    st.add_argument("--per-culture", type=int, default=d.per_culture, help="evaluation documents per culture")
-    st.add_argument("--general-task", default=d.general_task, help="general-prose perplexity task ('' to skip)")
-    st.add_argument("--general-limit", type=int, default=d.general_limit, help="general-prose documents")
-    st.add_argument("--random-draws", type=int, default=d.random_draws, help="random sets in the null distribution")
-    st.add_argument("--batch_size", type=int, default=d.batch_size)
-    st.add_argument("--select-only", action="store_true", help="selection, sizes and stability only (no model)")
-    st.add_argument("--leave-out", nargs="?", const="all", default=None, metavar="CULTURES",
-                   help=LEAVE_OUT_HELP + ", and evaluated on its culture's items beside the "
-                        "variant's full set (the transfer rows of study.md)")
+                        formatter_class=HelpFormatter,
+                        description="Select with several variants from one score folder and compare them: set "
+                        "sizes, stability, the accuracy drop of each set's own culture against the others' and "
+                        "against random sets, and the general-prose cost (a table and a Pareto figure).",
+                        epilog=epilog("culnig-score study --scores-dir runs/scores --out runs/study "
+                                      "--variants paper,contrast"))
+    g = st.add_argument_group("score files")
+    g.add_argument("--scores-dir", type=Path, required=True, help="folder written by `culnig-score run`")
+    g.add_argument("--half-scores-dir", type=Path, default=None,
+                   help="task/control fold tables: the folder of `culnig-score run --fold 0/2`, or the foldsK "
+                        "folder of `culnig-score run --fold-tables K` (many pairs of halves); adds the stability "
+                        "of every set (Jaccard of the sets selected on two halves)")
+    g = st.add_argument_group("output")
+    g.add_argument("--out", type=Path, required=True, help="study folder (replaced)")
+    g = st.add_argument_group("variants and evaluation")
+    g.add_argument("--variants", type=_comma, default=None,
+                   help=f"variants to compare, from: {', '.join(VARIANTS)} (default: all; the -agree and "
+                        "-stable ones, which select from the halves, only with --half-scores-dir)")
+    g.add_argument("--model_args", default=d.model_args, help="the model evaluated, as lm_eval's --model_args")
+    g.add_argument("--batch_size", type=int, default=d.batch_size, help="documents per forward pass")
+    g.add_argument("--eval-task", default=d.eval_task, help="per-culture evaluation task (multiple choice)")
+    g.add_argument("--per-culture", type=int, default=d.per_culture, help="evaluation documents per culture")
+    g.add_argument("--general-task", default=d.general_task, help="general-prose perplexity task ('' to skip)")
+    g.add_argument("--general-limit", type=int, default=d.general_limit, help="general-prose documents")
+    g.add_argument("--random-draws", type=int, default=d.random_draws, help="random sets in the null distribution")
+    g.add_argument("--select-only", action="store_true", help="selection, sizes and stability only (no model)")
+    g.add_argument("--leave-out", nargs="?", const="all", default=None, metavar="CULTURES",
+                  help=LEAVE_OUT_HELP + ", and evaluated on its culture's items beside the "
+                       "variant's full set (the transfer rows of study.md)")
     from ..selection.rules import Thresholds
 
     t = Thresholds()
-    st.add_argument("--top-mlp", type=float, default=t.top_mlp, help="t: %% of MLP neurons (culture-general)")
-    st.add_argument("--top-attention", type=float, default=t.top_attention, help="t: %% of attention neurons")
-    st.add_argument("--top-specific", type=float, default=t.top_specific, help="t_s: %% per culture-specific set")
-    st.add_argument("--crc-exclude", type=float, default=t.crc_exclude, help="r: %% top CRC neurons excluded")
-    st.add_argument("--z-min", type=float, default=t.z_min, help="z-score threshold of the paper's rule")
-    st.add_argument("--min-samples", type=int, default=t.min_samples,
-                    help="cultures with fewer task samples get no culture-specific set")
-    st.add_argument("--stable-pairs", type=int, default=t.stable_pairs,
-                    help="at most this many complementary pairs of halves (stability and the -stable variants)")
-    for command in sub.choices.values():
-        command.epilog = OUTPUT_FOLDERS
+    g = st.add_argument_group("thresholds", "shared by every variant (docs/method.md)")
+    g.add_argument("--top-mlp", type=float, default=t.top_mlp, help="t: %% of MLP neurons (culture-general)")
+    g.add_argument("--top-attention", type=float, default=t.top_attention, help="t: %% of attention neurons")
+    g.add_argument("--top-specific", type=float, default=t.top_specific, help="t_s: %% per culture-specific set")
+    g.add_argument("--crc-exclude", type=float, default=t.crc_exclude, help="r: %% top CRC neurons excluded")
+    g.add_argument("--z-min", type=float, default=t.z_min, help="z-score threshold of the paper's rule")
+    g.add_argument("--min-samples", type=int, default=t.min_samples,
+                   help="cultures with fewer task samples get no culture-specific set")
+    g.add_argument("--stable-pairs", type=int, default=t.stable_pairs,
+                   help="at most this many complementary pairs of halves (stability and the -stable variants)")
     return parser
 
 
-def _selection_args(p):
+def _sets_out_arg(group, flag: str, *old: str):
+    """The neuron-sets folder: --sets-out beside run's score files, --out of select."""
+    action = group.add_argument(flag, dest="sets_out", type=Path, default=None, metavar="DIR",
+                                help="folder for the neuron sets (replaced; default: neuron_sets/<model name>)")
+    old_spellings(group, action, *old)
+
+
+def _selection_args(parser):
     from ..selection.rules import RULES, SPECIFIC_RULES, Thresholds
 
     d = Thresholds()
-    p.add_argument("--sets-out", "--out-sets", dest="sets_out", type=Path, default=None,
-                   help="folder for the neuron sets (replaced; default: neuron_sets/<model name>)")
+    p = parser.add_argument_group("selection", "the rule and its thresholds (docs/method.md)")
     p.add_argument("--top-mlp", type=float, default=d.top_mlp, help="t: %% of MLP neurons in the culture-general set")
     p.add_argument("--top-attention", type=float, default=d.top_attention, help="t: %% of attention neurons")
     p.add_argument("--top-specific", type=float, default=d.top_specific, help="t_s: %% per culture-specific set")
@@ -163,6 +189,10 @@ def _selection_args(p):
                         "see `culnig-score study`)")
     p.add_argument("--exclude-general-set", action="store_true",
                    help="contrast rules: keep the culture-general neurons out of every culture-specific set")
+    old_spellings(p, p.add_argument("--seeds", type=_comma, default=[], metavar="S1,S2",
+                                    help="also write size-matched random baselines of the culture-general set for "
+                                         "these seeds"), "--random-seeds")
+    p = parser.add_argument_group("stability selection", "from the fold score files of --half-scores-dir")
     p.add_argument("--halves-agree", action="store_true",
                    help="keep in each culture-specific set only the neurons that the same rule also selects on "
                         "both halves of the items (stability selection; needs --half-scores-dir)")
@@ -174,8 +204,6 @@ def _selection_args(p):
                    help="stability selection: at most this many complementary pairs of halves")
     p.add_argument("--stable-seed", type=int, default=d.stable_seed,
                    help="stability selection: seed of the pairs drawn when the folds allow more than --stable-pairs")
-    p.add_argument("--random-seeds", type=_comma, default=[], metavar="S1,S2",
-                   help="also write size-matched random baselines of the culture-general set for these seeds")
 
 
 def thresholds_from_args(args):
@@ -195,7 +223,7 @@ def _seeds(values: list[str]) -> list[int]:
     seeds = []
     for v in values:
         if not v.isdigit() or int(v) > 2**63 - 1:
-            raise ValueError(f"--random-seeds {v!r}: seeds are integers from 0 to 2**63-1")
+            raise ValueError(f"--seeds {v!r}: seeds are integers from 0 to 2**63-1")
         seeds.append(int(v))
     return seeds
 
@@ -219,13 +247,18 @@ def settings_from_args(args):
     )
 
 
+def _sets_flag(args) -> str:
+    """How the neuron-sets folder is spelled: --sets-out of run, --out of select."""
+    return "--out" if args.command == "select" else "--sets-out"
+
+
 def _check_sets_out(args) -> None:
-    """A --sets-out folder is replaced as a whole: refuse one holding other files before any work."""
+    """The neuron-sets folder is replaced as a whole: refuse one holding other files before any work."""
     from .._io import check_output_folder
     from ..selection.save import SETS_LEGACY
 
     if args.sets_out and not getattr(args, "no_select", False):
-        check_output_folder(args.sets_out, "--sets-out", SETS_LEGACY)
+        check_output_folder(args.sets_out, _sets_flag(args), SETS_LEGACY)
 
 
 def _check_leaf_tasks(role_tasks: dict[str, list[str]], tasks: dict, settings) -> None:
@@ -272,13 +305,13 @@ def _select(paths: dict[str, Path], args, half_tables: dict | None = None) -> di
 
     if "task" not in paths:
         raise ValueError("a task score file is needed: --task-scores FILE, or --scores-dir with task.scores.pt in it")
-    thresholds, seeds = thresholds_from_args(args), _seeds(args.random_seeds)
+    thresholds, seeds = thresholds_from_args(args), _seeds(args.seeds)
     tables = {role: load_table(path) for role, path in paths.items()}
     name = tables["task"].meta.get("model", {}).get("name") or "model"
     out = args.sets_out or Path("neuron_sets") / Path(name).name
     leave_out = _leave_out(args)
     written = select_and_save(tables, thresholds, out, model_name=name, random_seeds=seeds, leave_out=leave_out,
-                              half_tables=half_tables or None, what="--sets-out")
+                              half_tables=half_tables or None, what=_sets_flag(args))
     from ..neuron_set import NeuronSet
 
     for label, path in written.items():

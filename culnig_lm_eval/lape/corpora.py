@@ -177,7 +177,7 @@ def language_corpora(native: list[Corpus], languages: dict[str, str]) -> list[Co
     for corpus in native:
         lang = languages.get(corpus.name)
         if lang is None:
-            raise ValueError(f"no language given for culture {corpus.name!r}; add {corpus.name}=<language> to --languages")
+            raise ValueError(f"no language given for culture {corpus.name!r}; add {corpus.name}=<language> to --culture-languages")
         target = grouped.setdefault(lang, Corpus(safe_name(lang, "language"), [], []))
         target.documents += corpus.documents
         target.sources += corpus.sources
@@ -192,7 +192,7 @@ def parse_languages(text: str | None) -> dict[str, str]:
     for item in text.split(","):
         culture, sep, lang = item.partition("=")
         if not sep or not culture.strip() or not lang.strip():
-            raise ValueError(f"--languages {text!r}: write culture=language pairs joined by commas, e.g. uk=en,spain=es")
+            raise ValueError(f"--culture-languages {text!r}: write culture=language pairs joined by commas, e.g. uk=en,spain=es")
         mapping[culture_id(culture.strip())] = safe_name(lang.strip(), "language")
     return mapping
 

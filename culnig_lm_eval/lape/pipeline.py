@@ -46,7 +46,7 @@ class RecordSettings:
     def __post_init__(self):
         if self.row_length is not None:
             whole_number(self.row_length, f"--row-length {self.row_length}", least=2)
-        whole_number(self.batch_size, f"--batch-size {self.batch_size}", least=1)
+        whole_number(self.batch_size, f"--batch_size {self.batch_size}", least=1)
         if self.max_tokens is not None:
             whole_number(self.max_tokens, f"--max-tokens {self.max_tokens}", least=1)
 
