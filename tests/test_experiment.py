@@ -186,6 +186,13 @@ def test_conditions_follow_random_draws_and_random_for():
     assert labels["paper/random-uniform0"] == ["blend_cloze_test", "general_ppl"]
     plan.random_for, plan.random_draws = None, ["layer-matched", "uniform"]
     assert sum(c.label.split("/")[-1].startswith("random") for c in conditions(plan, sets)) == 8
+    # the culture sets' random sets: on every item, or on their own culture's items only
+    drawn = {"paper": {"korea": {"korea-random0": Path("/sets/paper/random/korea-random0.pt")}}}
+    by_label = {c.label: c for c in conditions(plan, sets, drawn)}
+    assert by_label["paper/random/korea-random0"].culture is None and by_label["paper/korea"].culture is None
+    plan.culture_random_items = "own"
+    by_label = {c.label: c for c in conditions(plan, sets, drawn)}
+    assert by_label["paper/random/korea-random0"].culture == "korea" and by_label["paper/korea"].culture is None
 
 
 def test_random_for_must_name_a_selection(tmp_path):

@@ -62,3 +62,25 @@ def test_saved_folder_is_lm_evals_format(lm, tmp_path):
     saved = json.loads(results[0].read_text())
     assert saved["config"]["model_args"] == "pretrained=tiny" and TASK in saved["results"]
     assert len(samples[0].read_text().splitlines()) == 4
+
+
+def test_one_cultures_items_are_evaluated_alone_and_match_the_full_run(lm, monkeypatch):
+    from lm_eval.api.task import ConfigurableTask
+
+    from culnig_lm_eval.experiment.run import culture_items
+
+    builds = []
+    real_build = ConfigurableTask.build_all_requests
+    monkeypatch.setattr(ConfigurableTask, "build_all_requests",
+                        lambda self, *a, **k: builds.append(k.get("samples")) or real_build(self, *a, **k))
+    tasks = ReusedTasks()
+    korea = culture_items(tasks.get(TASK), "korea", "culture")
+    docs = tasks.get(TASK).eval_docs
+    assert korea and all(docs[i]["culture"] == "korea" for i in korea)
+    assert culture_items(tasks.get(TASK), None, "culture") is None and culture_items(tasks.get(TASK), "atlantis", "culture") == []
+    runs = [per_sample(evaluate_state(lm, tasks, TASK, None, model_args="x", samples=s)) for s in (None, korea, None, korea)]
+    assert [doc for doc, _, _ in runs[1]] == korea  # the culture's documents alone, numbered as in the full task
+    full = {doc: (resps, acc) for doc, resps, acc in runs[0]}
+    for doc, resps, acc in runs[1]:  # other batches: the same numbers up to float rounding
+        assert full[doc][1] == acc and max(abs(a - b) for a, b in zip(full[doc][0], resps)) <= 1e-4
+    assert runs[2] == runs[0] and runs[3] == runs[1] and len(builds) == 2  # each selection of items built once

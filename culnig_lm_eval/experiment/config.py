@@ -21,7 +21,8 @@ SCORING_KEYS = {"tasks", "control", "crc", "general", "limit", "window", "stride
                 "up_proj", "apply_chat_template", "num_fewshot", "culture_field", "stability_fold", "stability_folds",
                 "clamp_crc"}
 EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu",
-                 "instance_task", "random_draws", "random_for", "random_tasks", "culture_random"}
+                 "instance_task", "random_draws", "random_for", "random_tasks", "culture_random",
+                 "culture_random_items"}
 LEAVE_ONE_OUT_KEYS = {"selections", "cultures", "tasks", "random_draws", "limit"}
 # 20 random sets per evaluated set: with the observed set counted as one draw the smallest empirical
 # p is 1/21 < 0.05, so a set that beats every random set can be called specific at 0.05
@@ -67,6 +68,9 @@ class EvaluationPlan:
     # random sets for the culture-specific sets too (False: for the culture-general sets only, e.g.
     # when a culture has too few items for its own random distribution to mean anything)
     culture_random: bool = True
+    # the items a culture set's random sets run on: "all", or "own" (the set's culture's items of each
+    # random task: all its p needs, at 1/8 of the cost with 8 cultures)
+    culture_random_items: str = "all"
 
     @property
     def unmasked_tasks(self) -> list[str]:
@@ -219,6 +223,8 @@ class ExperimentConfig:
                                  - set(raw.get("selections") or {"paper": {}}))
                 if unknown:
                     raise ValueError(f"evaluate.{key} names no configured selection: {', '.join(unknown)}")
+            if plan.culture_random_items not in ("all", "own"):
+                raise ValueError(f"evaluate.culture_random_items must be all or own, not {plan.culture_random_items!r}")
             draws = _str_list(plan.random_draws, "evaluate.random_draws")
             if not set(draws) <= set(RANDOM_DRAWS):
                 raise ValueError(f"evaluate.random_draws must list {' and/or '.join(RANDOM_DRAWS)}, not {draws}")

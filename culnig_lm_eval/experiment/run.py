@@ -53,6 +53,7 @@ class ConditionPlan:
     label: str
     set_paths: list[Path]
     tasks: list[str]
+    culture: str | None = None  # only this culture's items of each task that has a culture field
 
     @property
     def neurons_arg(self) -> str:
@@ -197,8 +198,9 @@ def conditions(plan: EvaluationPlan, sets: dict[str, dict[str, Path]],
             if tasks:
                 out.append(ConditionPlan(f"{name}/{label}", [Path(path)], tasks))
     for name, by_set in (culture_randoms or {}).items():
-        for drawn in by_set.values():
-            randoms += [ConditionPlan(f"{name}/{CULTURE_RANDOM_FOLDER}/{label}", [Path(path)], random_tasks)
+        for culture, drawn in by_set.items():
+            own = culture if plan.culture_random_items == "own" else None
+            randoms += [ConditionPlan(f"{name}/{CULTURE_RANDOM_FOLDER}/{label}", [Path(path)], random_tasks, own)
                         for label, path in drawn.items() if random_tasks]
     return out + randoms
 
@@ -300,6 +302,15 @@ def loadable_tasks(names: list[str], tasks, skipped: dict[str, str]) -> list[str
 EVALUATION_FILES = ("done.json", "*/results_*.json", "*/samples_*.jsonl")
 
 
+def culture_items(task, culture: str | None, field: str) -> list[int] | None:
+    """Indices of ``culture``'s documents of a loaded task (None: every document -- no culture asked
+    for, or a task without the culture field, such as general prose)."""
+    docs = getattr(task, "eval_docs", None)
+    if culture is None or docs is None or not len(docs) or field not in docs[0]:
+        return None
+    return [i for i, doc in enumerate(docs) if str(doc[field]) == culture]
+
+
 def check_evaluation_folders(out: Path) -> None:
     """Before the model loads: every evaluation folder of an earlier run holds only its own files."""
     for stamp in sorted(Path(out).rglob("done.json")) if Path(out).is_dir() else []:
@@ -330,6 +341,11 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
         for task in [t for t in condition.tasks if t in loadable]:
             expected = {"model_args": config.model_args, "sets": key, "task": task, "limit": plan.limit}
             expected.update({"apply_chat_template": True} if chat else {})  # older stamps stay valid
+            items = culture_items(tasks.get(task), condition.culture, config.scoring.culture_field)
+            if items == []:
+                skipped[f"{condition.label}/{task}"] = f"{task} has no item of culture {condition.culture}"
+                continue
+            expected.update({"culture": condition.culture} if items is not None else {})
             if force or not _stamp_matches(out / condition.label / task / "done.json", expected):
                 todo[task] = expected
         if not todo:
@@ -339,9 +355,10 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
         model_args = config.model_args + (f",neurons={condition.neurons_arg}" if neuron_sets else "")
         with lm.masked(neuron_sets):
             for task, expected in todo.items():
+                items = culture_items(tasks.get(task), condition.culture, config.scoring.culture_field)
                 with atomic_folder(out / condition.label / task, "evaluation folder", legacy=EVALUATION_FILES) as staging:
                     evaluate_state(lm, tasks, task, staging, model_args=model_args, limit=plan.limit,
-                                   apply_chat_template=chat)
+                                   apply_chat_template=chat, samples=items)
                     _write_stamp(staging / "done.json", expected)
     write_text(out / "skipped.json", json.dumps(skipped, indent=1))
 

@@ -14,21 +14,25 @@ from pathlib import Path
 
 
 def build_requests_once(task) -> None:
-    """Make ``task.build_all_requests`` build on its first call only (for the same arguments)."""
+    """Make ``task.build_all_requests`` build once per set of arguments (e.g. once for all items
+    and once for one culture's ``samples``); a later call with the same arguments puts the kept
+    instances back, their responses cleared (lm-eval appends each state's responses to them)."""
     if getattr(task, "culnig_builds_once", False):
         return
     build = task.build_all_requests
-    built_with: list[str] = []
+    built: dict[str, list] = {}
 
     def build_all_requests(*args, **kwargs):
         key = repr((args, sorted(kwargs.items())))
-        if built_with == [key] and task.instances:
-            for instance in task.instances:  # lm-eval appends each state's responses to these
+        if key in built:
+            task._instances = built[key]
+            for instance in task._instances:
                 instance.resps.clear()
                 instance.filtered_resps.clear()
             return None
-        built_with[:] = [key]
-        return build(*args, **kwargs)
+        result = build(*args, **kwargs)
+        built[key] = task._instances
+        return result
 
     task.build_all_requests = build_all_requests
     task.culnig_builds_once = True
@@ -56,15 +60,18 @@ class ReusedTasks:
 
 
 def evaluate_state(lm, tasks: ReusedTasks, task: str, folder: str | Path | None, *, model_args: str,
-                   limit: int | None = None, apply_chat_template: bool = False) -> dict:
+                   limit: int | None = None, apply_chat_template: bool = False,
+                   samples: list[int] | None = None) -> dict:
     """``simple_evaluate`` of ``lm`` in its current state on ``task`` (results with ``samples``); with
-    ``folder``, the results and per-sample files are saved there by lm-eval's ``EvaluationTracker``."""
+    ``folder``, the results and per-sample files are saved there by lm-eval's ``EvaluationTracker``.
+    ``samples``: only these document indices of ``task`` (lm-eval's ``--samples``; ``limit`` is then unused)."""
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
 
     tracker = EvaluationTracker(output_path=str(folder)) if folder is not None else None
     results = simple_evaluate(
-        model=lm, model_args=model_args, tasks=[tasks.get(task)], task_manager=tasks.manager, limit=limit,
+        model=lm, model_args=model_args, tasks=[tasks.get(task)], task_manager=tasks.manager,
+        limit=None if samples is not None else limit, samples={task: samples} if samples is not None else None,
         log_samples=True, evaluation_tracker=tracker, bootstrap_iters=0,
         apply_chat_template=apply_chat_template, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
     )
