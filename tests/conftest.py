@@ -7,6 +7,11 @@
 * ``tiny_llama_dir``: a saved tiny Llama (see ``tiny_models.py``) that ``hf``/``masked-hf`` load.
 * ``plugin_tasks_only``: lm-eval indexes this package's task folder alone (offline, sample data):
   a ``TaskManager`` then costs milliseconds instead of ~10 s; for tests that use no stock task.
+* The task index of lm-eval's own task folder and of this repository's ``tasks/`` is built once per
+  session (``shared_task_index``): every ``TaskManager`` made in the test process reuses it
+  (~5 s each otherwise); any other folder (a test's tmp task folder) is indexed afresh each time.
+  torch's environment report, which lm-eval puts in every results dict (~1 s of subprocesses per
+  ``simple_evaluate``), is also computed once per session.
 """
 
 from __future__ import annotations
@@ -30,6 +35,69 @@ def pytest_configure(config):
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line("markers", "slow: loads an embedded model or runs a whole pipeline")
+
+
+def _memoise_task_index() -> None:
+    """lm-eval's ``TaskIndex.build`` with the folders that do not change during the session (lm-eval's
+    own tasks, this repository's ``tasks/``) indexed once.  A build of several folders is the merge of
+    one build per folder, later folders overriding earlier ones with lm-eval's warning -- what
+    ``build`` itself does -- so the result is the same; each caller gets its own dict and entries."""
+    import logging
+
+    import lm_eval.tasks
+    from lm_eval.tasks import _index
+
+    from culnig_lm_eval._startup import task_dir
+
+    index_cls, entry_cls = _index.TaskIndex, _index.Entry
+    if getattr(index_cls.build, "_culnig_memoised", False):
+        return
+    original = index_cls.build
+    stable = {Path(lm_eval.tasks.__file__).parent.resolve(), task_dir().resolve()}
+    cache: dict = {}
+    log = logging.getLogger(_index.__name__)
+
+    def build(paths, *, resolve_includes=True):
+        paths = list(paths)
+        if not any(Path(p).resolve() in stable for p in paths):
+            return original(paths, resolve_includes=resolve_includes)
+        index = {}
+        for root in paths:
+            key = (Path(root).resolve(), resolve_includes)
+            if key[0] in stable:
+                if key not in cache:
+                    cache[key] = original([root], resolve_includes=resolve_includes)
+                part = {name: entry_cls(entry.name, entry.kind, entry.yaml_path, entry.cfg, set(entry.tags))
+                        for name, entry in cache[key].items()}
+            else:
+                part = original([root], resolve_includes=resolve_includes)
+            for name, entry in part.items():
+                if name in index:
+                    log.warning("Task '%s' from %s overrides existing task from %s",
+                                name, entry.yaml_path, index[name].yaml_path)
+                index[name] = entry
+        return index
+
+    build._culnig_memoised = True
+    index_cls.build = staticmethod(build)
+
+
+def _memoise_env_info() -> None:
+    """lm-eval's ``simple_evaluate`` records torch's ``get_pretty_env_info()`` in every results dict:
+    about 1 s of ``pip list`` and other subprocesses per call.  The environment does not change during
+    the session, so the first answer is reused."""
+    import functools
+
+    from torch.utils import collect_env
+
+    if not hasattr(collect_env.get_pretty_env_info, "cache_info"):
+        collect_env.get_pretty_env_info = functools.lru_cache(maxsize=1)(collect_env.get_pretty_env_info)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_task_index():
+    _memoise_task_index()
+    _memoise_env_info()
 
 
 @pytest.fixture(scope="session")
