@@ -245,3 +245,34 @@ def test_stability_fold_and_folds_are_exclusive():
     with pytest.raises(ConfigError, match="give one"):
         ExperimentConfig.from_mapping({"model_args": "pretrained=x", "scoring": {
             "tasks": ["blend_cloze_neur"], "stability_fold": "0/2", "stability_folds": 4}, "evaluate": {}})
+
+
+def test_a_set_with_the_same_neurons_as_an_earlier_condition_is_evaluated_once(tmp_path, monkeypatch):
+    import contextlib
+
+    from culnig_lm_eval.architectures import model_shape
+    from culnig_lm_eval.experiment import run
+    from culnig_lm_eval.neuron_set import new_meta
+    from tiny_models import tiny_config
+
+    shape = model_shape(tiny_config("llama"))
+    paths = {}
+    for selection, rows in (("general-excluded", [1, 2]), ("contrast-excl", [1, 2]), ("paper", [3])):
+        paths[selection] = tmp_path / selection / "general.pt"
+        NeuronSet({"mlp_gate": [rows, []]}, new_meta(shape, "test")).save(paths[selection])
+    sets = {name: {"general": path} for name, path in paths.items()}
+    evaluated = []
+    monkeypatch.setattr(run, "loadable_tasks", lambda names, tasks, skipped: names)
+    monkeypatch.setattr("culnig_lm_eval.model.states.evaluate_state",
+                        lambda lm, tasks, task, folder, **kw: evaluated.append((str(folder), task)))
+    monkeypatch.setattr(run, "culture_items", lambda task, culture, field: None)
+
+    class FakeLM:
+        masked = staticmethod(lambda sets: contextlib.nullcontext())
+
+    config = ExperimentConfig.from_mapping({"model_args": "pretrained=x", "scoring": {"tasks": ["blend_cloze_neur"]},
+                                            "evaluate": {"cultural": ["blend_cloze_test"]}})
+    skipped = {}
+    run.evaluate_conditions(FakeLM(), config, sets, tmp_path / "eval", False, skipped)
+    assert len(evaluated) == 3 and not any("contrast-excl" in folder for folder, _ in evaluated)
+    assert skipped["contrast-excl/general"] == "the same neurons as general-excluded/general, evaluated there"

@@ -334,9 +334,14 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
     planned = conditions(plan, sets, culture_randoms) if planned is None else planned
     loadable = set(loadable_tasks(list(dict.fromkeys(t for c in planned for t in c.tasks)), tasks, skipped))
     chat = bool(config.scoring.apply_chat_template)  # evaluation renders prompts as scoring did
+    first_with: dict[tuple, str] = {}  # (neurons, culture) -> the condition that evaluates them
     for condition in tqdm(planned, desc="masked states", unit="state"):
         # keyed on the neurons, not the files: new metadata on the same neurons reuses the run
         key = "+".join("n" + NeuronSet.load(p).neurons_sha256()[:12] for p in condition.set_paths) or "unmasked"
+        same = first_with.setdefault((key, condition.culture), condition.label)
+        if same != condition.label:  # e.g. two selections whose culture-general sets coincide
+            skipped[condition.label] = f"the same neurons as {same}, evaluated there"
+            continue
         todo = {}
         for task in [t for t in condition.tasks if t in loadable]:
             expected = {"model_args": config.model_args, "sets": key, "task": task, "limit": plan.limit}
