@@ -226,9 +226,11 @@ def test_stability_from_fold_tables_of_one_pass_and_no_culture_random_sets(tiny_
                     "stability_folds": 2},
         "thresholds": {"top_mlp": 1.0, "top_specific": 1.0, "min_samples": 1},
         "selections": {"paper": {}}, "random_seeds": [0],
-        "evaluate": {"batch_size": 8, "limit": 4, "per_culture": ["blend_cloze_test"], "culture_random": False},
+        "evaluate": {"batch_size": 8, "limit": 4, "per_culture": ["blend_cloze_test"], "culture_random": False,
+                     "dtype": "bfloat16"},
     })
     assert config.stability_fold is None and config.scoring.fold_tables == 2
+    assert config.evaluation_model_args == f"pretrained={tiny_checkpoint},dtype=bfloat16"
     out = tmp_path / "run"
     run_experiment(config, out)
     assert not (out / "scores" / "half0").exists()  # no second scoring pass
@@ -239,6 +241,13 @@ def test_stability_from_fold_tables_of_one_pass_and_no_culture_random_sets(tiny_
     assert stability["pairs"] == 1 and stability["folds"] == 2
     assert not (out / "sets" / "paper" / "random").exists()  # culture_random: false
     assert (out / "eval" / "paper" / "random0" / "blend_cloze_test" / "done.json").is_file()  # the general set's
+    # scored in float32 (the table's stamp), evaluated in bfloat16 (the results file says so)
+    assert "dtype=float32" in full.meta["settings"]["model_args"]
+    (results,) = (out / "eval" / "unmasked" / "blend_cloze_test").rglob("results_*.json")
+    assert "dtype=bfloat16" in json.loads(results.read_text())["config"]["model_args"]
+    with pytest.raises(ConfigError, match="evaluate.dtype"):
+        ExperimentConfig.from_mapping({"model_args": "pretrained=x", "scoring": {"tasks": ["blend_cloze_neur"]},
+                                       "evaluate": {"dtype": "int8"}})
 
 
 def test_stability_fold_and_folds_are_exclusive():

@@ -344,7 +344,7 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
             continue
         todo = {}
         for task in [t for t in condition.tasks if t in loadable]:
-            expected = {"model_args": config.model_args, "sets": key, "task": task, "limit": plan.limit}
+            expected = {"model_args": config.evaluation_model_args, "sets": key, "task": task, "limit": plan.limit}
             expected.update({"apply_chat_template": True} if chat else {})  # older stamps stay valid
             items = culture_items(tasks.get(task), condition.culture, config.scoring.culture_field)
             if items == []:
@@ -357,7 +357,7 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
             continue
         neuron_sets = load_sets(condition.neurons_arg) if condition.set_paths else []
         # model_args as the lm_eval command would have them: the report labels runs by neurons=
-        model_args = config.model_args + (f",neurons={condition.neurons_arg}" if neuron_sets else "")
+        model_args = config.evaluation_model_args + (f",neurons={condition.neurons_arg}" if neuron_sets else "")
         with lm.masked(neuron_sets):
             for task, expected in todo.items():
                 items = culture_items(tasks.get(task), condition.culture, config.scoring.culture_field)
@@ -388,6 +388,10 @@ def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = Fals
         half_files = score_stability_half(lm, config, out / "scores", tasks)
         sets = select_all(config, score_files, out / "sets", force, skipped, half_files=half_files)
         culture_randoms = culture_random_sets(config, sets, out / "sets", force, skipped)
+        if config.evaluate.dtype is not None:  # scoring ran in model_args' dtype; evaluation in this one
+            import torch
+
+            lm.model.to(getattr(torch, config.evaluate.dtype))
         evaluate_conditions(lm, config, sets, out / "eval", force, skipped, culture_randoms=culture_randoms)
         transfer = evaluate_transfer(lm, config, sets, out, force)
         instances = None
