@@ -285,3 +285,14 @@ def test_a_set_with_the_same_neurons_as_an_earlier_condition_is_evaluated_once(t
     run.evaluate_conditions(FakeLM(), config, sets, tmp_path / "eval", False, skipped)
     assert len(evaluated) == 3 and not any("contrast-excl" in folder for folder, _ in evaluated)
     assert skipped["contrast-excl/general"] == "the same neurons as general-excluded/general, evaluated there"
+
+
+def test_culture_random_draws():
+    from culnig_lm_eval.experiment.config import EvaluationPlan
+
+    assert EvaluationPlan(random_draws=["layer-matched", "uniform"]).culture_random_draws == ["layer-matched", "uniform"]
+    assert EvaluationPlan(random_draws=["uniform"], culture_random=False).culture_random_draws == []
+    assert EvaluationPlan(random_draws=["uniform"], culture_random=["layer-matched"]).culture_random_draws == ["layer-matched"]
+    with pytest.raises(ConfigError, match="culture_random"):
+        ExperimentConfig.from_mapping({"model_args": "pretrained=x", "scoring": {"tasks": ["blend_cloze_neur"]},
+                                       "evaluate": {"culture_random": ["sideways"]}})

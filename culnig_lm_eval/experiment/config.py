@@ -70,7 +70,7 @@ class EvaluationPlan:
     random_tasks: list[str] | None = None
     # random sets for the culture-specific sets too (False: for the culture-general sets only, e.g.
     # when a culture has too few items for its own random distribution to mean anything)
-    culture_random: bool = True
+    culture_random: bool | list[str] = True  # or the draws to use for them (default: random_draws)
     # the items a culture set's random sets run on: "all", or "own" (the set's culture's items of each
     # random task: all its p needs, at 1/8 of the cost with 8 cultures)
     culture_random_items: str = "all"
@@ -82,6 +82,13 @@ class EvaluationPlan:
     def unmasked_tasks(self) -> list[str]:
         """Every task the unmasked model runs (each masked condition runs a subset)."""
         return list(dict.fromkeys(self.cultural + self.general + self.nlu + self.per_culture))
+
+    @property
+    def culture_random_draws(self) -> list[str]:
+        """The draws of the culture sets' random sets (none when ``culture_random`` is false)."""
+        if isinstance(self.culture_random, list):
+            return list(self.culture_random)
+        return list(self.random_draws) if self.culture_random else []
 
     @property
     def tasks_for_random_sets(self) -> list[str]:
@@ -239,6 +246,8 @@ class ExperimentConfig:
                     raise ValueError(f"evaluate.{key} names no configured selection: {', '.join(unknown)}")
             if plan.dtype is not None and plan.dtype not in EVALUATION_DTYPES:
                 raise ValueError(f"evaluate.dtype must be one of {', '.join(EVALUATION_DTYPES)}, not {plan.dtype!r}")
+            if isinstance(plan.culture_random, list) and not set(plan.culture_random) <= set(RANDOM_DRAWS):
+                raise ValueError(f"evaluate.culture_random must be true, false or a list of {' and/or '.join(RANDOM_DRAWS)}")
             if plan.culture_random_items not in ("all", "own"):
                 raise ValueError(f"evaluate.culture_random_items must be all or own, not {plan.culture_random_items!r}")
             draws = _str_list(plan.random_draws, "evaluate.random_draws")

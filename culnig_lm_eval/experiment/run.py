@@ -248,7 +248,7 @@ def culture_random_sets(config: ExperimentConfig, sets: dict[str, dict[str, Path
     from ..neuron_set import NeuronSet
 
     plan, seeds = config.evaluate, list(dict.fromkeys(config.random_seeds))
-    if not plan.tasks_for_random_sets or not plan.culture_random:
+    if not plan.tasks_for_random_sets or not plan.culture_random_draws:
         return {}
     written = {}
     for name in _culture_selections(plan, sets):
@@ -260,11 +260,11 @@ def culture_random_sets(config: ExperimentConfig, sets: dict[str, dict[str, Path
         for label in [label for label, s in loaded.items() if s.is_empty]:
             skipped[f"random sets of {name}/{label}"] = "the set holds no neuron: a random set like it masks nothing"
         folder = out / name / CULTURE_RANDOM_FOLDER
-        files = {label: {f"{label}-{RANDOM_DRAWS[draw]}{seed}": (draw, seed) for draw in plan.random_draws
+        files = {label: {f"{label}-{RANDOM_DRAWS[draw]}{seed}": (draw, seed) for draw in plan.culture_random_draws
                          for seed in seeds} for label, s in loaded.items() if not s.is_empty}
         # the draws depend on the sets' neurons only (random_like keeps the per-layer counts)
         expected = {"sets": {label: loaded[label].neurons_sha256() for label in sorted(culture_sets)},
-                    "seeds": seeds, "draws": sorted(plan.random_draws)}
+                    "seeds": seeds, "draws": sorted(plan.culture_random_draws)}
         stamp = folder / "done.json"
         complete = all((folder / f"{random_label}.pt").is_file() for drawn in files.values()
                        for random_label in drawn)
