@@ -30,12 +30,14 @@ import ctypes.util
 import datetime as _dt
 import errno
 import fnmatch
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -71,6 +73,24 @@ def package_version() -> str:
         return version("culnig-lm-eval")
     except Exception:  # running from a source tree that is not installed
         return "0+unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict:
+    """The code that made an output: the package version and, in a git checkout, its commit (and
+    whether files differed from it).  Recorded in every neuron set."""
+    here = Path(__file__).resolve().parent
+    version = {"package": package_version(), "commit": None, "modified": None}
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+
+        version["commit"] = git("rev-parse", "HEAD")
+        version["modified"] = bool(git("status", "--porcelain", "--untracked-files=no", "--", str(here)))
+    except (OSError, subprocess.SubprocessError):  # an installed wheel: no repository beside it
+        pass
+    return version
 
 
 def file_sha256(path: str | Path) -> str:

@@ -21,7 +21,7 @@ or its ``.json`` twin holding the same structure with lists instead of tensors::
         "tasks": [str, ...],
         "hyperparameters": {...},
         "provenance": {...},       # scores file hash, sample counts, parent sets, import layout ...
-        "created": ISO-8601 str, "package_version": str,
+        "created": ISO-8601 str, "package_version": str, "code_version": {package, commit, modified},
       },
     }
 
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from ._io import atomic_write, current_umask, file_sha256, now_iso, package_version, signals_deferred
+from ._io import atomic_write, code_version, current_umask, file_sha256, now_iso, package_version, signals_deferred
 from .architectures import MODULE_KINDS
 
 FORMAT = "culnig-neuron-set/1"
@@ -473,6 +473,7 @@ def new_meta(model: dict, method: str, **extra) -> dict:
         "provenance": {},
         "created": now_iso(),
         "package_version": package_version(),
+        "code_version": code_version(),
     }
     meta.update(extra)
     return meta

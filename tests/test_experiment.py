@@ -63,6 +63,10 @@ def test_experiment_runs_skips_and_forces(tiny_checkpoint, tmp_path, monkeypatch
         assert general.per_layer() == random0.per_layer()
         assert len(general) == int(2 * 200 * 0.01)
     assert NeuronSet.load(out / "sets" / "general-excluded" / "general.pt").meta["selection"].endswith("general-exclusion")
+    # every set records the code that made it and the versions of the tasks it was scored on
+    meta = NeuronSet.load(out / "sets" / "paper" / "general.pt").meta
+    assert meta["code_version"]["package"] and "commit" in meta["code_version"]
+    assert meta["provenance"]["crc"]["task_versions"] == {"crc": 2.0}
 
     # stability: task and control scored again on fold 0 of 2; every set records its halves' overlap
     from culnig_lm_eval.scoring.tables import load_table

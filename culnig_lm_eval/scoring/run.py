@@ -242,7 +242,9 @@ def score_roles(lm, role_tasks: dict[str, list[str]], settings: ScoringSettings,
                 rank=lm.rank, world_size=lm.world_size, desc=f"{role}: {','.join(todo[role])}", folds=folds,
                 clamp_at_zero=clamps_at_zero(role, settings.clamp_crc))
         meta = {"task": ",".join(todo[role]), "tasks": list(todo[role]),
-                "data": {key: source for name, _ in parsed[role] for key, source in task_sources(tasks[name]).items()}}
+                "data": {key: source for name, _ in parsed[role] for key, source in task_sources(tasks[name]).items()},
+                # e.g. CountryRC's version: version 2 is CountryRC as published
+                "task_versions": {name: (tasks[name].config.metadata or {}).get("version") for name, _ in parsed[role]}}
         writes = []
         for index, part in enumerate(fold_parts):
             part.meta.update(meta, settings=fold_settings(settings, index).stamp(role))

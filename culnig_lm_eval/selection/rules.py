@@ -466,6 +466,7 @@ def select(
             "task": t.meta.get("task"),
             "samples": dict(zip(t.cultures, torch.as_tensor(t.counts).tolist())),
             **({"data": t.meta["data"]} if t.meta.get("data") else {}),  # the files the samples came from
+            **({"task_versions": t.meta["task_versions"]} if t.meta.get("task_versions") else {}),
         }
         for role, t in {"task": task, "control": control, "crc": crc, "general": general}.items()
         if t is not None
