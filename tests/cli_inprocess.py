@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+LOGGERS = ("", "lm_eval", "culnig_lm_eval")
 
 
 @dataclass
@@ -47,7 +48,7 @@ def console_scripts() -> dict[str, str]:
 def keep_logging():
     """lm-eval's CLI and logging.basicConfig give loggers handlers on the current (captured) streams:
     take them away afterwards."""
-    names = ("", "lm_eval", "culnig_lm_eval")
+    names = LOGGERS
     saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).level, logging.getLogger(n).propagate)
              for n in names}
     try:
@@ -58,6 +59,27 @@ def keep_logging():
             lg.handlers[:] = handlers
             lg.setLevel(level)
             lg.propagate = propagate
+
+
+@contextlib.contextmanager
+def hub_offline_as_in_a_new_process():
+    """huggingface_hub and datasets read HF_HUB_OFFLINE / HF_DATASETS_OFFLINE once, when first imported:
+    a process started with them set never asks the hub, but this process imported both long before a
+    test set them, and would retry the hub with back-off (~20 s a dataset without a network).  The
+    variables as they are now are put into both libraries' constants for the call."""
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    def true(name):
+        return os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+
+    saved = (hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE)
+    hub.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = true("HF_HUB_OFFLINE")
+    datasets.config.HF_DATASETS_OFFLINE = true("HF_DATASETS_OFFLINE")
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE = saved
 
 
 def fresh_data_caches() -> None:
@@ -90,7 +112,12 @@ def _call(func, argv: list[str], env: dict | None, cwd) -> Completed:
         if cwd is not None:
             os.chdir(cwd)
         fresh_data_caches()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), keep_logging():
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), keep_logging(), \
+                hub_offline_as_in_a_new_process():
+            # as in a new process: no handler yet (pytest's capture, an earlier run's), so the command's
+            # own logging.basicConfig / lm-eval's setup_logging write to this stderr
+            for name in LOGGERS:
+                logging.getLogger(name).handlers[:] = []
             try:
                 code = func(list(argv))
             except SystemExit as stop:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
-
 import pytest
 import torch
+from cli_inprocess import run_module
 from tiny_models import save_tiny_llama
 
 from culnig_lm_eval.model.ablation import operation_factor
@@ -149,7 +147,8 @@ def test_scoring_settings_kinds():
 
 # -- command lines: one line, exit 2, nothing loaded or written ------------------------------------
 def run_cli(*argv, env=None):
-    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, env=env, timeout=300)
+    """``python -m MODULE ARGV`` in this process (cli_inprocess): the exit status and the one line."""
+    return run_module(*argv, env=env)
 
 
 def assert_one_line_error(proc, *needles):

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_inprocess import run_console
 
 from culnig_lm_eval.architectures import model_shape
 from culnig_lm_eval.finetune.examples import Example, collate, tokenise
@@ -19,7 +18,6 @@ from culnig_lm_eval.finetune.modules import (CHOICES, choose, count_modules, mod
 from culnig_lm_eval.neuron_set import NeuronSet, new_meta
 from tiny_models import tiny_model
 
-BIN = Path(sys.executable).parent
 
 
 def _set(model, picks: dict[str, dict[int, list[int]]], name="hand") -> NeuronSet:
@@ -218,10 +216,10 @@ def test_lora_trains_adapters_and_leaves_the_model_as_loaded(tiny_llama_dir, tmp
 
 
 def _cli(*args, env=None, cwd=None):
+    """A console script in this process (cli_inprocess), offline on the sample data."""
     full = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CULNIG_DATA": "sample",
             "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=full, cwd=cwd,
-                          timeout=600)
+    return run_console(list(args), env=full, cwd=cwd)
 
 
 def _saved_set(folder: Path, model_dir: Path) -> Path:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from cli_inprocess import run_console
 
 from culnig_lm_eval.taskdata import generation
 from culnig_lm_eval.taskdata.generation import LETTERS, NORMAD_DIGITS, parse_label, score
@@ -196,12 +196,11 @@ def test_normad_gen_lists_numbered_options_and_targets_the_gold_number(gen_tasks
 
 def test_lm_eval_lists_and_validates_the_gen_tasks():
     env = {**os.environ, **OFFLINE}
-    listed = subprocess.run(["lm_eval", "ls", "tasks"], capture_output=True, text=True, env=env)
+    listed = run_console(["lm_eval", "ls", "tasks"], env=env)
     assert listed.returncode == 0, listed.stderr[-2000:]
     shown = set(listed.stdout.replace("|", " ").split())
     assert set(ALL_GEN) <= shown, sorted(set(ALL_GEN) - shown)
-    valid = subprocess.run(["lm_eval", "validate", "--tasks", ",".join(ALL_GEN)], capture_output=True, text=True,
-                           env=env)
+    valid = run_console(["lm_eval", "validate", "--tasks", ",".join(ALL_GEN)], env=env)
     assert valid.returncode == 0 and "All tasks found and valid" in valid.stdout + valid.stderr, valid.stderr[-2000:]
 
 
@@ -228,10 +227,9 @@ def tiny_runs(tmp_path_factory):
     env = {**os.environ, **OFFLINE}
     tasks = ",".join(GEN_TASKS + ["blend_test", "culturalbench"])
     for extra in ("", f",neurons={set_path}"):
-        proc = subprocess.run(
+        proc = run_console(
             ["lm_eval", "--model", "masked-hf", "--model_args", f"pretrained={checkpoint},device=cpu{extra}",
-             "--tasks", tasks, "--limit", "6", "--batch_size", "6", "--log_samples", "--output_path", str(out)],
-            capture_output=True, text=True, env=env, timeout=900)
+             "--tasks", tasks, "--limit", "6", "--batch_size", "6", "--log_samples", "--output_path", str(out)], env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

@@ -13,6 +13,7 @@ from collections import Counter
 
 import datasets
 import pytest
+from cli_inprocess import run_console
 from conftest import sample_data_only
 import yaml
 
@@ -210,13 +211,13 @@ def test_a_template_slot_the_task_lacks_is_named():
 def test_lm_eval_lists_and_validates_every_new_task():
     env = {**os.environ, "CULNIG_DATA": "sample", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     names = [*GROUPS, *LEAVES, "crc"]
-    listed = subprocess.run(["lm_eval", "ls", "tasks"], capture_output=True, text=True, env=env)
+    listed = run_console(["lm_eval", "ls", "tasks"], env=env)
     assert listed.returncode == 0, listed.stderr[-2000:]
     shown = set(listed.stdout.replace("|", " ").split())
     assert set(names) <= shown, sorted(set(names) - shown)
-    valid = subprocess.run(["lm_eval", "validate", "--tasks", ",".join(names)], capture_output=True, text=True, env=env)
+    valid = run_console(["lm_eval", "validate", "--tasks", ",".join(names)], env=env)
     assert valid.returncode == 0 and "All tasks found and valid" in valid.stdout + valid.stderr, valid.stderr[-2000:]
-    bad = subprocess.run(["lm_eval", "validate", "--tasks", "qnli_culnig_9"], capture_output=True, text=True, env=env)
+    bad = run_console(["lm_eval", "validate", "--tasks", "qnli_culnig_9"], env=env)
     assert bad.returncode != 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_inprocess import _lm_eval_main as lm_eval_cli
-from cli_inprocess import console_scripts, keep_logging
+from cli_inprocess import console_scripts, hub_offline_as_in_a_new_process, keep_logging
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -42,6 +42,8 @@ SAMPLE = {"CULNIG_BLEND_MCQ": "tasks/blend/sample/mc_questions.csv",
           "CULNIG_CULTURALBENCH": "tasks/culturalbench/sample/culturalbench.csv"}
 # experiment configs of models too large for a CPU (tests/test_paper_models.py runs their architectures)
 GPU_CONFIGS = re.compile(r"(qwen3-14b|gemma-3-12b-it|gemma-3-27b-it|llama-3\.1-8b-instruct|phi-4|falcon3-10b-instruct)-blend\.yaml")
+# the repository folders a page's scratch folder links to: no command may write there
+SHARED = ("neuron_sets", "tasks", "culnig_lm_eval", "benchmarks")
 ENV_PREFIX = re.compile(r"^((?:[A-Z_][A-Z0-9_]*=\S+ )+)")
 
 
@@ -176,7 +178,7 @@ class Runner:
             work = self.root / rel.replace("/", "_").removesuffix(".md")
             work.mkdir(parents=True)
             # the docs' paths are relative to the repository: the scratch folder sees its files
-            for name in ("neuron_sets", "tasks", "culnig_lm_eval", "benchmarks"):
+            for name in SHARED:
                 (work / name).symlink_to(REPO / name)
             self.pages[rel] = Page(work)
         return self.pages[rel]
@@ -210,6 +212,9 @@ class Runner:
             assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
             return proc.stdout + proc.stderr
         head = line.split()[0]
+        for flag in ("--out", "--sets-out", "--output_path"):
+            written = flag_values(shlex.split(line), flag)
+            assert not any(v.startswith(SHARED) for v in written), f"{rel}: {line} would write into the repository: {written}"
         with self.mp.context() as mp:
             mp.chdir(page.work)
             for key, value in env.items():
@@ -250,7 +255,7 @@ class Runner:
 
     def call(self, target, argv: list[str], line: str) -> str:
         self.capsys.readouterr()
-        with keep_logging():
+        with keep_logging(), hub_offline_as_in_a_new_process():
             try:
                 code = (target if callable(target) else entry_point(target))(argv)
             except SystemExit as stop:

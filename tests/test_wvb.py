@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from cli_inprocess import run_console, run_module
 
 from culnig_lm_eval.taskdata import wvb
 from culnig_lm_eval._startup import task_dir
@@ -197,18 +198,18 @@ def test_prompt_and_gold_request():
 
 
 def test_lm_eval_ls_and_validate():
-    listed = subprocess.run([str(BIN / "lm_eval"), "ls", "tasks"], capture_output=True, text=True,
-                            env=offline_env(), timeout=600)
+    listed = run_console(["lm_eval", "ls", "tasks"], env=offline_env())
     assert listed.returncode == 0, listed.stderr
     for name in ("wvb", "wvb_neur", "wvb_test", "wvb_uk", "wvb_korea"):
         assert f" {name} " in listed.stdout or f"|{name}|" in listed.stdout.replace(" ", ""), name
-    valid = subprocess.run([str(BIN / "lm_eval"), "validate", "--tasks", "wvb,wvb_neur,wvb_test"],
-                           capture_output=True, text=True, env=offline_env(), timeout=600)
+    valid = run_console(["lm_eval", "validate", "--tasks", "wvb,wvb_neur,wvb_test"], env=offline_env())
     assert valid.returncode == 0, valid.stdout + valid.stderr
 
 
 @pytest.mark.slow
 def test_lm_eval_run_reports_alignment(tmp_path, tiny_llama_dir):
+    """The suite's one run of the installed ``lm_eval`` console script in its own process: the .pth
+    start-up hook, the registry entry and our task folder as a user's shell gets them."""
     out = tmp_path / "out"
     proc = subprocess.run([str(BIN / "lm_eval"), "run", "--model", "masked-hf", "--model_args",
                            f"pretrained={tiny_llama_dir},device=cpu,dtype=float32", "--tasks", "wvb,wvb_test",
@@ -226,10 +227,9 @@ def test_lm_eval_run_reports_alignment(tmp_path, tiny_llama_dir):
 def test_culnig_score_accepts_wvb_neur(tmp_path, tiny_llama_dir):
     from culnig_lm_eval.scoring.tables import load_table
 
-    proc = subprocess.run([sys.executable, "-m", "culnig_lm_eval.cli.score", "run", "--model_args",
-                           f"pretrained={tiny_llama_dir},dtype=float32", "--device", "cpu", "--tasks", "wvb_neur",
-                           "--limit", "3", "--no-select", "--out", str(tmp_path / "scores")],
-                          capture_output=True, text=True, env=offline_env(), timeout=600)
+    proc = run_module("culnig_lm_eval.cli.score", "run", "--model_args", f"pretrained={tiny_llama_dir},dtype=float32",
+                      "--device", "cpu", "--tasks", "wvb_neur", "--limit", "3", "--no-select",
+                      "--out", tmp_path / "scores", env=offline_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = load_table(tmp_path / "scores" / "task.scores.pt")
     assert int(table.counts.sum()) == 3  # one sample (the majority answer's request) per document
@@ -298,9 +298,8 @@ def test_auto_mode_without_a_folder_warns_once_and_reads_the_sample(monkeypatch,
 
 def test_bad_folder_stops_culnig_score_with_one_line_and_exit_2(tmp_path):
     folder = broken_copy(tmp_path, lambda f: replace_first_answer(f, "often"))
-    proc = subprocess.run([sys.executable, "-m", "culnig_lm_eval.cli.score", "run", "--model_args",
-                           "pretrained=/no/such/model", "--tasks", "wvb_neur", "--out", str(tmp_path / "s")],
-                          capture_output=True, text=True, env=offline_env(CULNIG_WVB=str(folder)), timeout=600)
+    proc = run_module("culnig_lm_eval.cli.score", "run", "--model_args", "pretrained=/no/such/model",
+                      "--tasks", "wvb_neur", "--out", tmp_path / "s", env=offline_env(CULNIG_WVB=str(folder)))
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "/no/such/model" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
