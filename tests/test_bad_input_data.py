@@ -8,12 +8,11 @@ import csv
 import json
 import os
 import random
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from cli_inprocess import run_module
 
 from culnig_lm_eval.taskdata import builders, sources
 from culnig_lm_eval._startup import task_dir
@@ -223,9 +222,8 @@ def test_score_cli_names_the_file_and_row_before_the_model(tmp_path):
     rows[1]["answer_idx"] = "7"
     path = write_csv(tmp_path / "mcq.csv", rows)
     env = {**os.environ, "CULNIG_BLEND_MCQ": str(path), "CULNIG_DATA": "sample"}
-    proc = subprocess.run([sys.executable, "-m", "culnig_lm_eval.cli.score", "run", "--model_args",
-                           "pretrained=/no/such/model", "--tasks", "blend_cloze_neur", "--out", str(tmp_path / "s")],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = run_module("culnig_lm_eval.cli.score", "run", "--model_args", "pretrained=/no/such/model",
+                      "--tasks", "blend_cloze_neur", "--out", tmp_path / "s", env=env)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "/no/such/model" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
