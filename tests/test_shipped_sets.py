@@ -50,3 +50,16 @@ def test_every_culture_has_a_non_empty_shipped_set(model):
     for culture in CULTURES:
         sizes = {str(p.parent.relative_to(SETS)): len(NeuronSet.load(p)) for p in (SETS / model).rglob(f"{culture}.pt")}
         assert any(sizes.values()), f"{model}: every shipped {culture}.pt is empty: {sizes}"
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: str(p.relative_to(SETS)))
+def test_a_shipped_set_records_its_code_version_and_countryrc_2(folder):
+    """Rebuilt with today's code: each set names the commit that made it, and was selected with
+    CountryRC as published (task version 2, 100 samples per culture)."""
+    for path in sorted(folder.glob("*.pt")):
+        meta = NeuronSet.load(path).meta
+        assert meta["code_version"]["package"] and len(meta["code_version"]["commit"] or "") == 40, path
+        if meta["method"] == "culnig":
+            crc = meta["provenance"]["crc"]
+            assert crc["task_versions"] == {"crc": 2.0}, path
+            assert set(crc["samples"].values()) == {100}, path
