@@ -318,13 +318,14 @@ def test_generation_tasks_stay_out_of_the_pooled_cultural_items(tiny_runs):
     assert set(GEN_TASKS) <= set(ma.acc_tasks)  # still in the accuracy tables
 
 
-def test_default_experiment_evaluates_each_gen_task_with_its_counterpart():
+def test_default_experiment_evaluates_its_gen_task_with_its_counterpart():
     from culnig_lm_eval.experiment.config import load_config
     from culnig_lm_eval.report.sections import loglik_counterpart
 
     cultural = load_config(None).evaluate.cultural
     gen = [t for t in cultural if loglik_counterpart(t) != t]
-    assert sorted(gen) == sorted(GEN_TASKS)
+    # the default job keeps one generation task (BLEnD; the other two are unreadable on a 135M model)
+    assert gen and set(gen) <= set(GEN_TASKS)
     assert all(loglik_counterpart(t) in cultural for t in gen)
     assert loglik_counterpart("blend_gen_korea") == "blend_korea"
     assert loglik_counterpart("blend_test") == "blend_test"

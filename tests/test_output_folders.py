@@ -90,7 +90,8 @@ def output_options(parser: argparse.ArgumentParser) -> set[str]:
     def says_out(text: str) -> bool:
         return any(word in ("out", "output", "o") for word in text.strip("-").replace("-", "_").split("_"))
 
-    return {a.dest for a in parser._actions if a.option_strings
+    not_outputs = {"leave_out"}  # --leave-out CULTURES: which cultures to hold out, no path
+    return {a.dest for a in parser._actions if a.option_strings and a.dest not in not_outputs
             and (says_out(a.dest) or any(says_out(s) for s in a.option_strings))}
 
 
@@ -310,8 +311,12 @@ def test_the_issue_cases_copied_sets_folder_and_a_thesis(tmp_path):
     paper = ns / "smollm2-135m" / "paper"
     assert main(["select", "--scores-dir", str(scores), "--out", str(paper), "--top-mlp", "1"]) == 0
     assert (paper / MARKER).is_file() and json.loads((paper / "selection.json").read_text())
-    # its parent holds other selections: replacing it would delete them
-    assert main(["select", "--scores-dir", str(scores), "--out", str(ns / "smollm2-135m"), "--top-mlp", "1"]) == 2
+    # its parent is a selection too (shipped with its marker) and holds the other selections: replacing it
+    # carries them over untouched
+    nested = {name: snapshot(ns / "smollm2-135m" / name) for name in ("paper", "general-excluded", "normalised-z")}
+    assert main(["select", "--scores-dir", str(scores), "--out", str(ns / "smollm2-135m"), "--top-mlp", "1"]) == 0
+    assert {name: snapshot(ns / "smollm2-135m" / name) for name in nested} == nested
+    assert json.loads((ns / "smollm2-135m" / MARKER).read_text())["command"] == "culnig-score select"
 
 
 def test_a_nested_output_is_carried_over_and_a_clash_refused(tmp_path):

@@ -320,10 +320,11 @@ def check_evaluation_folders(out: Path) -> None:
 
 def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bool, skipped: dict[str, str],
                         culture_randoms: dict[str, dict[str, dict[str, Path]]] | None = None,
-                        planned: list[ConditionPlan] | None = None):
+                        planned: list[ConditionPlan] | None = None, dedupe: bool = True):
     """Every condition's tasks, saved as lm-eval saves them.  Each task is loaded and its requests
     built once for all conditions; a condition's sets are folded in once for all its tasks.
-    ``planned``: these conditions instead of :func:`conditions` (the transfer evaluations)."""
+    ``planned``: these conditions instead of :func:`conditions` (the transfer evaluations); ``dedupe``:
+    a condition whose neurons, culture and tasks an earlier one ran is skipped (skipped.json says where)."""
     from tqdm import tqdm
 
     from ..model.states import ReusedTasks, evaluate_state
@@ -334,11 +335,14 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
     planned = conditions(plan, sets, culture_randoms) if planned is None else planned
     loadable = set(loadable_tasks(list(dict.fromkeys(t for c in planned for t in c.tasks)), tasks, skipped))
     chat = bool(config.scoring.apply_chat_template)  # evaluation renders prompts as scoring did
-    first_with: dict[tuple, str] = {}  # (neurons, culture) -> the condition that evaluates them
+    # (neurons, culture, tasks) -> the condition that evaluates them.  Transfer conditions are each a row of
+    # the transfer report (a held-out set may coincide with the full set on a small model): all run
+    first_with: dict[tuple, str] | None = {} if dedupe else None
     for condition in tqdm(planned, desc="masked states", unit="state"):
         # keyed on the neurons, not the files: new metadata on the same neurons reuses the run
         key = "+".join("n" + NeuronSet.load(p).neurons_sha256()[:12] for p in condition.set_paths) or "unmasked"
-        same = first_with.setdefault((key, condition.culture), condition.label)
+        same = condition.label if first_with is None else first_with.setdefault(
+            (key, condition.culture, tuple(condition.tasks)), condition.label)
         if same != condition.label:  # e.g. two selections whose culture-general sets coincide
             skipped[condition.label] = f"the same neurons as {same}, evaluated there"
             continue
@@ -417,5 +421,5 @@ def evaluate_transfer(lm, config: ExperimentConfig, sets, out: Path, force: bool
     loco = {name: found for name in loo.selections if name in sets and (found := loco_paths(out / "sets" / name))}
     planned = transfer_conditions(config, sets, loco)
     limited = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, limit=loo.limit))
-    evaluate_conditions(lm, limited, sets, out / TRANSFER_FOLDER, force, {}, planned=planned)
+    evaluate_conditions(lm, limited, sets, out / TRANSFER_FOLDER, force, {}, planned=planned, dedupe=False)
     return out / TRANSFER_FOLDER
