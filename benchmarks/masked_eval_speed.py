@@ -16,7 +16,8 @@ in) and evaluates each task twice, in alternating order so drift on a shared mac
 It prints per task the median seconds of each, their ratio, the largest per-request
 log-likelihood difference and whether every item's accuracy agrees; the time to fold a set in
 and restore the weights (switching states) against one state's evaluation; and, with
-``--memory``, the peak resident memory of a child process that evaluates one state in each way.
+``--memory``, the peak resident memory of a child process that evaluates one state in each way
+(while loading the model, and while evaluating after it: Linux's VmHWM, reset after loading).
 """
 
 from __future__ import annotations
@@ -94,21 +95,36 @@ def child(args):
 
     lm = load_lm(f"pretrained={args.model},dtype=float32", batch_size=args.batch_size, device="cpu")
     reused = ReusedTasks()
+    loaded = high_water_mark()
+    reset_high_water_mark()
     for task in args.tasks.split(","):
         with lm.masked([random_gate_set(lm, 0)]):
             seconds, _ = evaluate(lm, args.child, task, args.limit, reused)
-        print(json.dumps({"task": task, "seconds": seconds}))
+    print(json.dumps({"loaded": loaded, "evaluating": high_water_mark()}))
 
 
-def peak_memory(args, way: str) -> float:
-    """Peak resident memory (GB) of a child process loading the model and evaluating one state."""
+def high_water_mark() -> float:
+    """This process's peak resident memory so far (GB; Linux VmHWM)."""
+    with open("/proc/self/status") as status:
+        kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return kb / 1e6
+
+
+def reset_high_water_mark() -> None:
+    """Start VmHWM again from the current resident memory (Linux: clear_refs 5)."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
+def peak_memory(args, way: str) -> dict[str, float]:
+    """Peak resident memory (GB) of a child process: while loading the model, and while evaluating
+    one state on every task after that (the peak reset once the model is loaded)."""
     argv = [sys.executable, __file__, "--child", way, "--model", args.model, "--tasks", args.tasks,
             "--limit", str(args.limit), "--batch_size", str(args.batch_size)]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    if status:
-        raise SystemExit(f"memory child ({way}) failed with status {status}")
-    return usage.ru_maxrss / 1e6  # kB -> GB
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if done.returncode:
+        raise SystemExit(f"memory child ({way}) failed with status {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None):
@@ -155,7 +171,9 @@ def main(argv=None):
     if args.memory:
         del lm
         for way in ("fast", "stock"):
-            print(f"peak memory, load + one state on {args.tasks} ({way}): {peak_memory(args, way):.2f} GB")
+            peak = peak_memory(args, way)
+            print(f"peak memory ({way}): {peak['loaded']:.2f} GB loading the model, "
+                  f"{peak['evaluating']:.2f} GB evaluating one state on {args.tasks} after that")
 
 
 if __name__ == "__main__":

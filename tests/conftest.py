@@ -90,25 +90,15 @@ def _memoise_task_index() -> None:
     index_cls.build = staticmethod(build)
 
 
-def _memoise_env_info() -> None:
-    """lm-eval's ``simple_evaluate`` records torch's ``get_pretty_env_info()`` in every results dict:
-    about 1 s of ``pip list`` and other subprocesses per call.  The environment does not change during
-    the session, so the first answer is reused."""
-    import functools
-
-    from torch.utils import collect_env
-
-    if not hasattr(collect_env.get_pretty_env_info, "cache_info"):
-        collect_env.get_pretty_env_info = functools.lru_cache(maxsize=1)(collect_env.get_pretty_env_info)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def shared_task_index():
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported before this file
     _memoise_task_index()
-    _memoise_env_info()
+    from culnig_lm_eval.model.states import reuse_environment_info
+
+    reuse_environment_info()  # every simple_evaluate of the session: ~0.4-1 s of subprocesses, once
 
 
 @pytest.fixture(scope="session")
