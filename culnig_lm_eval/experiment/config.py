@@ -32,7 +32,7 @@ DEFAULT_RANDOM_SEEDS = list(range(20))
 DEFAULT_STABILITY_FOLD = "0/2"
 
 
-EVALUATION_DTYPES = ("float32", "bfloat16", "float16")
+EVALUATION_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 class ConfigError(ValueError):
@@ -75,7 +75,8 @@ class EvaluationPlan:
     # random task: all its p needs, at 1/8 of the cost with 8 cultures)
     culture_random_items: str = "all"
     # evaluate in this dtype (the model is cast after scoring and selection): e.g. bfloat16, three times
-    # faster than float32 on CPUs with AVX512-BF16; None: the dtype of model_args
+    # faster than float32 on CPUs with AVX512-BF16; "auto": bfloat16 where the device computes it
+    # natively, else model_args' dtype; None: the dtype of model_args
     dtype: str | None = None
 
     @property

@@ -320,17 +320,18 @@ def check_evaluation_folders(out: Path) -> None:
 
 def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bool, skipped: dict[str, str],
                         culture_randoms: dict[str, dict[str, dict[str, Path]]] | None = None,
-                        planned: list[ConditionPlan] | None = None, dedupe: bool = True):
+                        planned: list[ConditionPlan] | None = None, dedupe: bool = True, tasks=None):
     """Every condition's tasks, saved as lm-eval saves them.  Each task is loaded and its requests
     built once for all conditions; a condition's sets are folded in once for all its tasks.
     ``planned``: these conditions instead of :func:`conditions` (the transfer evaluations); ``dedupe``:
-    a condition whose neurons, culture and tasks an earlier one ran is skipped (skipped.json says where)."""
+    a condition whose neurons, culture and tasks an earlier one ran is skipped (skipped.json says where);
+    ``tasks``: a :class:`ReusedTasks` to load the tasks with (one per run)."""
     from tqdm import tqdm
 
     from ..model.states import ReusedTasks, evaluate_state
     from ..neuron_set import NeuronSet, load_sets
 
-    tasks = ReusedTasks()
+    tasks = ReusedTasks() if tasks is None else tasks
     plan = config.evaluate
     planned = conditions(plan, sets, culture_randoms) if planned is None else planned
     loadable = set(loadable_tasks(list(dict.fromkeys(t for c in planned for t in c.tasks)), tasks, skipped))
@@ -372,9 +373,25 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
     write_text(out / "skipped.json", json.dumps(skipped, indent=1))
 
 
+def resolve_evaluation_dtype(config: ExperimentConfig, lm) -> ExperimentConfig:
+    """``evaluate.dtype: auto`` made concrete for the loaded model's device: bfloat16 where the
+    device computes it natively, else model_args' own dtype (the stamps and reports record it)."""
+    import dataclasses
+
+    from ..model.lm import model_device, native_bfloat16
+
+    if config.evaluate.dtype != "auto":
+        return config
+    dtype = "bfloat16" if native_bfloat16(model_device(lm)) else None
+    log.warning("evaluate.dtype auto: %s", "bfloat16 (native on this device)" if dtype else
+                "model_args' dtype (bfloat16 is not native on this device)")
+    return dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, dtype=dtype))
+
+
 def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = False) -> Path:
     """Score, select, evaluate and report; returns the report's path."""
     from ..model.lm import load_lm
+    from ..model.states import ReusedTasks
     from ..report import build_report
     from ..scoring.instances import write_instance_scores
     from ..scoring.run import load_role_tasks, score_roles
@@ -388,29 +405,32 @@ def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = Fals
     with data_environment(config):
         tasks = load_role_tasks(config.role_tasks, config.scoring)  # data errors before the model loads
         lm = load_lm(config.model_args, batch_size=config.evaluate.batch_size)
+        config = resolve_evaluation_dtype(config, lm)
         score_files = score_roles(lm, config.role_tasks, config.scoring, out / "scores", tasks=tasks)
         half_files = score_stability_half(lm, config, out / "scores", tasks)
         sets = select_all(config, score_files, out / "sets", force, skipped, half_files=half_files)
         culture_randoms = culture_random_sets(config, sets, out / "sets", force, skipped)
+        instances, reused = None, ReusedTasks()
+        task = config.evaluate.instance_task
+        # gradients in the scoring dtype, so before the model is cast for evaluation
+        if task and loadable_tasks([task], reused, skipped):
+            # the sets' own instance view: random sets (20 or more per set) would only repeat it as noise
+            selected = {name: {label: path for label, path in labelled.items() if random_draw(label) is None}
+                        for name, labelled in sets.items()}
+            instances = write_instance_scores(lm, task, selected, config.scoring, out / "instance_scores.jsonl",
+                                              limit=config.evaluate.limit, batch_size=config.evaluate.batch_size)
         if config.evaluate.dtype is not None:  # scoring ran in model_args' dtype; evaluation in this one
             import torch
 
             lm.model.to(getattr(torch, config.evaluate.dtype))
-        evaluate_conditions(lm, config, sets, out / "eval", force, skipped, culture_randoms=culture_randoms)
-        transfer = evaluate_transfer(lm, config, sets, out, force)
-        instances = None
-        if config.evaluate.instance_task and config.evaluate.instance_task not in skipped:
-            # the sets' own instance view: random sets (20 or more per set) would only repeat it as noise
-            selected = {name: {label: path for label, path in labelled.items() if random_draw(label) is None}
-                        for name, labelled in sets.items()}
-            instances = write_instance_scores(lm, config.evaluate.instance_task, selected, config.scoring,
-                                              out / "instance_scores.jsonl", limit=config.evaluate.limit,
-                                              batch_size=config.evaluate.batch_size)
+        evaluate_conditions(lm, config, sets, out / "eval", force, skipped, culture_randoms=culture_randoms,
+                            tasks=reused)
+        transfer = evaluate_transfer(lm, config, sets, out, force, tasks=reused)
         return build_report([out / "eval"], out / "report", instance_scores=instances,
                             transfer_dirs=[transfer] if transfer else ())
 
 
-def evaluate_transfer(lm, config: ExperimentConfig, sets, out: Path, force: bool) -> Path | None:
+def evaluate_transfer(lm, config: ExperimentConfig, sets, out: Path, force: bool, tasks=None) -> Path | None:
     """The leave-one-culture-out evaluations (:func:`transfer_conditions`) into ``<out>/transfer``,
     with ``leave_one_out.limit`` documents per task; None when the config has none."""
     from ..selection.save import loco_paths
@@ -421,5 +441,6 @@ def evaluate_transfer(lm, config: ExperimentConfig, sets, out: Path, force: bool
     loco = {name: found for name in loo.selections if name in sets and (found := loco_paths(out / "sets" / name))}
     planned = transfer_conditions(config, sets, loco)
     limited = dataclasses.replace(config, evaluate=dataclasses.replace(config.evaluate, limit=loo.limit))
-    evaluate_conditions(lm, limited, sets, out / TRANSFER_FOLDER, force, {}, planned=planned, dedupe=False)
+    evaluate_conditions(lm, limited, sets, out / TRANSFER_FOLDER, force, {}, planned=planned, dedupe=False,
+                        tasks=tasks)
     return out / TRANSFER_FOLDER

@@ -45,3 +45,22 @@ def model_device(lm):
 def parameter_device(module):
     """Where a torch module's first parameter lives (:func:`model_device` for a bare module)."""
     return next(module.parameters()).device
+
+
+def native_bfloat16(device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (Linux's CPU flags).  Elsewhere bfloat16 matrix products are emulated and
+    slower than float32."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
