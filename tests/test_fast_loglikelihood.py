@@ -4,7 +4,9 @@ Every adapter architecture (tiny random models) and SmolLM2 on real-shaped BLEnD
 log-likelihood of each request within 1e-4 (fp32) and the same ``is_greedy``; the requests mix
 single- and multi-token continuations, contexts shared by several continuations, a
 continuation that merges with its context in the joint encoding, left truncation at the
-model's length and padding within a batch.
+model's length and padding within a batch.  Both ways of running continuations are checked:
+branches of one tree-masked forward, and the cached context (rows wider than a sliding window,
+or a model that rejects the tree mask).
 """
 
 from __future__ import annotations
@@ -75,8 +77,32 @@ def test_equal_to_stock_hf_on_every_architecture(model_type):
     stock = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
     fast = lm._loglikelihood_tokens(requests, disable_tqdm=True)
     assert lm.decoder_and_head.usable  # the shared-context path ran, not the fallback
+    assert lm.decoder_and_head.tree_width > 0  # continuations as branches of one forward
     assert_same(stock, fast)
     assert sum(greedy for _, greedy in stock) >= 2  # the greedy continuations
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma2"])  # sdpa (boolean mask) and eager (additive)
+def test_continuations_on_the_cached_context_when_the_tree_mask_is_refused(model_type, monkeypatch):
+    from culnig_lm_eval.model import fast_loglikelihood
+
+    monkeypatch.setattr(fast_loglikelihood.DecoderAndHead, "_tree_matches", lambda self: False)
+    lm = masked_lm(tiny_model(model_type), batch_size=3, max_length=96)
+    requests = requests_for(lm)
+    fast = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert lm.decoder_and_head.usable and lm.decoder_and_head.tree_width == 0
+    assert_same(HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True), fast)
+
+
+def test_tree_mask_probe_rejects_a_model_that_ignores_the_mask(monkeypatch):
+    from culnig_lm_eval.model import fast_loglikelihood
+
+    lm = masked_lm(tiny_model("llama"), batch_size=3)
+    split = fast_loglikelihood.DecoderAndHead(lm)
+    assert split.tree_width > 0 and split._tree_matches()
+    causal = split.tree_mask  # a model that ignores the branches sees a plain causal mask
+    monkeypatch.setattr(split, "tree_mask", lambda branch: causal(torch.zeros_like(branch)))
+    assert not split._tree_matches()
 
 
 def test_a_model_whose_logits_are_not_head_of_hidden_uses_hf_path(monkeypatch, caplog):

@@ -3,8 +3,11 @@
 lm-eval's ``HFLM._loglikelihood_tokens`` runs every (context, continuation) pair as one
 sequence and applies the vocabulary projection and log-softmax at every position.  Here the
 requests that share a context (the options of one multiple-choice document) run it once,
-left-padded in a batch with other documents' contexts; continuations of two or more tokens then
-run on the cached keys and values.  The decoder's hidden states at the scored positions (the
+left-padded in a batch with other documents' contexts.  Continuations of two or more tokens run
+in the same forward, each as a branch after its context under a tree-shaped attention mask (a
+branch sees its context and its own earlier tokens, with its own positions), so a batch is one
+call of the decoder; where that mask cannot be used (an attention without 4D masks, a row wider
+than the model's sliding window) they run afterwards on the cached keys and values.  The decoder's hidden states at the scored positions (the
 last context position, and every continuation position but the last) are collected over many
 batches and projected onto the vocabulary together, in chunks: a projection of a few positions
 at a time would read the whole output matrix for each (671 MB for Gemma-3's 262k vocabulary).
@@ -45,15 +48,25 @@ class ContextGroup:
     def length(self) -> int:
         return len(self.context) + max(map(len, self.continuations))
 
+    @property
+    def branches(self) -> list[tuple[int, ...]]:
+        """The continuations of two or more tokens: their tokens but the last are decoder inputs."""
+        return [cont for cont in self.continuations if len(cont) > 1]
+
+    @property
+    def tree_width(self) -> int:
+        """Positions of the context and all its branches in one row."""
+        return len(self.context) + sum(len(cont) - 1 for cont in self.branches)
+
 
 def group_by_context(requests: list[Request], indices: list[int]) -> list[ContextGroup]:
-    """Requests grouped by context, longest first (as ``hf`` orders them: out-of-memory shows at once)."""
+    """Requests grouped by context, widest row first (as ``hf`` orders them: out-of-memory shows at once)."""
     groups: dict[tuple[int, ...], ContextGroup] = {}
     for i in indices:
         _, context, continuation = requests[i]
         group = groups.setdefault(tuple(context), ContextGroup(tuple(context)))
         group.continuations.setdefault(tuple(continuation), []).append(i)
-    return sorted(groups.values(), key=lambda g: (-g.length, g.context))
+    return sorted(groups.values(), key=lambda g: (-g.tree_width, -g.length, g.context))
 
 
 def length_buckets(rows: list, most: int, waste: float = 0.25) -> list[list]:
@@ -112,6 +125,39 @@ class DecoderAndHead:
         self.softcap = None
         self.usable = self.decoder is not model and self.head is not None and self._matches(
             getattr(config, "final_logit_softcapping", None))
+        # a tree-shaped mask is passed as a 4D mask, which the model uses as given: no sliding
+        # window is applied to it, so rows stay within the window (and the model's length)
+        self.mask_kind = {"sdpa": "bool", "eager": "additive"}.get(getattr(config, "_attn_implementation", None))
+        window = getattr(config, "sliding_window", None)
+        self.tree_width = min(lm.max_length, window or lm.max_length) if self.usable and self.mask_kind else 0
+        if self.tree_width and not self._tree_matches():  # a model that builds its own mask (e.g. ALiBi)
+            self.tree_width = 0
+
+    def tree_mask(self, branch: torch.Tensor) -> torch.Tensor:
+        """The 4D attention mask of rows laid out as ``branch`` [batch, width] (-1 padding, 0 context,
+        j > 0 branch j, each contiguous after the context): a position sees the context before it
+        and the earlier positions of its own branch."""
+        width = branch.shape[1]
+        query, key = branch[:, :, None], branch[:, None, :]
+        allowed = torch.ones(width, width, dtype=torch.bool).tril() & (key >= 0) & ((key == 0) | (key == query))
+        allowed |= torch.eye(width, dtype=torch.bool)  # a padding position sees itself: no empty softmax
+        mask = allowed[:, None].to(self.lm.device)
+        if self.mask_kind == "bool":
+            return mask
+        dtype = self.head.weight.dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+    @torch.no_grad()
+    def _tree_matches(self) -> bool:
+        """The last position of a two-branch probe row equals the same tokens run straight."""
+        first = self.lm.prefix_token_id
+        straight = torch.tensor([[first, 0, 1, 4, 5]], device=self.lm.device)
+        tree = torch.tensor([[first, 0, 1, 2, 4, 5]], device=self.lm.device)
+        expected = self.hidden(input_ids=straight)[0][0, -1].float()
+        got = self.hidden(input_ids=tree, attention_mask=self.tree_mask(torch.tensor([[0, 0, 0, 1, 2, 2]])),
+                          position_ids=torch.tensor([[0, 1, 2, 3, 3, 4]], device=self.lm.device))[0][0, -1].float()
+        tolerance = 1e-4 if self.head.weight.dtype == torch.float32 and self.lm.mixed_precision_dtype is None else 3e-2
+        return bool((got - expected).norm() <= tolerance * expected.norm())
 
     def _autocast(self):
         lm = self.lm
@@ -203,6 +249,12 @@ class ScoredPositions:
         return out
 
 
+def owners_of(groups: list[ContextGroup], group_ids: list[int], positions: ScoredPositions) -> dict:
+    """(row in the batch, continuation) -> its owner index in ``positions``."""
+    return {(b, cont): positions.owner((group_ids[b], cont))
+            for b, group in enumerate(groups) for cont in group.continuations}
+
+
 class SharedContextScorer:
     """Runs batches of context groups on the decoder, adding their scored positions to ``positions``."""
 
@@ -214,6 +266,48 @@ class SharedContextScorer:
     def run(self, groups: list[ContextGroup], group_ids: list[int], positions: ScoredPositions,
             rows_per_call: int) -> bool:
         """False when the model's cache cannot be shared between continuations."""
+        if max(g.tree_width for g in groups) <= self.split.tree_width:
+            self._tree(groups, owners_of(groups, group_ids, positions), positions)
+            return True
+        return self._context_then_continuations(groups, group_ids, positions, rows_per_call)
+
+    def _tree(self, groups: list[ContextGroup], owners: dict, positions: ScoredPositions):
+        """One forward per batch: each row is a context followed by its branches (module docstring)."""
+        width = max(g.tree_width for g in groups)
+        ids = torch.full((len(groups), width), self.pad_id, dtype=torch.long)
+        branch = torch.full((len(groups), width), -1, dtype=torch.long)  # -1 padding, 0 context, j > 0 branch j
+        position = torch.zeros((len(groups), width), dtype=torch.long)
+        scored: list[tuple[int, int]] = []  # (row, column) of every scored position
+        targets, owner_of = [], []
+        for b, group in enumerate(groups):  # left padding: every row ends at the last column
+            column, n = width - group.tree_width, len(group.context)
+            ids[b, column:column + n] = torch.tensor(group.context)
+            branch[b, column:column + n] = 0
+            position[b, column:column + n] = torch.arange(n)
+            column += n
+            for cont in group.continuations:  # a continuation's first token is predicted at its context's last position
+                scored.append((b, column - 1))
+                targets.append(cont[0])
+                owner_of.append(owners[(b, cont)])
+            for j, cont in enumerate(group.branches, start=1):
+                k = len(cont) - 1
+                ids[b, column:column + k] = torch.tensor(cont[:-1])
+                branch[b, column:column + k] = j
+                position[b, column:column + k] = n + torch.arange(k)
+                scored += [(b, column + i) for i in range(k)]
+                targets += cont[1:]
+                owner_of += [owners[(b, cont)]] * k
+                column += k
+        hidden, _ = self.split.hidden(input_ids=ids.to(self.device), attention_mask=self.split.tree_mask(branch),
+                                      position_ids=position.to(self.device), use_cache=False)
+        rows, columns = zip(*scored)
+        device = hidden.device  # under parallelize=True the last layer may sit on another device
+        picked = hidden[torch.tensor(rows, device=device), torch.tensor(columns, device=device)]
+        positions.add(picked, list(range(len(targets))), targets, owner_of)
+
+    def _context_then_continuations(self, groups: list[ContextGroup], group_ids: list[int],
+                                    positions: ScoredPositions, rows_per_call: int) -> bool:
+        """The contexts in one forward, then tokens 2.. of the continuations on the repeated cache."""
         lengths = torch.tensor([len(g.context) for g in groups])
         width = int(lengths.max())
         ids = torch.full((len(groups), width), self.pad_id, dtype=torch.long)
@@ -227,8 +321,7 @@ class SharedContextScorer:
                                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=bool(rows))
         if rows and not shareable(cache):
             return False
-        owners = {(b, cont): positions.owner((group_ids[b], cont))
-                  for b, group in enumerate(groups) for cont in group.continuations}
+        owners = owners_of(groups, group_ids, positions)
         pairs = [(b, cont) for b, group in enumerate(groups) for cont in group.continuations]
         # a continuation's first token is predicted at its context's last position
         positions.add(hidden[:, -1], [b for b, _ in pairs], [cont[0] for _, cont in pairs], [owners[p] for p in pairs])
@@ -279,7 +372,10 @@ def shared_context_loglikelihood(lm, requests: list[Request], disable_tqdm: bool
     batch_size = override_bs or lm.batch_size
     if batch_size == "auto" and groups:
         longest = groups[0]
-        batch_size = lm._detect_batch_size([(None, list(longest.context), list(max(longest.continuations, key=len)))])
+        # the widest row: the context and its branches (or its longest continuation)
+        tail = [t for cont in longest.branches for t in cont[:-1]] + [0] if longest.branches else \
+            list(max(longest.continuations, key=len))
+        batch_size = lm._detect_batch_size([(None, list(longest.context), tail)])
     batch_size = max(int(batch_size), 1)
     scorer, positions = SharedContextScorer(split), ScoredPositions(split)
     bar = tqdm(total=len(requests), disable=disable_tqdm or lm.rank != 0, desc="Running loglikelihood requests")
