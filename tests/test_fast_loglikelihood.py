@@ -26,10 +26,12 @@ CONTEXTS = [
     "A: the answer is yes. B: the answer is no. Answer:",
     "Rice, bread, maize and cassava are staple foods around the world. Rice, bread",
     "Q: staple food?\nA:",
+    "Q: staple drink?\nA:",  # shares its beginning with the one above: one trie row holds both
     "x",
 ]
 MERGING = ("Tea is served with mil", "k in some countries")  # the tiny BPE has "milk": tokens merge
-CONTINUATIONS = [" A", " B", " rice and bread", " the lazy dog jumps over", "yes", " no", " maize, cassava and more rice"]
+CONTINUATIONS = [" A", " B", " rice and bread", " the lazy dog jumps over", "yes", " no", " maize, cassava and more rice",
+                 " rice and tea"]  # shares " rice and" with another option
 
 
 def masked_lm(model, **kwargs) -> MaskedHFLM:
@@ -100,8 +102,8 @@ def test_tree_mask_probe_rejects_a_model_that_ignores_the_mask(monkeypatch):
     lm = masked_lm(tiny_model("llama"), batch_size=3)
     split = fast_loglikelihood.DecoderAndHead(lm)
     assert split.tree_width > 0 and split._tree_matches()
-    causal = split.tree_mask  # a model that ignores the branches sees a plain causal mask
-    monkeypatch.setattr(split, "tree_mask", lambda branch: causal(torch.zeros_like(branch)))
+    # a model that ignores the mask attends to every earlier position of the row, the other branch too
+    monkeypatch.setattr(split, "attention_mask", lambda allowed: None)
     assert not split._tree_matches()
 
 
@@ -159,6 +161,23 @@ def test_auto_batch_size_runs():
     requests = requests_for(lm)[:10]
     assert_same(HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True, override_bs=4),
                 lm._loglikelihood_tokens(requests, disable_tqdm=True))
+
+
+def test_trie_row_shares_beginnings_and_sees_only_ancestors():
+    from culnig_lm_eval.model.fast_loglikelihood import ContextGroup, TrieRow
+
+    row = TrieRow()
+    first = ContextGroup((1, 2, 3), {(7,): [0], (8, 9): [1]})
+    second = ContextGroup((1, 2, 4), {(8, 9): [2]})
+    row.add(first, {(7,): 0, (8, 9): 1})
+    assert row.added_by(second) == 2  # 4 and its branch token 8; 1, 2 are shared
+    row.add(second, {(8, 9): 2})
+    assert row.tokens == [1, 2, 3, 8, 4, 8] and row.depths == [0, 1, 2, 3, 2, 3]
+    allowed = row.allowed()
+    assert allowed[5].tolist() == [True, True, False, False, True, True]  # 1, 2, 4 and itself
+    assert allowed[3].tolist() == [True, True, True, True, False, False]
+    # the context's last node predicts every first token; a branch node predicts the next one
+    assert sorted(row.scored) == sorted([(2, 7, 0), (2, 8, 1), (3, 9, 1), (4, 8, 2), (5, 9, 2)])
 
 
 def test_grouping_and_buckets():

@@ -2,12 +2,14 @@
 
 lm-eval's ``HFLM._loglikelihood_tokens`` runs every (context, continuation) pair as one
 sequence and applies the vocabulary projection and log-softmax at every position.  Here the
-requests that share a context (the options of one multiple-choice document) run it once,
-left-padded in a batch with other documents' contexts.  Continuations of two or more tokens run
-in the same forward, each as a branch after its context under a tree-shaped attention mask (a
-branch sees its context and its own earlier tokens, with its own positions), so a batch is one
-call of the decoder; where that mask cannot be used (an attention without 4D masks, a row wider
-than the model's sliding window) they run afterwards on the cached keys and values.  The decoder's hidden states at the scored positions (the
+requests that share a context (the options of one multiple-choice document) run it once.  A
+batch of documents is one call of the decoder on rows that are token tries: contexts with a
+common beginning (a question stem) share its positions, and each continuation's tokens hang
+below its context, under a 4D attention mask in which a position sees exactly its ancestors,
+with its depth as position id -- the same arithmetic as running every pair on its own.  Where
+that mask cannot be used (an attention without 4D masks, a row wider than the model's sliding
+window, a model whose probe rejects it) contexts run left-padded and continuations of two or
+more tokens afterwards on the cached keys and values.  The decoder's hidden states at the scored positions (the
 last context position, and every continuation position but the last) are collected over many
 batches and projected onto the vocabulary together, in chunks: a projection of a few positions
 at a time would read the whole output matrix for each (671 MB for Gemma-3's 262k vocabulary).
@@ -59,14 +61,17 @@ class ContextGroup:
         return len(self.context) + sum(len(cont) - 1 for cont in self.branches)
 
 
-def group_by_context(requests: list[Request], indices: list[int]) -> list[ContextGroup]:
-    """Requests grouped by context, widest row first (as ``hf`` orders them: out-of-memory shows at once)."""
+def group_by_context(requests: list[Request], indices: list[int], shared_beginnings: bool = False) -> list[ContextGroup]:
+    """Requests grouped by context: in token order when rows share contexts' beginnings (neighbours
+    share the most), else longest first (as ``hf`` orders them: out-of-memory shows at once)."""
     groups: dict[tuple[int, ...], ContextGroup] = {}
     for i in indices:
         _, context, continuation = requests[i]
         group = groups.setdefault(tuple(context), ContextGroup(tuple(context)))
         group.continuations.setdefault(tuple(continuation), []).append(i)
-    return sorted(groups.values(), key=lambda g: (-g.tree_width, -g.length, g.context))
+    if shared_beginnings:
+        return sorted(groups.values(), key=lambda g: g.context)
+    return sorted(groups.values(), key=lambda g: (-g.length, g.context))
 
 
 def length_buckets(rows: list, most: int, waste: float = 0.25) -> list[list]:
@@ -109,6 +114,78 @@ def shareable(cache) -> bool:
                                      for layer in getattr(cache, "layers", [None]))
 
 
+class TrieRow:
+    """One decoder row holding token sequences as a trie: a node is a token at a depth (its
+    position id) under its parent; a node sees exactly its ancestors and itself."""
+
+    def __init__(self):
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.depths: list[int] = []
+        self.children: dict[tuple[int, int], int] = {}  # (parent, token) -> node
+        self.scored: list[tuple[int, int, int]] = []  # (node, target token, owner)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def insert(self, tokens, below: int = -1) -> int:
+        """The node of ``tokens`` under node ``below`` (-1: the root), added where missing."""
+        node = below
+        for token in tokens:
+            key = (node, token)
+            if key not in self.children:
+                self.children[key] = len(self.tokens)
+                self.tokens.append(token)
+                self.depths.append(self.depths[node] + 1 if node >= 0 else 0)
+                self.parents.append(node)
+            node = self.children[key]
+        return node
+
+    def added_by(self, group: ContextGroup) -> int:
+        """How many nodes ``group`` (its context and every continuation but its last token) would add."""
+        new = set()
+        for sequence in [group.context] + [group.context + cont[:-1] for cont in group.branches]:
+            node = -1
+            for i, token in enumerate(sequence):
+                node = self.children.get((node, token)) if node is not None else None
+                if node is None:
+                    new.add(sequence[:i + 1])
+        return len(new)
+
+    def add(self, group: ContextGroup, owners: dict):
+        """``group``'s context and continuations, and every position they score."""
+        end = self.insert(group.context)
+        for cont in group.continuations:  # the first token is predicted at the context's last position
+            node, owner = end, owners[cont]
+            for k, target in enumerate(cont):
+                if k:
+                    node = self.insert([cont[k - 1]], below=node)
+                self.scored.append((node, target, owner))
+
+    def allowed(self) -> torch.Tensor:
+        """[width, width]: node i sees node j when j is i or an ancestor of i."""
+        seen = torch.eye(len(self), dtype=torch.bool)
+        for i, parent in enumerate(self.parents):  # parents come before their children
+            if parent >= 0:
+                seen[i] |= seen[parent]
+        return seen
+
+
+def rows_as_tensors(rows: list[TrieRow]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, position ids and the allowed-attention matrix of ``rows``, left-padded to the
+    widest: padding positions see only themselves (no empty softmax) and nothing sees them."""
+    width = max(map(len, rows))
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    depths = torch.zeros((len(rows), width), dtype=torch.long)
+    allowed = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)
+    for r, row in enumerate(rows):
+        pad = width - len(row)
+        ids[r, pad:] = torch.tensor(row.tokens)
+        depths[r, pad:] = torch.tensor(row.depths)
+        allowed[r, pad:, pad:] = row.allowed()
+    return ids, depths, allowed
+
+
 class DecoderAndHead:
     """The model split as ``logits = softcap(head(decoder(ids).last_hidden_state))``, if it is one.
 
@@ -130,17 +207,14 @@ class DecoderAndHead:
         self.mask_kind = {"sdpa": "bool", "eager": "additive"}.get(getattr(config, "_attn_implementation", None))
         window = getattr(config, "sliding_window", None)
         self.tree_width = min(lm.max_length, window or lm.max_length) if self.usable and self.mask_kind else 0
+        # groups share a row up to this width: wider, the attention over the whole row (most of it
+        # masked) would cost more than the positions shared save
+        self.row_width = min(self.tree_width, 512)
         if self.tree_width and not self._tree_matches():  # a model that builds its own mask (e.g. ALiBi)
             self.tree_width = 0
 
-    def tree_mask(self, branch: torch.Tensor) -> torch.Tensor:
-        """The 4D attention mask of rows laid out as ``branch`` [batch, width] (-1 padding, 0 context,
-        j > 0 branch j, each contiguous after the context): a position sees the context before it
-        and the earlier positions of its own branch."""
-        width = branch.shape[1]
-        query, key = branch[:, :, None], branch[:, None, :]
-        allowed = torch.ones(width, width, dtype=torch.bool).tril() & (key >= 0) & ((key == 0) | (key == query))
-        allowed |= torch.eye(width, dtype=torch.bool)  # a padding position sees itself: no empty softmax
+    def attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """``allowed`` [rows, width, width] (query sees key) as the 4D mask this model's attention takes."""
         mask = allowed[:, None].to(self.lm.device)
         if self.mask_kind == "bool":
             return mask
@@ -149,13 +223,16 @@ class DecoderAndHead:
 
     @torch.no_grad()
     def _tree_matches(self) -> bool:
-        """The last position of a two-branch probe row equals the same tokens run straight."""
+        """A probe continuation in a trie row (beside another branch) equals the same tokens run straight."""
         first = self.lm.prefix_token_id
-        straight = torch.tensor([[first, 0, 1, 4, 5]], device=self.lm.device)
-        tree = torch.tensor([[first, 0, 1, 2, 4, 5]], device=self.lm.device)
-        expected = self.hidden(input_ids=straight)[0][0, -1].float()
-        got = self.hidden(input_ids=tree, attention_mask=self.tree_mask(torch.tensor([[0, 0, 0, 1, 2, 2]])),
-                          position_ids=torch.tensor([[0, 1, 2, 3, 3, 4]], device=self.lm.device))[0][0, -1].float()
+        row = TrieRow()
+        node = row.insert([first, 0, 1])
+        row.insert([2], below=node)
+        node = row.insert([4, 5], below=node)
+        expected = self.hidden(input_ids=torch.tensor([[first, 0, 1, 4, 5]], device=self.lm.device))[0][0, -1].float()
+        ids, depths, allowed = rows_as_tensors([row])
+        got = self.hidden(input_ids=ids.to(self.lm.device), attention_mask=self.attention_mask(allowed),
+                          position_ids=depths.to(self.lm.device))[0][0, node].float()
         tolerance = 1e-4 if self.head.weight.dtype == torch.float32 and self.lm.mixed_precision_dtype is None else 3e-2
         return bool((got - expected).norm() <= tolerance * expected.norm())
 
@@ -267,43 +344,30 @@ class SharedContextScorer:
             rows_per_call: int) -> bool:
         """False when the model's cache cannot be shared between continuations."""
         if max(g.tree_width for g in groups) <= self.split.tree_width:
-            self._tree(groups, owners_of(groups, group_ids, positions), positions)
+            self._tries(groups, owners_of(groups, group_ids, positions), positions)
             return True
         return self._context_then_continuations(groups, group_ids, positions, rows_per_call)
 
-    def _tree(self, groups: list[ContextGroup], owners: dict, positions: ScoredPositions):
-        """One forward per batch: each row is a context followed by its branches (module docstring)."""
-        width = max(g.tree_width for g in groups)
-        ids = torch.full((len(groups), width), self.pad_id, dtype=torch.long)
-        branch = torch.full((len(groups), width), -1, dtype=torch.long)  # -1 padding, 0 context, j > 0 branch j
-        position = torch.zeros((len(groups), width), dtype=torch.long)
-        scored: list[tuple[int, int]] = []  # (row, column) of every scored position
-        targets, owner_of = [], []
-        for b, group in enumerate(groups):  # left padding: every row ends at the last column
-            column, n = width - group.tree_width, len(group.context)
-            ids[b, column:column + n] = torch.tensor(group.context)
-            branch[b, column:column + n] = 0
-            position[b, column:column + n] = torch.arange(n)
-            column += n
-            for cont in group.continuations:  # a continuation's first token is predicted at its context's last position
-                scored.append((b, column - 1))
-                targets.append(cont[0])
-                owner_of.append(owners[(b, cont)])
-            for j, cont in enumerate(group.branches, start=1):
-                k = len(cont) - 1
-                ids[b, column:column + k] = torch.tensor(cont[:-1])
-                branch[b, column:column + k] = j
-                position[b, column:column + k] = n + torch.arange(k)
-                scored += [(b, column + i) for i in range(k)]
-                targets += cont[1:]
-                owner_of += [owners[(b, cont)]] * k
-                column += k
-        hidden, _ = self.split.hidden(input_ids=ids.to(self.device), attention_mask=self.split.tree_mask(branch),
-                                      position_ids=position.to(self.device), use_cache=False)
-        rows, columns = zip(*scored)
+    def _tries(self, groups: list[ContextGroup], owners: dict, positions: ScoredPositions):
+        """One forward for the batch: groups (in token order) fill trie rows of at most
+        ``split.row_width`` positions; a wider group has a row of its own."""
+        rows = [TrieRow()]
+        for b, group in enumerate(groups):
+            if len(rows[-1]) and len(rows[-1]) + rows[-1].added_by(group) > self.split.row_width:
+                rows.append(TrieRow())
+            rows[-1].add(group, {cont: owners[(b, cont)] for cont in group.continuations})
+        ids, depths, allowed = rows_as_tensors(rows)
+        hidden, _ = self.split.hidden(input_ids=ids.to(self.device), attention_mask=self.split.attention_mask(allowed),
+                                      position_ids=depths.to(self.device), use_cache=False)
+        width = ids.shape[1]
+        scored = [(r, width - len(row) + node, target, owner) for r, row in enumerate(rows)
+                  for node, target, owner in row.scored]
         device = hidden.device  # under parallelize=True the last layer may sit on another device
-        picked = hidden[torch.tensor(rows, device=device), torch.tensor(columns, device=device)]
-        positions.add(picked, list(range(len(targets))), targets, owner_of)
+        nodes = sorted({(r, c) for r, c, _, _ in scored})
+        index = {node: i for i, node in enumerate(nodes)}  # a node scoring several targets is projected once
+        picked = hidden[torch.tensor([r for r, _ in nodes], device=device), torch.tensor([c for _, c in nodes], device=device)]
+        positions.add(picked, [index[(r, c)] for r, c, _, _ in scored], [t for *_, t, _ in scored],
+                      [o for *_, o in scored])
 
     def _context_then_continuations(self, groups: list[ContextGroup], group_ids: list[int],
                                     positions: ScoredPositions, rows_per_call: int) -> bool:
@@ -368,10 +432,10 @@ def shared_context_loglikelihood(lm, requests: list[Request], disable_tqdm: bool
     results: list[tuple[float, bool] | None] = [None] * len(requests)
     fits = [i for i, (_, ctx, cont) in enumerate(requests) if len(ctx) + len(cont) <= lm.max_length + 1]
     left_to_hf = sorted(set(range(len(requests))) - set(fits))  # hf truncates these from the left
-    groups = group_by_context(requests, fits)
+    groups = group_by_context(requests, fits, shared_beginnings=split.tree_width > 0)
     batch_size = override_bs or lm.batch_size
     if batch_size == "auto" and groups:
-        longest = groups[0]
+        longest = max(groups, key=lambda g: (g.tree_width, g.length))
         # the widest row: the context and its branches (or its longest continuation)
         tail = [t for cont in longest.branches for t in cont[:-1]] + [0] if longest.branches else \
             list(max(longest.continuations, key=len))
