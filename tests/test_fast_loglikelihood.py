@@ -178,6 +178,10 @@ def test_trie_row_shares_beginnings_and_sees_only_ancestors():
     assert allowed[3].tolist() == [True, True, True, True, False, False]
     # the context's last node predicts every first token; a branch node predicts the next one
     assert sorted(row.scored) == sorted([(2, 7, 0), (2, 8, 1), (3, 9, 1), (4, 8, 2), (5, 9, 2)])
+    assert not row.is_chain
+    letters = TrieRow()  # one context, one-token options: plain causal attention, no 4D mask needed
+    letters.add(ContextGroup((1, 2, 3), {(7,): [0], (8,): [1]}), {(7,): 0, (8,): 1})
+    assert letters.is_chain and letters.allowed().equal(torch.ones(3, 3, dtype=torch.bool).tril())
 
 
 def test_grouping_and_buckets():

@@ -162,6 +162,11 @@ class TrieRow:
                     node = self.insert([cont[k - 1]], below=node)
                 self.scored.append((node, target, owner))
 
+    @property
+    def is_chain(self) -> bool:
+        """One sequence, each node under the one before: the attention is the plain causal one."""
+        return all(parent == i - 1 for i, parent in enumerate(self.parents))
+
     def allowed(self) -> torch.Tensor:
         """[width, width]: node i sees node j when j is i or an ancestor of i."""
         seen = torch.eye(len(self), dtype=torch.bool)
@@ -357,7 +362,11 @@ class SharedContextScorer:
                 rows.append(TrieRow())
             rows[-1].add(group, {cont: owners[(b, cont)] for cont in group.continuations})
         ids, depths, allowed = rows_as_tensors(rows)
-        hidden, _ = self.split.hidden(input_ids=ids.to(self.device), attention_mask=self.split.attention_mask(allowed),
+        if all(row.is_chain for row in rows):  # padding only: the model's own causal masking (and kernels)
+            mask = (torch.arange(ids.shape[1]) >= ids.shape[1] - torch.tensor([len(r) for r in rows])[:, None]).long()
+        else:
+            mask = self.split.attention_mask(allowed)
+        hidden, _ = self.split.hidden(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       position_ids=depths.to(self.device), use_cache=False)
         width = ids.shape[1]
         scored = [(r, width - len(row) + node, target, owner) for r, row in enumerate(rows)
