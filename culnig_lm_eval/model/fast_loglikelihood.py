@@ -61,17 +61,18 @@ class ContextGroup:
         return len(self.context) + sum(len(cont) - 1 for cont in self.branches)
 
 
-def group_by_context(requests: list[Request], indices: list[int], shared_beginnings: bool = False) -> list[ContextGroup]:
-    """Requests grouped by context: in token order when rows share contexts' beginnings (neighbours
-    share the most), else longest first (as ``hf`` orders them: out-of-memory shows at once)."""
+def group_by_context(requests: list[Request], indices: list[int], row_width: int = 0) -> list[ContextGroup]:
+    """Requests grouped by context.  Groups that fit a trie row (``row_width`` positions) come first,
+    in token order (neighbours share the most); the rest longest first (as ``hf`` orders them:
+    out-of-memory shows at once)."""
     groups: dict[tuple[int, ...], ContextGroup] = {}
     for i in indices:
         _, context, continuation = requests[i]
         group = groups.setdefault(tuple(context), ContextGroup(tuple(context)))
         group.continuations.setdefault(tuple(continuation), []).append(i)
-    if shared_beginnings:
-        return sorted(groups.values(), key=lambda g: g.context)
-    return sorted(groups.values(), key=lambda g: (-g.length, g.context))
+    narrow = sorted((g for g in groups.values() if g.tree_width <= row_width), key=lambda g: g.context)
+    wide = sorted((g for g in groups.values() if g.tree_width > row_width), key=lambda g: (-g.length, g.context))
+    return narrow + wide
 
 
 def length_buckets(rows: list, most: int, waste: float = 0.25) -> list[list]:
@@ -212,11 +213,12 @@ class DecoderAndHead:
         self.mask_kind = {"sdpa": "bool", "eager": "additive"}.get(getattr(config, "_attn_implementation", None))
         window = getattr(config, "sliding_window", None)
         self.tree_width = min(lm.max_length, window or lm.max_length) if self.usable and self.mask_kind else 0
-        # groups share a row up to this width: wider, the attention over the whole row (most of it
-        # masked) would cost more than the positions shared save
-        self.row_width = min(self.tree_width, 512)
         if self.tree_width and not self._tree_matches():  # a model that builds its own mask (e.g. ALiBi)
             self.tree_width = 0
+        # trie rows up to this width; wider groups (long prompts, perplexity windows) run as
+        # contexts + cached continuations: a wide row's attention under an explicit mask (most of it
+        # masked, no fused causal kernel) costs more than the positions it shares save
+        self.row_width = min(self.tree_width, 256)
 
     def attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """``allowed`` [rows, width, width] (query sees key) as the 4D mask this model's attention takes."""
@@ -348,14 +350,14 @@ class SharedContextScorer:
     def run(self, groups: list[ContextGroup], group_ids: list[int], positions: ScoredPositions,
             rows_per_call: int) -> bool:
         """False when the model's cache cannot be shared between continuations."""
-        if max(g.tree_width for g in groups) <= self.split.tree_width:
+        if max(g.tree_width for g in groups) <= self.split.row_width:
             self._tries(groups, owners_of(groups, group_ids, positions), positions)
             return True
         return self._context_then_continuations(groups, group_ids, positions, rows_per_call)
 
     def _tries(self, groups: list[ContextGroup], owners: dict, positions: ScoredPositions):
         """One forward for the batch: groups (in token order) fill trie rows of at most
-        ``split.row_width`` positions; a wider group has a row of its own."""
+        ``split.row_width`` positions."""
         rows = [TrieRow()]
         for b, group in enumerate(groups):
             if len(rows[-1]) and len(rows[-1]) + rows[-1].added_by(group) > self.split.row_width:
@@ -441,7 +443,7 @@ def shared_context_loglikelihood(lm, requests: list[Request], disable_tqdm: bool
     results: list[tuple[float, bool] | None] = [None] * len(requests)
     fits = [i for i, (_, ctx, cont) in enumerate(requests) if len(ctx) + len(cont) <= lm.max_length + 1]
     left_to_hf = sorted(set(range(len(requests))) - set(fits))  # hf truncates these from the left
-    groups = group_by_context(requests, fits, shared_beginnings=split.tree_width > 0)
+    groups = group_by_context(requests, fits, row_width=split.row_width)
     batch_size = override_bs or lm.batch_size
     if batch_size == "auto" and groups:
         longest = max(groups, key=lambda g: (g.tree_width, g.length))
