@@ -96,9 +96,10 @@ class MaskedHFLM(HFLM):
             operation: ``suppress`` (set to 0), ``enhance`` (multiply by ``factor`` > 1, default 2),
                 or ``scale`` (multiply by a finite ``factor``).
             mode: ``auto`` (fold into weights where exact, hooks elsewhere), ``fold`` or ``hooks``.
-            fast: score log-likelihood requests with each distinct context run once and the
-                vocabulary projected only at scored positions (``fast_loglikelihood``): ``hf``'s
-                numbers to within float rounding.  ``fast=false`` runs ``hf``'s own code.
+            fast: score log-likelihood requests with each distinct context run once (a batch's
+                contexts and options as token-trie rows) and the vocabulary projected only at
+                scored positions (``fast_loglikelihood``): ``hf``'s numbers to within float
+                rounding.  ``fast=false`` runs ``hf``'s own code.
 
         The set files (format: ``culnig_lm_eval.neuron_set``) are read and the arguments checked
         before the model loads; each set is checked against the loaded model before anything
