@@ -177,19 +177,25 @@ class TrieRow:
         return seen
 
 
-def rows_as_tensors(rows: list[TrieRow]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token ids, position ids and the allowed-attention matrix of ``rows``, left-padded to the
-    widest: padding positions see only themselves (no empty softmax) and nothing sees them."""
+def rows_as_tensors(rows: list[TrieRow]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and position ids of ``rows``, left-padded to the widest."""
     width = max(map(len, rows))
     ids = torch.zeros((len(rows), width), dtype=torch.long)
     depths = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row):] = torch.tensor(row.tokens)
+        depths[r, width - len(row):] = torch.tensor(row.depths)
+    return ids, depths
+
+
+def rows_allowed(rows: list[TrieRow]) -> torch.Tensor:
+    """[rows, width, width] allowed attention of left-padded ``rows``: padding positions see only
+    themselves (no empty softmax) and nothing sees them."""
+    width = max(map(len, rows))
     allowed = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)
     for r, row in enumerate(rows):
-        pad = width - len(row)
-        ids[r, pad:] = torch.tensor(row.tokens)
-        depths[r, pad:] = torch.tensor(row.depths)
-        allowed[r, pad:, pad:] = row.allowed()
-    return ids, depths, allowed
+        allowed[r, width - len(row):, width - len(row):] = row.allowed()
+    return allowed
 
 
 class DecoderAndHead:
@@ -237,8 +243,8 @@ class DecoderAndHead:
         row.insert([2], below=node)
         node = row.insert([4, 5], below=node)
         expected = self.hidden(input_ids=torch.tensor([[first, 0, 1, 4, 5]], device=self.lm.device))[0][0, -1].float()
-        ids, depths, allowed = rows_as_tensors([row])
-        got = self.hidden(input_ids=ids.to(self.lm.device), attention_mask=self.attention_mask(allowed),
+        ids, depths = rows_as_tensors([row])
+        got = self.hidden(input_ids=ids.to(self.lm.device), attention_mask=self.attention_mask(rows_allowed([row])),
                           position_ids=depths.to(self.lm.device))[0][0, node].float()
         tolerance = 1e-4 if self.head.weight.dtype == torch.float32 and self.lm.mixed_precision_dtype is None else 3e-2
         return bool((got - expected).norm() <= tolerance * expected.norm())
@@ -363,11 +369,11 @@ class SharedContextScorer:
             if len(rows[-1]) and len(rows[-1]) + rows[-1].added_by(group) > self.split.row_width:
                 rows.append(TrieRow())
             rows[-1].add(group, {cont: owners[(b, cont)] for cont in group.continuations})
-        ids, depths, allowed = rows_as_tensors(rows)
+        ids, depths = rows_as_tensors(rows)
         if all(row.is_chain for row in rows):  # padding only: the model's own causal masking (and kernels)
             mask = (torch.arange(ids.shape[1]) >= ids.shape[1] - torch.tensor([len(r) for r in rows])[:, None]).long()
         else:
-            mask = self.split.attention_mask(allowed)
+            mask = self.split.attention_mask(rows_allowed(rows))
         hidden, _ = self.split.hidden(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       position_ids=depths.to(self.device), use_cache=False)
         width = ids.shape[1]
