@@ -83,7 +83,7 @@ def evaluate(lm, way: str, task: str, limit: int, reused):
     if way == "fast":
         results = evaluate_state(lm, reused, task, None, model_args="benchmark", limit=limit)
     else:
-        results = simple_evaluate(model=lm, tasks=[task], task_manager=reused.manager, limit=limit, log_samples=True,
+        results = simple_evaluate(model=lm, tasks=[task], task_manager=reused.manager_of(task), limit=limit, log_samples=True,
                                   bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0)
     return time.perf_counter() - started, per_item(results)
 

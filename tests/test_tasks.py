@@ -112,6 +112,24 @@ def test_stock_task_manager_lists_every_task(loaded):
         assert {f"{prefix}_greece", f"{prefix}_algeria"} <= set(children)
 
 
+def test_the_task_index_reads_our_folder_alone_unless_a_task_is_lm_evals(loaded):
+    """``TaskIndex`` loads our tasks without lm-eval's full index, with the stock manager's requests."""
+    from culnig_lm_eval.taskdata.index import TaskIndex
+
+    full, by_stock = loaded
+    index = TaskIndex()
+    ours = index.manager_for(OURS)
+    assert ours is index.ours and "qnli" in full.all_tasks and "qnli" not in ours.all_tasks
+    with pytest.MonkeyPatch.context() as mp:
+        sample_data_only(mp)
+        task = ours.load(["blend_cloze_test"])["tasks"]["blend_cloze_test"]
+    assert requests(task) == requests(by_stock["tasks"]["blend_cloze_test"])
+    assert index.manager_for(["blend_cloze_test", "qnli"]) is index.full and index.knows("qnli")
+    assert not index.knows("no_such_task")
+    given = quick_manager()
+    assert TaskIndex(given).manager_for(["qnli"]) is given  # a caller's manager answers every name
+
+
 def test_every_task_builds_standard_requests(loaded):
     _, result = loaded
     assert set(result["tasks"]) >= {"blend_neur", "crc", "cultural_norm", "culturalbench", "blend_cloze_korea"}

@@ -286,7 +286,7 @@ def loadable_tasks(names: list[str], tasks, skipped: dict[str, str]) -> list[str
     for name in names:
         if name in skipped:
             continue
-        if name not in tasks.manager.all_tasks:
+        if not tasks.knows(name):
             skipped[name] = "unknown task name"
             continue
         try:
@@ -395,6 +395,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = Fals
     from ..report import build_report
     from ..scoring.instances import write_instance_scores
     from ..scoring.run import load_role_tasks, score_roles
+    from ..taskdata.index import TaskIndex
 
     with data_environment(config):
         check_required_data(config)
@@ -403,14 +404,15 @@ def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = Fals
     check_evaluation_folders(out / TRANSFER_FOLDER)
     skipped: dict[str, str] = {}
     with data_environment(config):
-        tasks = load_role_tasks(config.role_tasks, config.scoring)  # data errors before the model loads
+        index = TaskIndex()  # one task index for the run: lm-eval's full one only if a task is not ours
+        tasks = load_role_tasks(config.role_tasks, config.scoring, index=index)  # data errors before the model loads
         lm = load_lm(config.model_args, batch_size=config.evaluate.batch_size)
         config = resolve_evaluation_dtype(config, lm)
         score_files = score_roles(lm, config.role_tasks, config.scoring, out / "scores", tasks=tasks)
         half_files = score_stability_half(lm, config, out / "scores", tasks)
         sets = select_all(config, score_files, out / "sets", force, skipped, half_files=half_files)
         culture_randoms = culture_random_sets(config, sets, out / "sets", force, skipped)
-        instances, reused = None, ReusedTasks()
+        instances, reused = None, ReusedTasks(index=index)
         task = config.evaluate.instance_task
         # gradients in the scoring dtype, so before the model is cast for evaluation
         if task and loadable_tasks([task], reused, skipped):

@@ -53,8 +53,6 @@ def _restore(model, snapshot: dict[str, torch.Tensor]) -> None:
 
 def run_compare(lm, neuron_sets, data, settings: FinetuneSettings, compare: CompareSettings, out: Path,
                 model_args: str, force: bool = False, progress: bool = True) -> Path:
-    from lm_eval.tasks import TaskManager
-
     from ..model.states import ReusedTasks
 
     out = Path(out)
@@ -70,7 +68,7 @@ def run_compare(lm, neuron_sets, data, settings: FinetuneSettings, compare: Comp
     curves = {}
     for name, choice in choices.items():
         if baseline is None:  # evaluated once, shared by every choice (the same loaded model)
-            baseline = {"tasks": evaluate(lm, settings.all_eval_tasks, settings.eval_limit, ReusedTasks(TaskManager()))}
+            baseline = {"tasks": evaluate(lm, settings.all_eval_tasks, settings.eval_limit, ReusedTasks())}
             write_text(out / "baseline.json", json.dumps({"key": _baseline_key(settings, model_args), **baseline}))
         run = Run(lm, data, choice.target_modules, settings, out / name, model_args, label=name,
                   baseline=baseline, progress=progress, weights=weights)

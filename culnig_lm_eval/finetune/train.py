@@ -133,7 +133,7 @@ def evaluate(lm, tasks: list[str], limit: int | None, reused=None) -> dict[str, 
     was_training = model.training
     model.eval()
     try:
-        results = simple_evaluate(model=lm, tasks=[reused.get(t) for t in tasks], task_manager=reused.manager,
+        results = simple_evaluate(model=lm, tasks=[reused.get(t) for t in tasks], task_manager=reused.index.manager_for(tasks),
                                   limit=limit, log_samples=True,
                                   bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
                                   verbosity="ERROR")
@@ -251,7 +251,6 @@ class Run:
 
     def run(self, force: bool = False) -> list[dict]:
         from accelerate import Accelerator
-        from lm_eval.tasks import TaskManager
         from tqdm.auto import tqdm
 
         from .modules import parameter_names_of, trainable_only
@@ -270,7 +269,7 @@ class Run:
         else:
             trainable_only(model, parameter_names_of(model, self.modules))
         try:
-            curve = self._train(model, state, ReusedTasks(TaskManager()), Accelerator(), tqdm)
+            curve = self._train(model, state, ReusedTasks(), Accelerator(), tqdm)
         finally:
             if peft_model is not None:
                 peft_model.unload()  # the model is as loaded again (LoRA layers removed, not merged)

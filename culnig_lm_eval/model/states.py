@@ -52,23 +52,29 @@ def reuse_environment_info() -> None:
 
 
 class ReusedTasks:
-    """Task (or group) objects by name, each loaded on first use by one ``TaskManager``; creating
-    one also makes the environment record of the results files computed once
-    (:func:`reuse_environment_info`)."""
+    """Task (or group) objects by name, each loaded on first use through one
+    :class:`~culnig_lm_eval.taskdata.index.TaskIndex` (``index``; or a ``TaskManager`` given as
+    ``manager``, used for every name); creating one also makes the environment record of the
+    results files computed once (:func:`reuse_environment_info`)."""
 
-    def __init__(self, manager=None):
+    def __init__(self, manager=None, index=None):
+        from ..taskdata.index import TaskIndex
+
         reuse_environment_info()
-        if manager is None:
-            from lm_eval.tasks import TaskManager
-
-            manager = TaskManager()
-        self.manager = manager
+        self.index = index if index is not None else TaskIndex(manager)
         self.loaded: dict[str, object] = {}
+
+    def knows(self, name: str) -> bool:
+        return self.index.knows(name)
+
+    def manager_of(self, name: str):
+        """The ``TaskManager`` that loads ``name`` (``simple_evaluate`` builds a full one without it)."""
+        return self.index.manager_for([name])
 
     def get(self, name: str):
         """The loaded task or group ``name`` (raises what loading its data raises)."""
         if name not in self.loaded:
-            loaded = self.manager.load([name])
+            loaded = self.manager_of(name).load([name])
             for task in loaded["tasks"].values():
                 build_requests_once(task)
             self.loaded[name] = loaded["groups"].get(name) or loaded["tasks"][name]
@@ -86,7 +92,7 @@ def evaluate_state(lm, tasks: ReusedTasks, task: str, folder: str | Path | None,
 
     tracker = EvaluationTracker(output_path=str(folder)) if folder is not None else None
     results = simple_evaluate(
-        model=lm, model_args=model_args, tasks=[tasks.get(task)], task_manager=tasks.manager,
+        model=lm, model_args=model_args, tasks=[tasks.get(task)], task_manager=tasks.manager_of(task),
         limit=None if samples is not None else limit, samples={task: samples} if samples is not None else None,
         log_samples=True, evaluation_tracker=tracker, bootstrap_iters=0,
         apply_chat_template=apply_chat_template, random_seed=0, numpy_random_seed=0, torch_random_seed=0,

@@ -185,15 +185,16 @@ def _fold_files_match(out: Path, role: str, settings: ScoringSettings, specs) ->
     return True
 
 
-def load_role_tasks(role_tasks: dict[str, list[str]], settings: ScoringSettings) -> dict:
-    """The harness Task objects of every role (reading their data: call it before loading a model)."""
+def load_role_tasks(role_tasks: dict[str, list[str]], settings: ScoringSettings, index=None) -> dict:
+    """The harness Task objects of every role (reading their data: call it before loading a model);
+    ``index``: the :class:`~culnig_lm_eval.taskdata.index.TaskIndex` to load them through."""
     unknown = set(role_tasks) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown scoring role(s) {sorted(unknown)}; roles are {', '.join(ROLES)}")
     if not role_tasks.get("task"):
         raise ValueError("no task to find neurons on: give --tasks (e.g. blend_cloze_neur)")
     names = sorted({name for specs in role_tasks.values() for name, _ in parse_task_specs(specs, settings.limit)})
-    return load_tasks(names, num_fewshot=settings.num_fewshot, fewshot_seed=settings.fewshot_seed)
+    return load_tasks(names, num_fewshot=settings.num_fewshot, fewshot_seed=settings.fewshot_seed, index=index)
 
 
 def score_roles(lm, role_tasks: dict[str, list[str]], settings: ScoringSettings, out: Path,

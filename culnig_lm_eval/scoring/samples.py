@@ -39,11 +39,14 @@ class Sample:
         return (self.context + self.continuation)[:-1]
 
 
-def load_tasks(names: list[str], task_manager=None, num_fewshot: int | None = None, fewshot_seed: int = 1234) -> dict:
-    """Task name (or group/tag) -> leaf Task objects, configured as ``simple_evaluate`` would."""
-    from lm_eval.tasks import TaskManager
+def load_tasks(names: list[str], task_manager=None, num_fewshot: int | None = None, fewshot_seed: int = 1234,
+               index=None) -> dict:
+    """Task name (or group/tag) -> leaf Task objects, configured as ``simple_evaluate`` would;
+    through ``task_manager``, else ``index`` (a :class:`~culnig_lm_eval.taskdata.index.TaskIndex`:
+    lm-eval's full index only for names that are not this plugin's)."""
+    from ..taskdata.index import TaskIndex
 
-    manager = task_manager or TaskManager()
+    manager = task_manager or (index if index is not None else TaskIndex()).manager_for(names)
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:
         raise TaskDataError(
