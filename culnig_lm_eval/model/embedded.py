@@ -11,6 +11,8 @@ Nothing here touches the network.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -73,6 +75,27 @@ def is_alias(name) -> bool:
     return isinstance(name, str) and name in EMBEDDED and not Path(name).exists()
 
 
+@contextlib.contextmanager
+def gguf_read_once():
+    """Memoise gguf-py's ``GGUFReader`` and ``get_tensor_name_map`` for one conversion.
+
+    transformers parses the GGUF file three times (config, tokenizer, weights; each parse walks
+    the whole vocabulary in Python, about 5 s on 2 cores) and builds gguf-py's tensor-name map
+    once per module (about 9 s for SmolLM2).  Both are read-only results of their arguments, so
+    one of each serves the whole conversion: about 18 s less on first use, the same checkpoint
+    (``tests/test_embedded.py``).  The originals are put back afterwards."""
+    import gguf
+
+    originals = {name: getattr(gguf, name) for name in ("GGUFReader", "get_tensor_name_map")}
+    for name, original in originals.items():
+        setattr(gguf, name, functools.lru_cache(maxsize=None)(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(gguf, name, original)
+
+
 def checkpoint_dir(alias: str) -> Path:
     """Path of the converted checkpoint of an embedded model, converting it on first use."""
     target = cache_root() / "models" / alias
@@ -82,8 +105,9 @@ def checkpoint_dir(alias: str) -> Path:
     log.warning("culnig-lm-eval: converting %s from %s once (about a minute); cached in %s", alias, gguf, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    with gguf_read_once():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
     model.config.name_or_path = alias
     # the weights are already dequantised to fp32; drop the GGUF marker so they can be saved
     model.hf_quantizer = None
