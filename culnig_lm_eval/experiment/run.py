@@ -420,7 +420,8 @@ def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = Fals
             selected = {name: {label: path for label, path in labelled.items() if random_draw(label) is None}
                         for name, labelled in sets.items()}
             instances = write_instance_scores(lm, task, selected, config.scoring, out / "instance_scores.jsonl",
-                                              limit=config.evaluate.limit, batch_size=config.evaluate.batch_size)
+                                              limit=config.evaluate.limit, batch_size=config.evaluate.batch_size,
+                                              index=index)
         if config.evaluate.dtype is not None:  # scoring ran in model_args' dtype; evaluation in this one
             import torch
 

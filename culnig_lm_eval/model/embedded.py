@@ -102,7 +102,7 @@ def checkpoint_dir(alias: str) -> Path:
     if (target / "config.json").is_file():
         return target
     gguf = EMBEDDED[alias].gguf()
-    log.warning("culnig-lm-eval: converting %s from %s once (about a minute); cached in %s", alias, gguf, target)
+    log.warning("culnig-lm-eval: converting %s from %s once (under a minute); cached in %s", alias, gguf, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with gguf_read_once():

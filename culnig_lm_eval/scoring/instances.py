@@ -20,9 +20,10 @@ from .samples import load_tasks, samples_from_task
 
 
 def instance_rows(lm, task_name: str, labelled_sets: dict[str, Path], kinds, *, limit=None, batch_size=8,
-                  apply_chat_template: bool = False) -> list[dict]:
-    """[{"set", "culture", "topic", "doc_id", "score"}] for every (set, item) of ``task_name``."""
-    tasks = load_tasks([task_name])
+                  apply_chat_template: bool = False, index=None) -> list[dict]:
+    """[{"set", "culture", "topic", "doc_id", "score"}] for every (set, item) of ``task_name``
+    (``index``: the run's :class:`~culnig_lm_eval.taskdata.index.TaskIndex`)."""
+    tasks = load_tasks([task_name], index=index)
     samples = samples_from_task(task_name, tasks[task_name], lm, limit=limit, apply_chat_template=apply_chat_template)
     scorer = AttributionScorer(lm.model, kinds)
     labels = list(labelled_sets)
@@ -43,9 +44,9 @@ def instance_rows(lm, task_name: str, labelled_sets: dict[str, Path], kinds, *, 
 
 
 def write_instance_scores(lm, task_name: str, sets: dict[str, dict[str, Path]], settings: ScoringSettings,
-                          path: Path, *, limit=None, batch_size=8) -> Path:
+                          path: Path, *, limit=None, batch_size=8, index=None) -> Path:
     labelled = {f"{selection}/{label}": p for selection, labelled in sets.items() for label, p in labelled.items()}
     # the items are rendered as the sets were scored (with the chat template when scoring used it)
     rows = instance_rows(lm, task_name, labelled, settings.kinds, limit=limit, batch_size=batch_size,
-                         apply_chat_template=settings.apply_chat_template)
+                         apply_chat_template=settings.apply_chat_template, index=index)
     return write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
