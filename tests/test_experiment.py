@@ -260,7 +260,8 @@ def test_stability_fold_and_folds_are_exclusive():
             "tasks": ["blend_cloze_neur"], "stability_fold": "0/2", "stability_folds": 4}, "evaluate": {}})
 
 
-def test_a_set_with_the_same_neurons_as_an_earlier_condition_is_evaluated_once(tmp_path, monkeypatch):
+def test_a_set_with_the_same_neurons_as_an_earlier_condition_is_evaluated_once_and_an_empty_set_never(
+        tmp_path, monkeypatch):
     import contextlib
 
     from culnig_lm_eval.architectures import model_shape
@@ -270,10 +271,14 @@ def test_a_set_with_the_same_neurons_as_an_earlier_condition_is_evaluated_once(t
 
     shape = model_shape(tiny_config("llama"))
     paths = {}
-    for selection, rows in (("general-excluded", [1, 2]), ("contrast-excl", [1, 2]), ("paper", [3])):
+    for selection, rows in (("general-excluded", [1, 2]), ("contrast-excl", [1, 2]), ("paper", [3]), ("none", [])):
         paths[selection] = tmp_path / selection / "general.pt"
         NeuronSet({"mlp_gate": [rows, []]}, new_meta(shape, "test")).save(paths[selection])
     sets = {name: {"general": path} for name, path in paths.items()}
+    # two cultures without specific neurons: masking nothing is the unmasked model
+    for culture in ("iran", "korea"):
+        NeuronSet({"mlp_gate": [[], []]}, new_meta(shape, "test")).save(tmp_path / "paper" / f"{culture}.pt")
+        sets["paper"][culture] = tmp_path / "paper" / f"{culture}.pt"
     evaluated = []
     monkeypatch.setattr(run, "loadable_tasks", lambda names, tasks, skipped: names)
     monkeypatch.setattr("culnig_lm_eval.model.states.evaluate_state",
@@ -284,11 +289,15 @@ def test_a_set_with_the_same_neurons_as_an_earlier_condition_is_evaluated_once(t
         masked = staticmethod(lambda sets: contextlib.nullcontext())
 
     config = ExperimentConfig.from_mapping({"model_args": "pretrained=x", "scoring": {"tasks": ["blend_cloze_neur"]},
-                                            "evaluate": {"cultural": ["blend_cloze_test"]}})
+                                            "evaluate": {"cultural": ["blend_cloze_test"],
+                                                         "per_culture": ["blend_cloze_test"]}})
     skipped = {}
     run.evaluate_conditions(FakeLM(), config, sets, tmp_path / "eval", False, skipped)
-    assert len(evaluated) == 3 and not any("contrast-excl" in folder for folder, _ in evaluated)
+    assert sorted(Path(folder).relative_to(tmp_path / "eval").parts[0] for folder, _ in evaluated) == [
+        "general-excluded", "paper", "unmasked"]
     assert skipped["contrast-excl/general"] == "the same neurons as general-excluded/general, evaluated there"
+    for label in ("none/general", "paper/iran", "paper/korea"):
+        assert skipped[label] == "the set holds no neuron: masking it leaves the unmasked model"
 
 
 def test_culture_random_draws():

@@ -341,7 +341,12 @@ def evaluate_conditions(lm, config: ExperimentConfig, sets, out: Path, force: bo
     first_with: dict[tuple, str] | None = {} if dedupe else None
     for condition in tqdm(planned, desc="masked states", unit="state"):
         # keyed on the neurons, not the files: new metadata on the same neurons reuses the run
-        key = "+".join("n" + NeuronSet.load(p).neurons_sha256()[:12] for p in condition.set_paths) or "unmasked"
+        loaded = [NeuronSet.load(p) for p in condition.set_paths]
+        key = "+".join("n" + neuron_set.neurons_sha256()[:12] for neuron_set in loaded) or "unmasked"
+        if first_with is not None and loaded and all(neuron_set.is_empty for neuron_set in loaded):
+            # e.g. a culture without specific neurons: masking nothing is the unmasked model, already evaluated
+            skipped[condition.label] = "the set holds no neuron: masking it leaves the unmasked model"
+            continue
         same = condition.label if first_with is None else first_with.setdefault(
             (key, condition.culture, tuple(condition.tasks)), condition.label)
         if same != condition.label:  # e.g. two selections whose culture-general sets coincide

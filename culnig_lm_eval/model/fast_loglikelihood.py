@@ -331,7 +331,8 @@ class ScoredPositions:
             inside = ((rows >= start) & (rows < start + len(logprobs))).nonzero()[:, 0]
             local = rows[inside] - start
             picked[inside] = logprobs[local, targets[inside]].to(picked.dtype)
-            hits[inside] = logprobs.argmax(-1)[local] == targets[inside]
+            # max's indices are argmax's (the first maximum), several times faster in bfloat16 on a CPU
+            hits[inside] = logprobs.max(-1).indices[local] == targets[inside]
         total = torch.zeros(len(self.keys), dtype=picked.dtype, device=picked.device).index_add_(0, owners, picked)
         missed = torch.zeros(len(self.keys), dtype=torch.long, device=picked.device).index_add_(0, owners, (~hits).long())
         out = {key: (float(value), not miss) for key, value, miss in zip(self.keys, total.tolist(), missed.tolist())}
