@@ -184,6 +184,29 @@ def test_trie_row_shares_beginnings_and_sees_only_ancestors():
     assert letters.is_chain and letters.allowed().equal(torch.ones(3, 3, dtype=torch.bool).tril())
 
 
+def test_greedy_check_takes_the_first_of_tied_maxima():
+    """is_greedy is hf's ``argmax == target``: of two tied maxima only the first token is greedy,
+    in float32 and bfloat16 (the check reads max's indices, not argmax)."""
+    from types import SimpleNamespace
+
+    from culnig_lm_eval.model.fast_loglikelihood import ScoredPositions
+
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = torch.tensor([[1.0, 3.0, 3.0, 0.0, 0.0, 0.0],  # tokens 1 and 2 tie: argmax is 1
+                               [0.0, 0.0, 0.0, 0.0, 0.0, 5.0],
+                               [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]], dtype=dtype)  # all tie: argmax is 0
+        split = SimpleNamespace(head=SimpleNamespace(weight=torch.zeros(6, 1)), lm=SimpleNamespace(softmax_dtype=None),
+                                logits=lambda hidden: hidden)
+        positions = ScoredPositions(split)
+        targets = [(0, 1), (0, 2), (1, 5), (1, 0), (2, 0), (2, 3)]
+        owners = [positions.owner(("group", k)) for k in range(len(targets))]
+        positions.add(logits, [row for row, _ in targets], [token for _, token in targets], owners)
+        scored = positions.project()
+        assert [scored[("group", k)][1] for k in range(len(targets))] == [True, False, True, False, True, False]
+        assert [scored[("group", k)][1] for k in range(len(targets))] == [
+            bool(logits[row].argmax() == token) for row, token in targets]
+
+
 def test_grouping_and_buckets():
     requests = [(None, [1, 2], [3]), (None, [1, 2], [4, 5]), (None, [1, 2], [3]), (None, [7], [8, 9, 10])]
     groups = group_by_context(requests, list(range(4)))
