@@ -197,12 +197,20 @@ def test_conditions_follow_random_draws_and_random_for():
     plan.culture_random_items = "own"
     by_label = {c.label: c for c in conditions(plan, sets, drawn)}
     assert by_label["paper/random/korea-random0"].culture == "korea" and by_label["paper/korea"].culture is None
+    # generation tasks: the unmasked model and the culture-general sets of generation_for only
+    plan.generation, plan.generation_for = ["blend_gen_test"], ["paper"]
+    labels = {c.label: c.tasks for c in conditions(plan, sets)}
+    assert [label for label, tasks in labels.items() if "blend_gen_test" in tasks] == ["unmasked", "paper/general"]
+    plan.generation_for = None
+    labels = {c.label: c.tasks for c in conditions(plan, sets)}
+    assert [label for label, tasks in labels.items() if "blend_gen_test" in tasks] == [
+        "unmasked", "paper/general", "general-excluded/general"]
 
 
-def test_random_for_must_name_a_selection(tmp_path):
-    raw = {"model_args": "pretrained=x", "scoring": {"tasks": ["blend_cloze_neur"]},
-           "evaluate": {"random_for": ["papr"]}}
-    with pytest.raises(experiment_module.ConfigError, match="random_for names no configured selection: papr"):
+@pytest.mark.parametrize("key", ["random_for", "culture_sets_for", "generation_for"])
+def test_selection_lists_must_name_a_selection(key):
+    raw = {"model_args": "pretrained=x", "scoring": {"tasks": ["blend_cloze_neur"]}, "evaluate": {key: ["papr"]}}
+    with pytest.raises(experiment_module.ConfigError, match=f"{key} names no configured selection: papr"):
         ExperimentConfig.from_mapping(raw)
 
 

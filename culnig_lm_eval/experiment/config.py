@@ -20,7 +20,8 @@ DEFAULT_CONFIG = Path(__file__).parent.parent / "experiments" / "smollm2-135m.ya
 SCORING_KEYS = {"tasks", "control", "crc", "general", "limit", "window", "stride", "batch_size", "attention",
                 "up_proj", "apply_chat_template", "num_fewshot", "culture_field", "stability_fold", "stability_folds",
                 "clamp_crc"}
-EVALUATE_KEYS = {"batch_size", "limit", "cultural", "per_culture", "culture_sets_for", "general", "nlu",
+EVALUATE_KEYS = {"batch_size", "limit", "cultural", "generation", "generation_for", "per_culture", "culture_sets_for",
+                 "general", "nlu",
                  "instance_task", "random_draws", "random_for", "random_tasks", "culture_random",
                  "culture_random_items", "dtype"}
 LEAVE_ONE_OUT_KEYS = {"selections", "cultures", "tasks", "random_draws", "limit"}
@@ -54,6 +55,11 @@ class EvaluationPlan:
     batch_size: int = 8
     limit: int | None = None
     cultural: list[str] = field(default_factory=list)  # every set
+    # cultural tasks answered by generation: the unmasked model and the culture-general sets of the
+    # selections in generation_for (None: all) run them (a generation state costs as much as several
+    # log-likelihood tasks)
+    generation: list[str] = field(default_factory=list)
+    generation_for: list[str] | None = None
     per_culture: list[str] = field(default_factory=list)  # culture-specific sets (split by culture)
     culture_sets_for: list[str] | None = None  # selections whose culture sets are evaluated (None: all)
     general: list[str] = field(default_factory=list)  # general perplexity (every set)
@@ -82,7 +88,7 @@ class EvaluationPlan:
     @property
     def unmasked_tasks(self) -> list[str]:
         """Every task the unmasked model runs (each masked condition runs a subset)."""
-        return list(dict.fromkeys(self.cultural + self.general + self.nlu + self.per_culture))
+        return list(dict.fromkeys(self.cultural + self.generation + self.general + self.nlu + self.per_culture))
 
     @property
     def culture_random_draws(self) -> list[str]:
@@ -231,7 +237,7 @@ class ExperimentConfig:
                 clamp_crc=scoring.get("clamp_crc", False), fold_tables=scoring.get("stability_folds"),
             )
             plan = EvaluationPlan(**{k: evaluate[k] for k in EVALUATE_KEYS if k in evaluate})
-            for key in ("cultural", "per_culture", "general", "nlu"):
+            for key in ("cultural", "generation", "per_culture", "general", "nlu"):
                 _str_list(getattr(plan, key), f"evaluate.{key}")
             if plan.random_tasks is not None:
                 # a random set's drop is measured against the unmasked run on the same task
@@ -240,7 +246,7 @@ class ExperimentConfig:
                 if unknown:
                     raise ValueError(f"evaluate.random_tasks names task(s) the unmasked model does not run: "
                                      f"{', '.join(unknown)} (list them in cultural, per_culture, general or nlu)")
-            for key in ("culture_sets_for", "random_for"):
+            for key in ("culture_sets_for", "random_for", "generation_for"):
                 unknown = sorted(set(_str_list(getattr(plan, key), f"evaluate.{key}"))
                                  - set(raw.get("selections") or {"paper": {}}))
                 if unknown:

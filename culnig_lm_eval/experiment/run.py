@@ -178,11 +178,14 @@ def _random_selections(plan: EvaluationPlan, sets) -> list[str]:
 
 def conditions(plan: EvaluationPlan, sets: dict[str, dict[str, Path]],
                culture_randoms: dict[str, dict[str, dict[str, Path]]] | None = None) -> list[ConditionPlan]:
-    """Unmasked on everything; culture-general sets on the shared tasks; culture sets (of the
+    """Unmasked on everything; culture-general sets on the shared tasks (and the generation tasks,
+    for the selections in ``generation_for``); culture sets (of the
     selections in ``culture_sets_for``) on the per-culture tasks and general perplexity; random
     sets (the general set's in ``sets``, the culture sets' in ``culture_randoms``, see
     :func:`culture_random_sets`) on ``random_tasks`` only, after every set."""
     shared = list(dict.fromkeys(plan.cultural + plan.general + plan.nlu))
+    with_generation = list(dict.fromkeys(plan.cultural + plan.generation + plan.general + plan.nlu))
+    generation_selections = plan.generation_for if plan.generation_for is not None else list(sets)
     per_culture = list(dict.fromkeys(plan.per_culture + plan.general))
     random_tasks = plan.tasks_for_random_sets
     culture_selections, random_selections = _culture_selections(plan, sets), _random_selections(plan, sets)
@@ -194,7 +197,10 @@ def conditions(plan: EvaluationPlan, sets: dict[str, dict[str, Path]],
                 if draw in plan.random_draws and name in random_selections and random_tasks:
                     randoms.append(ConditionPlan(f"{name}/{label}", [Path(path)], random_tasks))
                 continue
-            tasks = shared if label == "general" else per_culture if name in culture_selections else []
+            if label == "general":
+                tasks = with_generation if name in generation_selections else shared
+            else:
+                tasks = per_culture if name in culture_selections else []
             if tasks:
                 out.append(ConditionPlan(f"{name}/{label}", [Path(path)], tasks))
     for name, by_set in (culture_randoms or {}).items():
@@ -397,6 +403,7 @@ def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = Fals
     """Score, select, evaluate and report; returns the report's path."""
     from ..model.lm import load_lm
     from ..model.states import ReusedTasks
+    from ..neuron_set import NeuronSet
     from ..report import build_report
     from ..scoring.instances import write_instance_scores
     from ..scoring.run import load_role_tasks, score_roles
@@ -421,8 +428,10 @@ def run_experiment(config: ExperimentConfig, out: str | Path, force: bool = Fals
         task = config.evaluate.instance_task
         # gradients in the scoring dtype, so before the model is cast for evaluation
         if task and loadable_tasks([task], reused, skipped):
-            # the sets' own instance view: random sets (20 or more per set) would only repeat it as noise
-            selected = {name: {label: path for label, path in labelled.items() if random_draw(label) is None}
+            # the sets' own instance view: random sets (20 or more per set) would only repeat it as noise, and a
+            # set of no neurons scores 0 on every item
+            selected = {name: {label: path for label, path in labelled.items()
+                               if random_draw(label) is None and not NeuronSet.load(path).is_empty}
                         for name, labelled in sets.items()}
             instances = write_instance_scores(lm, task, selected, config.scoring, out / "instance_scores.jsonl",
                                               limit=config.evaluate.limit, batch_size=config.evaluate.batch_size,
