@@ -3,12 +3,14 @@
 A shared (virtual) machine's speed drifts; a timing written down beside this probe's reading,
 taken just before and after, says which state of the machine it was measured in."""
 
+import argparse
 import time
 
 import torch
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     for _ in range(3):  # warm-up
         a @ b

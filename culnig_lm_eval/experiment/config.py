@@ -245,7 +245,7 @@ class ExperimentConfig:
                                  - set(plan.unmasked_tasks))
                 if unknown:
                     raise ValueError(f"evaluate.random_tasks names task(s) the unmasked model does not run: "
-                                     f"{', '.join(unknown)} (list them in cultural, per_culture, general or nlu)")
+                                     f"{', '.join(unknown)} (list them in cultural, generation, per_culture, general or nlu)")
             for key in ("culture_sets_for", "random_for", "generation_for"):
                 unknown = sorted(set(_str_list(getattr(plan, key), f"evaluate.{key}"))
                                  - set(raw.get("selections") or {"paper": {}}))
